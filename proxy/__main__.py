@@ -1,0 +1,4 @@
+"""`python -m proxy` is the `bounceproxy` command."""
+from proxy.cli import main
+
+main()

@@ -1,0 +1,168 @@
+"""Builds the store, the relay, the bounce MX and the API from a Config, runs them, shuts down cleanly."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+
+from proxy.config import Config, ConfigError
+from proxy.relay.server import Authenticator, RelayHandler, RelaySMTP, parse_users
+from proxy.relay.simulator import SimulatorUpstream
+from proxy.relay.upstream import UpstreamPool
+from proxy.store import StoreError, open_store
+
+log = logging.getLogger("bounceproxy")
+
+
+class Service:
+    """The running house. Usable from tests: `async with Service(config) as svc: ...`."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.store = None
+        self.upstream = None
+        self.relay_handler: RelayHandler | None = None
+        self.servers: list[asyncio.AbstractServer] = []
+        self.relay_address: tuple[str, int] | None = None
+
+    async def __aenter__(self) -> "Service":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def _upstream(self):
+        cfg = self.config.upstream
+        if cfg.profile == "simulator":
+            log.warning("no upstream configured: using the built-in SES mailbox simulator, NOTHING IS DELIVERED")
+            return SimulatorUpstream()
+        username = self.config.secret(cfg.username_env)
+        password = self.config.secret(cfg.password_env)
+        if cfg.profile == "ses" and not (username and password):
+            raise ConfigError(
+                f"{self.config.source}: [upstream] profile \"ses\" needs SMTP credentials in the environment "
+                f"variables {cfg.username_env} and {cfg.password_env}"
+            )
+        return UpstreamPool(cfg, self.config.relay_hostname, username, password)
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        relay = self.config.relay
+        if not relay.tls_cert:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(relay.tls_cert, relay.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{self.config.source}: [relay] tls_cert/tls_key: cannot load ({exc})") from None
+        return ctx
+
+    async def start(self) -> None:
+        cfg = self.config
+        relay = cfg.relay
+        users = parse_users(cfg.secret(relay.auth_users_env))
+        beyond_loopback = not relay.listen.is_loopback
+        tls = self._client_tls()
+        auth_needed = relay.require_auth or (beyond_loopback and not relay.allow_networks) or bool(relay.allow_networks and users)
+        if (relay.require_auth or beyond_loopback) and not users and not relay.allow_networks:
+            raise ConfigError(
+                f"{cfg.source}: [relay] listen {relay.listen} is beyond loopback: set users in the environment "
+                f"variable {relay.auth_users_env} (user:password,...) or [relay] allow_networks, "
+                "so that it is not an open relay"
+            )
+        if users and beyond_loopback and tls is None:
+            raise ConfigError(
+                f"{cfg.source}: [relay] AUTH beyond loopback needs TLS: set [relay] tls_cert and tls_key"
+            )
+        try:
+            self.store = await open_store(cfg.store)
+        except StoreError as exc:
+            raise ConfigError(f"{cfg.source}: [store] path: {exc}") from None
+        self.upstream = self._upstream()
+        await self._probe_upstream()
+        self.relay_handler = RelayHandler(cfg, self.store, self.upstream)
+        size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
+        hostname = cfg.relay_hostname
+        authenticator = Authenticator(users) if users else None
+
+        def factory():
+            return RelaySMTP(
+                self.relay_handler, hostname=hostname, data_size_limit=size_limit, enable_SMTPUTF8=True,
+                tls_context=tls, require_starttls=False, authenticator=authenticator,
+                auth_required=relay.require_auth and not relay.allow_networks,
+                auth_require_tls=tls is not None, auth_needed=auth_needed,
+                timeout=relay.session_timeout, ident="bounceproxy relay",
+            )
+
+        server = await self._listen(factory, relay.listen, "[relay] listen")
+        self.relay_address = server.sockets[0].getsockname()[:2]
+        log.info("relay listening on %s:%s -> upstream %s", *self.relay_address, self.upstream.name)
+
+    async def _probe_upstream(self) -> None:
+        """Learn the upstream's SIZE before advertising ours; an unreachable upstream is not fatal."""
+        if not isinstance(self.upstream, UpstreamPool):
+            return
+        try:
+            conn = await self.upstream.acquire()
+        except Exception as exc:  # noqa: BLE001 - the relay still starts and answers 451 until it is back
+            log.warning("upstream %s not reachable at start: %s", self.upstream.name, exc)
+            return
+        await self.upstream.release(conn)
+
+    async def _listen(self, factory, address, key: str) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(factory, host=address.host, port=address.port, reuse_address=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.config.source}: {key} {address}: cannot listen ({exc.strerror or exc})") from None
+        self.servers.append(server)
+        return server
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.relay_handler and self.relay_handler.open_sessions > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for server in self.servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1)
+            except asyncio.TimeoutError:
+                pass
+        self.servers.clear()
+        if self.upstream is not None:
+            await self.upstream.close()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+
+async def serve(config: Config) -> None:
+    service = Service(config)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: finishing open sessions")
+    await service.stop()
+
+
+def run(config: Config, verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if not verbose else logging.DEBUG,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+    if not verbose:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-session lines
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

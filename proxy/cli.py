@@ -1,0 +1,318 @@
+"""The `bounceproxy` command line (click throughout).
+
+Every failure is one line on stderr and a non-zero exit: 2 for usage and configuration
+mistakes, 1 for everything else. No tracebacks reach the user.
+"""
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from proxy.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "config.toml"
+
+
+class Failure(click.ClickException):
+    exit_code = 1
+
+
+def _load(config_path: str | None) -> Config:
+    """The named config file, else ./config.toml when present, else defaults + environment."""
+    if config_path is None and Path(DEFAULT_CONFIG).is_file():
+        config_path = DEFAULT_CONFIG
+    return load_config(config_path)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _since(text: str | None) -> float | None:
+    from proxy.store import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _run(coro):
+    from proxy.store import StoreError
+
+    try:
+        return asyncio.run(coro)
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+
+
+async def _with_store(config: Config, fn):
+    from proxy.store import open_store
+
+    if not Path(config.store.path).exists():
+        raise Failure(f"no bounce log at {config.store.path} ([store] path in {config.source}); run `bounceproxy serve` first")
+    store = await open_store(config.store, readonly=True)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _emit(rows: list[dict], columns: list[str], fmt: str, titles: dict[str, str] | None = None) -> None:
+    """Rows as a human table, JSON lines or CSV."""
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        for row in rows:
+            out.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
+        return
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+        return
+    if not rows:
+        out.write("(none)\n")
+        return
+    titles = titles or {}
+    cells = [[("" if r.get(c) is None else str(r.get(c))).replace("\n", " ") for c in columns] for r in rows]
+    widths = [min(60, max(len(titles.get(c, c)), *(len(row[i]) for row in cells))) for i, c in enumerate(columns)]
+    out.write("  ".join(titles.get(c, c).upper().ljust(w) for c, w in zip(columns, widths)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(v[:w].ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+def output_options(fn):
+    fn = click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")(fn)
+    fn = click.option("--json", "fmt", flag_value="json", help="One JSON object per line.")(fn)
+    fn = click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(fn)
+    return fn
+
+
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="Config file (default: ./config.toml when present, else built-in defaults).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bounceproxy")
+def cli() -> None:
+    """bounceproxy: an SMTP relay and bounce MX that logs which messages bounced and why."""
+
+
+@cli.command()
+@config_option
+@click.option("-v", "--verbose", is_flag=True, help="Log every session, not just warnings and start-up.")
+def serve(config_path: str | None, verbose: bool) -> None:
+    """Run the relay, the bounce MX and the API until interrupted."""
+    from proxy.app import run
+
+    config = _load(config_path)
+    run(config, verbose=verbose)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per bounced or complained recipient.")
+def parse(files: tuple[str, ...], as_json: bool) -> None:
+    """Parse bounce mails offline (no store, no config needed)."""
+    from proxy.dsn import ParseError, parse as parse_mail, report_rows
+
+    out = click.get_text_stream("stdout")
+    failed = 0
+    for name in files:
+        try:
+            raw = Path(name).read_bytes()
+        except OSError as exc:
+            click.echo(f"bounceproxy: {name}: {exc.strerror or exc}", err=True)
+            failed += 1
+            continue
+        try:
+            report = parse_mail(raw)
+        except ParseError as exc:
+            click.echo(f"bounceproxy: {name}: {exc}", err=True)
+            failed += 1
+            continue
+        rows = report_rows(name, report)
+        if as_json:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            for row in rows:
+                out.write(
+                    f"{name}: {row['kind']} {row['recipient'] or '-'} {row.get('status') or '-'} "
+                    f"{row.get('bounce_type') or '-'} {row.get('reason') or '-'} [{row.get('format')}]\n"
+                )
+    if failed:
+        sys.exit(1)
+
+
+EVENT_COLUMNS = ["id", "at", "source", "kind", "recipient", "bounce_type", "reason", "status", "smtp_code",
+                 "correlation", "message_id", "diagnostic"]
+
+
+@cli.command()
+@config_option
+@click.option("--since", help="Only newer than this: 30m, 1h, 7d or an ISO date.")
+@click.option("--recipient", help="Only this address.")
+@click.option("--type", "bounce_type", type=click.Choice(["hard", "soft", "undetermined"]))
+@click.option("--reason", help="Only this reason (e.g. userunknown).")
+@click.option("--source", type=click.Choice(["sync", "async"]))
+@click.option("--kind", type=click.Choice(["bounce", "delay", "complaint", "autoreply", "delivered", "unknown"]))
+@click.option("--correlation", type=click.Choice(["verp", "upstream_id", "message_id", "recipient_window", "none"]))
+@click.option("--message", help="Only events of this message id.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@output_options
+def bounces(config_path, since, recipient, bounce_type, reason, source, kind, correlation, message, limit, fmt) -> None:
+    """Bounces, delays, complaints and auto-replies, newest first."""
+    from proxy.store import EventFilter
+
+    config = _load(config_path)
+    flt = EventFilter(_since(since), recipient, bounce_type, reason, source, kind, correlation, message, limit)
+    rows = _run(_with_store(config, lambda s: s.list_events(flt)))
+    for row in rows:
+        row["at"] = _iso(row["at"])
+    _emit(rows, EVENT_COLUMNS, fmt)
+
+
+MESSAGE_COLUMNS = ["id", "created_at", "status", "sender", "recipients", "message_id", "upstream_id", "size",
+                   "upstream_reply"]
+
+
+@cli.group(invoke_without_command=True)
+@config_option
+@click.option("--since", help="Only newer than this: 30m, 1h, 7d or an ISO date.")
+@click.option("--recipient", help="Only messages to this address.")
+@click.option("--status", type=click.Choice(["pending", "sent", "partial", "rejected", "failed"]))
+@click.option("--sender", help="Only this envelope sender.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@output_options
+@click.pass_context
+def messages(ctx, config_path, since, recipient, status, sender, limit, fmt) -> None:
+    """Relayed messages, newest first (`messages show ID` for one message's whole story)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from proxy.store import MessageFilter
+
+    config = _load(config_path)
+    flt = MessageFilter(_since(since), recipient, status, sender, limit)
+    rows = _run(_with_store(config, lambda s: s.list_messages(flt)))
+    for row in rows:
+        row["created_at"] = _iso(row["created_at"])
+    _emit(rows, MESSAGE_COLUMNS, fmt)
+
+
+@messages.command("show")
+@config_option
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True, help="The story as one JSON object.")
+@click.option("--raw", is_flag=True, help="Print the message as the simulator kept it.")
+def messages_show(config_path, message_id, as_json, raw) -> None:
+    """One message: its recipients, the upstream's replies, and every later bounce."""
+    config = _load(config_path)
+
+    async def story(store):
+        message = await store.get_message(message_id)
+        if message is None:
+            return None
+        message["recipients"] = await store.message_recipients(message_id)
+        message["events"] = await store.message_events(message_id)
+        message["raw"] = await store.outbox_raw(message_id) if raw else None
+        return message
+
+    message = _run(_with_store(config, story))
+    if message is None:
+        raise Failure(f"no message {message_id!r}")
+    if raw:
+        if message["raw"] is None:
+            raise Failure(f"message {message_id} was delivered upstream; only the simulator keeps bodies")
+        sys.stdout.buffer.write(message["raw"])
+        return
+    message.pop("raw")
+    if as_json:
+        click.echo(json.dumps(message, ensure_ascii=False, default=str))
+        return
+    click.echo(f"message {message['id']}  {_iso(message['created_at'])}  {message['status']}")
+    for key in ("client_peer", "client_user", "sender", "header_from", "message_id", "subject", "upstream_id",
+                "verp_token", "size", "upstream_reply", "send_failure"):
+        if message.get(key) not in (None, ""):
+            click.echo(f"  {key + ':':16}{message[key]}")
+    click.echo("recipients:")
+    for r in message["recipients"]:
+        click.echo(f"  {r['address']:40} {r['status']:10} {r['reply']}")
+    click.echo("events:")
+    if not message["events"]:
+        click.echo("  (none)")
+    for e in message["events"]:
+        click.echo(
+            f"  {_iso(e['at'])} {e['source']:5} {e['kind']:9} {e['recipient'] or '-'} {e['bounce_type']} "
+            f"{e['reason']} {e['status'] or ''} via {e['correlation']}"
+        )
+        if e["diagnostic"]:
+            click.echo(f"      {e['diagnostic']}")
+
+
+@cli.command()
+@config_option
+@click.option("--since", default="24h", show_default=True, help="Window: 30m, 1h, 7d or an ISO date.")
+@click.option("--json", "as_json", is_flag=True)
+def stats(config_path, since, as_json) -> None:
+    """Counts of messages and bounces, and the bounce rate, over a window."""
+    config = _load(config_path)
+    start = _since(since)
+    data = _run(_with_store(config, lambda s: s.stats(start)))
+    sent = sum(n for status, n in data["messages"].items())
+    hard = sum(e["n"] for e in data["events"] if e["kind"] == "bounce" and e["bounce_type"] == "hard")
+    bounced = sum(e["n"] for e in data["events"] if e["kind"] == "bounce")
+    complaints = sum(e["n"] for e in data["events"] if e["kind"] == "complaint")
+    rcpts = data["recipients"]
+    summary = {
+        "since": _iso(start), "messages": sent, "by_status": data["messages"], "recipients": rcpts,
+        "bounces": bounced, "hard_bounces": hard, "complaints": complaints,
+        "bounce_rate": round(bounced / rcpts, 4) if rcpts else 0.0,
+        "hard_bounce_rate": round(hard / rcpts, 4) if rcpts else 0.0,
+        "complaint_rate": round(complaints / rcpts, 4) if rcpts else 0.0,
+        "by_reason": data["events"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"since {summary['since']}: {sent} messages to {rcpts} recipients "
+               f"({', '.join(f'{k} {v}' for k, v in sorted(data['messages'].items())) or 'none'})")
+    click.echo(f"bounces {bounced} (hard {hard}), complaints {complaints}; bounce rate "
+               f"{summary['bounce_rate']:.2%}, complaint rate {summary['complaint_rate']:.2%}")
+    _emit(data["events"], ["source", "kind", "bounce_type", "reason", "n"], "table")
+
+
+def main() -> None:
+    """Entry point: click's own errors become one line and exit 2."""
+    try:
+        cli.main(standalone_mode=False, prog_name="bounceproxy")
+    except click.exceptions.Abort:
+        click.echo("bounceproxy: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"bounceproxy: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"bounceproxy: config error: {exc}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"bounceproxy: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,278 @@
+"""config.toml + environment -> a typed, validated Config.
+
+Every key may be overridden by `BOUNCEPROXY_<SECTION>__<KEY>` (how Docker users configure it).
+Secrets are never in the file: the file names the environment variable that holds each one.
+Any mistake raises ConfigError with one line naming the file and the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "BOUNCEPROXY_"
+
+
+class ConfigError(Exception):
+    """A configuration mistake; str() is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_address(text: str, default_port: int | None = None) -> Address:
+    """`host:port`, `[v6]:port`, or a bare host when a default port is given."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep:
+            raise ValueError(f"bad address {text!r}")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"address {text!r} needs a port (host:port)")
+        port_text = str(default_port)
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad address {text!r} (expected host:port)")
+    return Address(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    listen: Address = Address("127.0.0.1", 2525)
+    hostname: str = ""  # defaults to the machine's FQDN
+    message_id_domain: str = ""  # defaults to hostname
+    max_message_size: int = 40 * 1024 * 1024
+    require_auth: bool = False
+    allow_networks: tuple[str, ...] = ()
+    auth_users_env: str = "BOUNCEPROXY_RELAY_USERS"
+    tls_cert: str = ""
+    tls_key: str = ""
+    session_timeout: float = 300.0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    profile: str = "simulator"  # simulator | ses | smtp
+    host: str = ""
+    port: int = 587
+    tls: str = "starttls"  # starttls | implicit | none
+    verify_tls: bool = True
+    ca_file: str = ""
+    username_env: str = "BOUNCEPROXY_UPSTREAM_USERNAME"
+    password_env: str = "BOUNCEPROXY_UPSTREAM_PASSWORD"
+    pool_size: int = 16
+    max_messages_per_connection: int = 100
+    noop_after: float = 10.0
+    idle_timeout: float = 50.0
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    max_message_size: int = 40 * 1024 * 1024  # SES: 40 MB; lowered by the upstream's SIZE
+
+
+@dataclass(frozen=True)
+class InboundConfig:
+    enabled: bool = True
+    listen: Address = Address("127.0.0.1", 2526)
+    hostname: str = ""
+    bounce_domains: tuple[str, ...] = ("bounces.localhost",)
+    plain_addresses: tuple[str, ...] = ()
+    verp: bool = True
+    verp_local: str = "bounce"
+    hmac_key_env: str = "BOUNCEPROXY_VERP_KEY"
+    max_message_size: int = 30 * 1024 * 1024
+    session_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "sqlite"
+    path: str = "bounceproxy.db"
+    commit_interval_ms: float = 2.0
+    correlation_window_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    source: str = "(defaults)"
+
+    @property
+    def relay_hostname(self) -> str:
+        return self.relay.hostname or socket.getfqdn()
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.relay.message_id_domain or self.relay_hostname
+
+    def secret(self, env_name: str) -> str | None:
+        """A secret's value, read from the environment variable the config names."""
+        return os.environ.get(env_name) if env_name else None
+
+
+SECTIONS: dict[str, type] = {
+    "relay": RelayConfig,
+    "upstream": UpstreamConfig,
+    "inbound": InboundConfig,
+    "store": StoreConfig,
+}
+CHOICES = {
+    ("upstream", "profile"): {"simulator", "ses", "smtp"},
+    ("upstream", "tls"): {"starttls", "implicit", "none"},
+    ("store", "backend"): {"sqlite"},
+}
+
+
+def _convert(value: object, kind: object, where: str) -> object:
+    """Check one value against its field's type; str values from the environment are parsed."""
+    if kind is Address:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a \"host:port\" string")
+        try:
+            return parse_address(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        raise ConfigError(f"{where}: expected a non-negative integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        raise ConfigError(f"{where}: expected a non-negative number, got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+def _env_value(text: str, kind: object) -> object:
+    """Environment values are text; parse them as TOML scalars when the field is not a string."""
+    if kind in (str, Address) or typing.get_origin(kind) is tuple:
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Read the file (when given) and the environment into a Config, or raise ConfigError."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    source = "(defaults)"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the file: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+    for name in data:
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+    overrides: dict[tuple[str, str], str] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX):].lower().partition("__")
+        if section not in SECTIONS or name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+            raise ConfigError(f"environment: {key} names no config key")
+        overrides[(section, name)] = value
+
+    sections = {}
+    for section, cls in SECTIONS.items():
+        raw = data.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key [{section}] {key}")
+        values = {}
+        for name in known:
+            where = f"{source}: [{section}] {name}"
+            if (section, name) in overrides:
+                env_key = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+                where = f"environment: {env_key}"
+                value = _env_value(overrides[(section, name)], hints[name])
+            elif name in raw:
+                value = raw[name]
+            else:
+                continue
+            value = _convert(value, hints[name], where)
+            allowed = CHOICES.get((section, name))
+            if allowed and value not in allowed:
+                raise ConfigError(f"{where}: {value!r} is not one of {', '.join(sorted(allowed))}")
+            values[name] = value
+        sections[section] = cls(**values)
+    config = Config(**sections, source=source)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    src = config.source
+    up = config.upstream
+    if up.profile != "simulator" and not up.host:
+        raise ConfigError(f"{src}: [upstream] host is required when profile is {up.profile!r}")
+    if up.profile == "simulator" and up.host:
+        raise ConfigError(f"{src}: [upstream] host is set but profile is \"simulator\" (use \"ses\" or \"smtp\")")
+    if up.pool_size < 1:
+        raise ConfigError(f"{src}: [upstream] pool_size must be at least 1")
+    relay = config.relay
+    for net in relay.allow_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{src}: [relay] allow_networks: {net!r} is not a network (e.g. 10.0.0.0/8)") from None
+    if bool(relay.tls_cert) != bool(relay.tls_key):
+        raise ConfigError(f"{src}: [relay] tls_cert and tls_key must be set together")
+    if relay.workers < 1:
+        raise ConfigError(f"{src}: [relay] workers must be at least 1")
+    if not config.inbound.bounce_domains and config.inbound.enabled:
+        raise ConfigError(f"{src}: [inbound] bounce_domains must name at least one domain")

@@ -1,0 +1,131 @@
+"""Small text helpers shared by every format: addresses, codes, header decoding.
+
+Every pattern here is bounded (no nested quantifiers over overlapping classes), because
+the parser reads hostile input and must stay linear in it.
+"""
+from __future__ import annotations
+
+import re
+
+# A mailbox as bounces print it. Bounded parts so that a scan is linear in the text.
+ADDR = r"[\w!#$%&'*+/=?^`{|}~.-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,10}"
+ADDR_RE = re.compile(ADDR)
+# "5.1.1", never "192.5.1.1" nor "5.1.1.2"; a full stop after it ends a sentence.
+STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+# A reply code at the head of a diagnostic ("550 5.1.1 ...", "550-5.1.1 ...", "550:").
+LEADING_CODE_RE = re.compile(r"\s{0,8}(?:\w{1,8}\s{0,2};\s{0,8})?([245][0-5]\d)(?![\d.])")
+# A reply code anywhere, followed by a separator as SMTP writes it.
+ANY_CODE_RE = re.compile(r"(?<![\w.#/-])([245][0-5]\d)(?:[ -](?=\S)|$)", re.M)
+_TYPE_PREFIX_RE = re.compile(r"^\s{0,8}[A-Za-z][\w.-]{0,20}\s{0,4};\s{0,8}")
+_SPACE_RE = re.compile(r"\s+")
+
+TEXT_LIMIT = 64 * 1024  # how much of a text body a detector scans
+
+
+def squash(value: str | None) -> str:
+    """One line, single spaces: diagnostics arrive folded, indented and padded."""
+    return _SPACE_RE.sub(" ", value).strip() if value else ""
+
+
+def strip_type(value: str | None) -> str:
+    """`rfc822; a@b` -> `a@b`, `dns; mx.example` -> `mx.example`, `smtp; 550 ...` -> `550 ...`."""
+    if not value:
+        return ""
+    return _TYPE_PREFIX_RE.sub("", squash(value), count=1)
+
+
+def normalise_address(value: str | None) -> str | None:
+    """The first mailbox in `value`, domain lower-cased; None if there is none."""
+    if not value:
+        return None
+    m = ADDR_RE.search(value)
+    if not m:
+        return None
+    address = m.group(0).strip(".'`")
+    local, _, domain = address.rpartition("@")
+    if not local or "." not in domain:
+        return None
+    return f"{local}@{domain.lower().rstrip('.')}"
+
+
+def find_status(text: str | None) -> str | None:
+    if not text:
+        return None
+    m = STATUS_RE.search(text)
+    return m.group(0) if m else None
+
+
+def leading_code(text: str | None) -> int | None:
+    """The SMTP reply code a diagnostic starts with, if it starts with one."""
+    if not text:
+        return None
+    m = LEADING_CODE_RE.match(text)
+    return int(m.group(1)) if m else None
+
+
+def any_code(text: str | None) -> int | None:
+    """The first thing in `text` that reads like an SMTP reply code."""
+    if not text:
+        return None
+    m = ANY_CODE_RE.search(text)
+    return int(m.group(1)) if m else None
+
+
+def decode_bytes(data: bytes | str | None, charset: str | None = None) -> str:
+    """Bytes of a body part -> text; unknown or lying charsets never raise."""
+    if data is None:
+        return ""
+    if isinstance(data, str):
+        return data
+    for candidate in (charset, "utf-8"):
+        if not candidate:
+            continue
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError, ValueError):
+            continue
+    return data.decode(charset if _known(charset) else "latin-1", errors="replace")
+
+
+def _known(charset: str | None) -> bool:
+    if not charset:
+        return False
+    import codecs
+
+    try:
+        codecs.lookup(charset)
+        return True
+    except LookupError:
+        return False
+
+
+def decode_header(value) -> str:
+    """RFC 2047 words decoded; a header object or garbage becomes the best text available."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        value = str(value)
+    if "=?" not in value:
+        return squash(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    from email.header import decode_header as _decode
+
+    try:
+        chunks = _decode(value)
+    except Exception:  # malformed encoded words: the raw text is better than nothing
+        return squash(value)
+    out = []
+    for chunk, charset in chunks:
+        out.append(decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk)
+    return squash("".join(out))
+
+
+def strip_angle(value: str | None) -> str | None:
+    """A Message-ID without brackets, spaces or comments; None if empty."""
+    if not value:
+        return None
+    value = squash(value)
+    m = re.search(r"<([^<>\s]{1,250})>", value)
+    if m:
+        return m.group(1)
+    value = value.strip("<> ")
+    return value.split()[0] if value else None

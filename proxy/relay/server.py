@@ -1,0 +1,334 @@
+"""The relay listener: mirrors each client transaction onto one pooled upstream connection.
+
+MAIL -> MAIL, each RCPT -> RCPT, DATA -> DATA; the client gets the upstream's reply to each.
+Every refusal becomes a synchronous event (or a send failure on the message) and the message
+is committed to the store before the client sees the final 250.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from proxy.dsn.classify import classify
+from proxy.model import (
+    BounceEvent, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source,
+)
+from proxy.relay.failures import send_failure
+from proxy.relay.headers import new_message_id, prepend_headers, read_headers
+from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
+from proxy.store import StoreError
+
+log = logging.getLogger(__name__)
+
+REPLY_UPSTREAM_DOWN = "451 4.4.1 Upstream unavailable: {why}; message not sent, please retry later"
+REPLY_TX_BROKEN = "451 4.4.1 Upstream connection lost earlier in this transaction; message not sent, send RSET and retry"
+REPLY_STORE_DOWN = "451 4.3.0 Cannot record the message in the bounce log; please retry later"
+REPLY_NOT_ALLOWED = "530 5.7.0 Authentication required"
+REPLY_AUTH_UPSTREAM = "454 4.7.0 Upstream refused the relay's credentials ({reply}); message not sent"
+
+
+def new_id() -> str:
+    """Sortable, unique message id: 48 bits of milliseconds, 40 random bits, base32."""
+    raw = int(time.time() * 1000).to_bytes(6, "big") + secrets.token_bytes(5)
+    return base64.b32encode(raw).decode("ascii").lower()[:17]
+
+
+@dataclass
+class Transaction:
+    """One client transaction and the upstream connection it holds until it ends."""
+
+    message: MessageRecord
+    conn: object | None
+    events: list[BounceEvent] = field(default_factory=list)
+    broken: bool = False
+
+
+class RelayHandler:
+    """aiosmtpd handler hooks; one instance serves every session of a listener."""
+
+    def __init__(self, config, store, upstream, return_path=None):
+        self.config = config
+        self.store = store
+        self.upstream = upstream
+        self.return_path = return_path  # callable(message) -> VERP address or None (inbound issue)
+        self.allow_networks = [ipaddress.ip_network(n, strict=False) for n in config.relay.allow_networks]
+        self.message_id_domain = config.message_id_domain
+        self.keeps_messages = getattr(upstream, "keeps_messages", False)
+        self.is_ses = config.upstream.profile == "ses"
+        self.open_sessions = 0
+
+    # -- access ---------------------------------------------------------------------------------
+    def _may_send(self, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        if not getattr(session, "auth_needed", False):
+            return True
+        try:
+            peer = ipaddress.ip_address(session.peer[0])
+        except (ValueError, TypeError, IndexError):
+            return False
+        return any(peer in net for net in self.allow_networks)
+
+    # -- hooks ----------------------------------------------------------------------------------
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if server._authenticator is None:  # offer AUTH only when there are users to check
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
+        # aiosmtpd reads pipelined commands in order; say so, after the greeting line.
+        return [responses[0], "250-PIPELINING", *responses[1:]]
+
+    async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]):
+        if not self._may_send(session):
+            return REPLY_NOT_ALLOWED
+        await self.finish(session)
+        message = MessageRecord(
+            id=new_id(), created_at=time.time(), client_peer=_peer(session),
+            client_user=_user(session), sender=address,
+        )
+        try:
+            conn = await self.upstream.acquire()
+        except UpstreamAuthFailed as exc:
+            message.status, message.send_failure = MessageStatus.FAILED, f"upstream authentication: {exc.reply.line()}"
+            message.upstream_reply = exc.reply.line()
+            await self._record_quietly(message)
+            return REPLY_AUTH_UPSTREAM.format(reply=exc.reply.line())
+        except UpstreamUnavailable as exc:
+            return REPLY_UPSTREAM_DOWN.format(why=exc)
+        tx = Transaction(message, conn)
+        session.tx = tx
+        envelope_sender = address
+        if self.return_path is not None and not self.is_ses:
+            envelope_sender = self.return_path(message) or address
+        try:
+            reply = await conn.mail(envelope_sender, self._mail_options(conn, options))
+        except UpstreamUnavailable as exc:
+            await self._drop(session)
+            return REPLY_UPSTREAM_DOWN.format(why=exc)
+        if not reply.ok:
+            message.upstream_reply = reply.line()
+            message.status = MessageStatus.FAILED
+            message.send_failure = send_failure(reply) or f"sender refused: {reply.line()}"
+            await self.finish(session, record=True)
+            return reply.smtp()
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return reply.smtp()
+
+    @staticmethod
+    def _mail_options(conn, options: list[str]) -> list[str]:
+        """Pass on the client's MAIL parameters the upstream understands."""
+        passed = []
+        for option in options:
+            name = option.split("=", 1)[0].upper()
+            if name == "BODY" and conn.supports("8bitmime"):
+                passed.append(option)
+            elif name == "SMTPUTF8" and conn.supports("smtputf8"):
+                passed.append(option)
+            elif name == "SIZE" and conn.supports("size"):
+                passed.append(option)
+        return passed
+
+    async def handle_RCPT(self, server, session, envelope: Envelope, address: str, options: list[str]):
+        tx: Transaction | None = getattr(session, "tx", None)
+        if tx is None or tx.conn is None:
+            return "503 5.5.1 Error: need MAIL command"
+        if tx.broken:
+            return REPLY_TX_BROKEN
+        try:
+            reply = await tx.conn.rcpt(address)
+        except UpstreamUnavailable as exc:
+            tx.broken = True
+            return REPLY_UPSTREAM_DOWN.format(why=exc)
+        message = tx.message
+        if reply.ok:
+            envelope.rcpt_tos.append(address)
+            message.recipients.append(RecipientRecord(address, RecipientStatus.ACCEPTED, reply.line()))
+        else:
+            status = RecipientStatus.REJECTED if reply.permanent else RecipientStatus.DEFERRED
+            message.recipients.append(RecipientRecord(address, status, reply.line()))
+            self._refusal(tx, reply, [address])
+            if reply.code == 421:
+                tx.broken = True
+        return reply.smtp()
+
+    async def handle_DATA(self, server, session, envelope: Envelope):
+        tx: Transaction | None = getattr(session, "tx", None)
+        if tx is None or tx.conn is None:
+            return "503 5.5.1 Error: need MAIL command"
+        if tx.broken:
+            await self.finish(session, record=True)
+            return REPLY_TX_BROKEN
+        message = tx.message
+        content: bytes = envelope.original_content or b""
+        facts = read_headers(content)
+        added: list[tuple[str, str]] = []
+        if self.is_ses and self.return_path is not None:
+            verp = self.return_path(message, envelope.rcpt_tos)
+            if verp:
+                added.append(("Return-Path", f"<{verp}>"))
+        if not facts.message_id:
+            facts.message_id = new_message_id(self.message_id_domain)
+            added.append(("Message-ID", f"<{facts.message_id}>"))
+        message.message_id, message.header_from, message.subject = facts.message_id, facts.header_from, facts.subject
+        body = prepend_headers(content, added)
+        message.size = len(body)
+        accepted = [r for r in message.recipients if r.status == RecipientStatus.ACCEPTED]
+        try:
+            reply = await tx.conn.data(body)
+        except UpstreamUnavailable as exc:
+            tx.broken = True
+            message.status = MessageStatus.FAILED
+            message.upstream_reply = f"connection lost during DATA: {exc}"
+            await self.finish(session, record=True)
+            return REPLY_UPSTREAM_DOWN.format(why=exc)
+        message.upstream_reply = reply.line()
+        if reply.ok:
+            message.upstream_id = upstream_id_from(reply)
+            refused = len(accepted) < len(message.recipients)
+            message.status = MessageStatus.PARTIAL if refused else MessageStatus.SENT
+        else:
+            for r in accepted:
+                r.status = RecipientStatus.REJECTED if reply.permanent else RecipientStatus.DEFERRED
+                r.reply = reply.line()
+            message.status = MessageStatus.REJECTED if reply.permanent else MessageStatus.FAILED
+            self._refusal(tx, reply, [r.address for r in accepted])
+        raw = content if (self.keeps_messages and reply.ok) else None
+        try:
+            await self.finish(session, record=True, raw=body if raw is not None else None, strict=True)
+        except StoreError:
+            return REPLY_STORE_DOWN
+        return reply.smtp()
+
+    async def handle_RSET(self, server, session, envelope):
+        await self.finish(session, record=True)
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server, session, envelope):
+        await self.finish(session, record=True)
+        return "221 2.0.0 Bye"
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _refusal(self, tx: Transaction, reply: Reply, recipients: list[str]) -> None:
+        """A refusal is a send failure on the message, or a synchronous bounce per recipient."""
+        failure = send_failure(reply)
+        if failure:
+            tx.message.send_failure = f"{failure}: {reply.line()}"
+            return
+        verdict = classify(reply.enhanced, reply.code, reply.line(), Kind.BOUNCE)
+        now = time.time()
+        for rcpt in recipients:
+            tx.events.append(BounceEvent(
+                at=now, source=Source.SYNC, kind=Kind.BOUNCE, recipient=rcpt.lower(),
+                bounce_type=verdict.bounce_type, reason=verdict.reason, status=verdict.status,
+                status_source=verdict.status_source, smtp_code=reply.code, diagnostic=reply.line(),
+                remote_mta=getattr(self.upstream, "name", None), message_id=tx.message.id,
+                evidence=verdict.evidence,
+            ))
+
+    async def finish(self, session: Session, record: bool = False, raw: bytes | None = None, strict: bool = False):
+        """End the session's transaction: release the upstream connection and record what happened."""
+        tx: Transaction | None = getattr(session, "tx", None)
+        if tx is None:
+            return
+        session.tx = None
+        if tx.conn is not None:
+            conn, tx.conn = tx.conn, None
+            await self.upstream.release(conn)
+        message = tx.message
+        if not record or (not message.recipients and message.status == MessageStatus.PENDING):
+            return  # nothing reached a recipient: nothing to record
+        if message.status == MessageStatus.PENDING:  # abandoned after RCPT replies (RSET, QUIT, lost)
+            refused_all = all(r.status == RecipientStatus.REJECTED for r in message.recipients)
+            message.status = MessageStatus.REJECTED if refused_all else MessageStatus.FAILED
+        if message.send_failure:
+            message.status = MessageStatus.FAILED
+        if strict:
+            await self.store.record_message(message, tx.events, raw)
+        else:
+            await self._record_quietly(message, tx.events)
+
+    async def _record_quietly(self, message: MessageRecord, events=()) -> None:
+        try:
+            await self.store.record_message(message, events)
+        except StoreError as exc:
+            log.error("could not record message %s: %s", message.id, exc)
+
+    async def _drop(self, session: Session) -> None:
+        tx: Transaction | None = getattr(session, "tx", None)
+        if tx is not None and tx.conn is not None:
+            tx.conn.close()
+            await self.upstream.release(tx.conn)
+            tx.conn = None
+        session.tx = None
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")
+
+
+def _user(session: Session) -> str | None:
+    data = session.auth_data
+    if isinstance(data, LoginPassword):
+        return data.login.decode("utf-8", "replace")
+    return None
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP, finishing the transaction when the client vanishes mid-way."""
+
+    def __init__(self, handler: RelayHandler, *args, auth_needed: bool = False, **kwargs):
+        super().__init__(handler, *args, **kwargs)
+        self._relay_handler = handler
+        self._auth_needed = auth_needed
+
+    def _create_session(self) -> Session:
+        session = super()._create_session()
+        session.auth_needed = self._auth_needed
+        session.tx = None
+        return session
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._relay_handler.open_sessions += 1
+
+    def connection_lost(self, error) -> None:
+        session = self.session
+        self._relay_handler.open_sessions -= 1
+        super().connection_lost(error)
+        if session is not None and getattr(session, "tx", None) is not None:
+            asyncio.get_running_loop().create_task(self._relay_handler.finish(session, record=True))
+
+
+class Authenticator:
+    """Checks AUTH PLAIN/LOGIN against the users named in the environment (`user:password,...`)."""
+
+    def __init__(self, users: dict[str, str]):
+        self.users = users
+
+    def __call__(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        expected = self.users.get(login)
+        ok = expected is not None and secrets.compare_digest(expected.encode(), password.encode())
+        return AuthResult(success=ok, handled=False)
+
+
+def parse_users(text: str | None) -> dict[str, str]:
+    users = {}
+    for item in (text or "").replace("\n", ",").split(","):
+        login, sep, password = item.strip().partition(":")
+        if login and sep:
+            users[login] = password
+    return users

@@ -1,0 +1,84 @@
+"""Versioned schema migrations: each entry is applied once, in order, at start."""
+
+MIGRATIONS: list[str] = [
+    # 1: the bounce log of DESIGN.md
+    """
+    CREATE TABLE messages (
+        id             TEXT PRIMARY KEY,
+        created_at     REAL NOT NULL,
+        client_peer    TEXT NOT NULL DEFAULT '',
+        client_user    TEXT,
+        sender         TEXT NOT NULL DEFAULT '',
+        header_from    TEXT,
+        message_id     TEXT,
+        subject        TEXT,
+        upstream_id    TEXT,
+        verp_token     TEXT,
+        size           INTEGER NOT NULL DEFAULT 0,
+        status         TEXT NOT NULL,
+        upstream_reply TEXT NOT NULL DEFAULT '',
+        send_failure   TEXT
+    );
+    CREATE INDEX messages_created ON messages(created_at);
+    CREATE INDEX messages_upstream ON messages(upstream_id);
+    CREATE INDEX messages_msgid ON messages(message_id);
+
+    CREATE TABLE recipients (
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        address    TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        reply      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (message_id, address)
+    );
+    CREATE INDEX recipients_address ON recipients(address);
+
+    CREATE TABLE inbound (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at    REAL NOT NULL,
+        peer           TEXT NOT NULL DEFAULT '',
+        mail_from      TEXT NOT NULL DEFAULT '',
+        rcpt_tos       TEXT NOT NULL DEFAULT '',
+        raw            BLOB NOT NULL,
+        sha256         TEXT NOT NULL,
+        state          TEXT NOT NULL DEFAULT 'pending',
+        parser_version TEXT,
+        kind           TEXT,
+        format         TEXT,
+        error          TEXT
+    );
+    CREATE INDEX inbound_sha ON inbound(sha256);
+    CREATE INDEX inbound_state ON inbound(state);
+
+    CREATE TABLE events (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        at             REAL NOT NULL,
+        message_id     TEXT REFERENCES messages(id),
+        recipient      TEXT,
+        source         TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        bounce_type    TEXT NOT NULL,
+        reason         TEXT NOT NULL,
+        status         TEXT,
+        status_source  TEXT,
+        smtp_code      INTEGER,
+        diagnostic     TEXT,
+        remote_mta     TEXT,
+        reporting_mta  TEXT,
+        correlation    TEXT NOT NULL,
+        inbound_id     INTEGER REFERENCES inbound(id),
+        evidence       TEXT NOT NULL DEFAULT '',
+        feedback_type  TEXT,
+        parser_version TEXT
+    );
+    -- a replayed or reparsed DSN adds nothing: one event per (inbound mail, recipient)
+    CREATE UNIQUE INDEX events_once ON events(inbound_id, COALESCE(recipient, ''));
+    CREATE INDEX events_at ON events(at);
+    CREATE INDEX events_recipient ON events(recipient);
+    CREATE INDEX events_message ON events(message_id);
+
+    CREATE TABLE outbox (
+        message_id TEXT PRIMARY KEY REFERENCES messages(id),
+        raw        BLOB NOT NULL
+    );
+    """,
+]

@@ -1,0 +1,356 @@
+"""The embedded SQLite bounce log: WAL, one writer task, group commit, BEGIN IMMEDIATE.
+
+Writers queue their statements and await the commit that contains them; the writer task runs
+everything queued so far in one transaction, so concurrent sessions share one fsync.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import aiosqlite
+
+from proxy.model import BounceEvent, MessageRecord, ParseState
+from proxy.store.migrations import MIGRATIONS
+from proxy.store.query import EventFilter, MessageFilter
+
+log = logging.getLogger(__name__)
+
+# (sql, params) or (sql, params, sink): a sink list receives the row id the statement inserted.
+Statement = tuple
+
+MESSAGE_COLUMNS = (
+    "id created_at client_peer client_user sender header_from message_id subject upstream_id "
+    "verp_token size status upstream_reply send_failure"
+).split()
+EVENT_COLUMNS = (
+    "at message_id recipient source kind bounce_type reason status status_source smtp_code "
+    "diagnostic remote_mta reporting_mta correlation inbound_id evidence feedback_type parser_version"
+).split()
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))}) "
+    "ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in MESSAGE_COLUMNS[1:])
+)
+_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, address, status, reply) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(message_id, address) DO UPDATE SET status=excluded.status, reply=excluded.reply"
+)
+_INSERT_EVENT = (
+    f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+)
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, locked, corrupt)."""
+
+
+def message_row(m: MessageRecord) -> tuple:
+    return tuple(getattr(m, c) for c in MESSAGE_COLUMNS)
+
+
+def event_row(e: BounceEvent) -> tuple:
+    return tuple(getattr(e, c) for c in EVENT_COLUMNS)
+
+
+@dataclass
+class _Batch:
+    statements: list[Statement] = field(default_factory=list)
+    waiters: list[asyncio.Future] = field(default_factory=list)
+
+
+class SqliteStore:
+    """Store protocol on aiosqlite (see proxy.store.Store)."""
+
+    def __init__(self, path: str, commit_interval_ms: float = 2.0):
+        self.path = path
+        self.commit_interval = commit_interval_ms / 1000.0
+        self._db: aiosqlite.Connection | None = None
+        self._queue: list[tuple[list[Statement], asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+        self._closing = False
+        self.commits = 0  # batches committed, for stats and benchmarks
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def open(self, readonly: bool = False) -> "SqliteStore":
+        try:
+            if readonly:
+                self._db = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+            else:
+                self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            await self._db.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+                await self._db.execute("PRAGMA synchronous = FULL")
+                await self._db.execute("PRAGMA foreign_keys = OFF")
+                await self._migrate()
+                self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
+            else:
+                await self._check_schema()
+        except sqlite3.Error as exc:
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
+            raise StoreError(f"{self.path}: {exc}") from None
+        return self
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _migrate(self) -> None:
+        assert self._db is not None
+        await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = await self._db.execute_fetchall("SELECT MAX(version) FROM schema_version")
+        current = rows[0][0] or 0
+        if current > len(MIGRATIONS):
+            raise StoreError(f"{self.path}: schema version {current} is newer than this bounceproxy ({len(MIGRATIONS)})")
+        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _split_sql(sql):
+                    await self._db.execute(stmt)
+                await self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            log.info("store %s: applied migration %d", self.path, version)
+
+    async def _check_schema(self) -> None:
+        assert self._db is not None
+        try:
+            await self._db.execute_fetchall("SELECT MAX(version) FROM schema_version")
+        except sqlite3.OperationalError:
+            raise StoreError(f"{self.path}: not a bounceproxy database (run `bounceproxy serve` once to create it)") from None
+
+    # -- the single writer ------------------------------------------------------------------
+    async def _submit(self, statements: list[Statement]) -> None:
+        """Queue statements for the next group commit and wait until they are durable."""
+        if self._writer is None or self._closing:
+            raise StoreError("store is not open for writing")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((statements, fut))
+        self._wakeup.set()
+        await fut
+
+    async def _write_loop(self) -> None:
+        assert self._db is not None
+        while True:
+            await self._wakeup.wait()
+            if self.commit_interval and not self._closing:
+                await asyncio.sleep(self.commit_interval)  # let concurrent sessions join this commit
+            self._wakeup.clear()
+            batch, self._queue = self._queue, []
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+                error = StoreError(f"{self.path}: {exc}")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(error)
+                log.error("store write failed for %d transactions: %s", len(batch), exc)
+            else:
+                self.commits += 1
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+
+    async def _commit(self, batch: list[tuple[list[Statement], asyncio.Future]]) -> None:
+        db = self._db
+        assert db is not None
+        # Consecutive statements with the same SQL (and no row id wanted) share one executemany.
+        grouped: list[tuple[str, list[Sequence], list | None]] = []
+        for statements, _ in batch:
+            for sql, params, *sink in statements:
+                if not sink and grouped and grouped[-1][0] == sql and grouped[-1][2] is None:
+                    grouped[-1][1].append(params)
+                else:
+                    grouped.append((sql, [params], sink[0] if sink else None))
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, rows, sink in grouped:
+                if len(rows) == 1:
+                    cursor = await db.execute(sql, rows[0])
+                    if sink is not None:
+                        sink.append(cursor.lastrowid)
+                else:
+                    await db.executemany(sql, rows)
+            await db.execute("COMMIT")
+        except BaseException:
+            try:
+                await db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+
+    # -- writes -----------------------------------------------------------------------------
+    async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None) -> None:
+        """Commit a message, its recipients and its synchronous events in one transaction."""
+        statements: list[Statement] = [(_INSERT_MESSAGE, message_row(message))]
+        statements += [
+            (_INSERT_RECIPIENT, (message.id, r.address, r.status, r.reply)) for r in message.recipients
+        ]
+        statements += [(_INSERT_EVENT, event_row(e)) for e in events]
+        if raw is not None:
+            statements.append(("INSERT OR REPLACE INTO outbox (message_id, raw) VALUES (?, ?)", (message.id, raw)))
+        await self._submit(statements)
+
+    async def store_inbound(self, peer: str, mail_from: str, rcpt_tos: list[str], raw: bytes) -> int:
+        """Commit a received mail's raw bytes; returns its id. Called before the 250 is sent."""
+        sha = hashlib.sha256(raw).hexdigest()
+        row_id: list[int] = []
+        await self._submit([(
+            "INSERT INTO inbound (received_at, peer, mail_from, rcpt_tos, raw, sha256, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+            (time.time(), peer, mail_from, json.dumps(rcpt_tos), raw, sha),
+            row_id,
+        )])
+        return row_id[0]
+
+    async def record_inbound_result(
+        self, inbound_id: int, state: ParseState, parser_version: str | None, kind: str | None,
+        fmt: str | None, error: str | None, events: Iterable[BounceEvent],
+    ) -> None:
+        statements: list[Statement] = [(_INSERT_EVENT, event_row(e)) for e in events]
+        statements.append((
+            "UPDATE inbound SET state=?, parser_version=?, kind=?, format=?, error=? WHERE id=?",
+            (state, parser_version, kind, fmt, error, inbound_id),
+        ))
+        await self._submit(statements)
+
+    async def update_events_verdicts(self, rows: list[tuple]) -> None:
+        """Rewrite (reason, bounce_type, status, status_source, evidence, parser_version) by event id."""
+        await self._submit([(
+            "UPDATE events SET reason=?, bounce_type=?, status=?, status_source=?, evidence=?, parser_version=? WHERE id=?",
+            row,
+        ) for row in rows])
+
+    # -- reads ------------------------------------------------------------------------------
+    async def _fetch(self, sql: str, params: Sequence = ()) -> list[dict]:
+        assert self._db is not None
+        try:
+            rows = await self._db.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        return [dict(r) for r in rows]
+
+    async def get_message(self, message_id: str) -> dict | None:
+        rows = await self._fetch("SELECT * FROM messages WHERE id = ?", (message_id,))
+        return rows[0] if rows else None
+
+    async def message_recipients(self, message_id: str) -> list[dict]:
+        return await self._fetch("SELECT address, status, reply FROM recipients WHERE message_id = ? ORDER BY rowid", (message_id,))
+
+    async def find_message_by_upstream_id(self, upstream_id: str) -> dict | None:
+        rows = await self._fetch("SELECT * FROM messages WHERE upstream_id = ? ORDER BY created_at DESC LIMIT 1", (upstream_id,))
+        return rows[0] if rows else None
+
+    async def find_message_by_message_id(self, message_id: str) -> dict | None:
+        rows = await self._fetch("SELECT * FROM messages WHERE message_id = ? ORDER BY created_at DESC LIMIT 1", (message_id,))
+        return rows[0] if rows else None
+
+    async def find_latest_message_to(self, address: str, since: float) -> dict | None:
+        rows = await self._fetch(
+            "SELECT m.* FROM recipients r JOIN messages m ON m.id = r.message_id "
+            "WHERE r.address = ? COLLATE NOCASE AND m.created_at >= ? ORDER BY m.created_at DESC LIMIT 1",
+            (address, since),
+        )
+        return rows[0] if rows else None
+
+    async def list_messages(self, flt: MessageFilter) -> list[dict]:
+        where, params = flt.where()
+        return await self._fetch(
+            "SELECT m.*, (SELECT COUNT(*) FROM recipients r WHERE r.message_id = m.id) AS recipient_count, "
+            "(SELECT group_concat(address, ',') FROM recipients r WHERE r.message_id = m.id) AS recipients "
+            f"FROM messages m {where} ORDER BY m.created_at DESC LIMIT ?",
+            (*params, flt.limit),
+        )
+
+    async def list_events(self, flt: EventFilter) -> list[dict]:
+        where, params = flt.where()
+        return await self._fetch(
+            "SELECT e.*, m.sender AS message_sender, m.message_id AS message_header_id, m.upstream_id, m.subject "
+            f"FROM events e LEFT JOIN messages m ON m.id = e.message_id {where} ORDER BY e.at DESC, e.id DESC LIMIT ?",
+            (*params, flt.limit),
+        )
+
+    async def message_events(self, message_id: str) -> list[dict]:
+        return await self._fetch("SELECT * FROM events WHERE message_id = ? ORDER BY at, id", (message_id,))
+
+    async def stats(self, since: float) -> dict:
+        msgs = await self._fetch(
+            "SELECT status, COUNT(*) AS n FROM messages WHERE created_at >= ? GROUP BY status", (since,)
+        )
+        rcpts = await self._fetch(
+            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id WHERE m.created_at >= ?",
+            (since,),
+        )
+        events = await self._fetch(
+            "SELECT source, kind, bounce_type, reason, COUNT(*) AS n FROM events WHERE at >= ? "
+            "GROUP BY source, kind, bounce_type, reason ORDER BY n DESC",
+            (since,),
+        )
+        return {
+            "messages": {r["status"]: r["n"] for r in msgs},
+            "recipients": rcpts[0]["n"] if rcpts else 0,
+            "events": events,
+        }
+
+    async def list_inbound(self, state: str | None, since: float | None, limit: int) -> list[dict]:
+        clauses, params = [], []
+        if state:
+            clauses.append("state = ?")
+            params.append(state)
+        if since is not None:
+            clauses.append("received_at >= ?")
+            params.append(since)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return await self._fetch(
+            "SELECT id, received_at, peer, mail_from, rcpt_tos, length(raw) AS size, sha256, state, "
+            f"parser_version, kind, format, error FROM inbound {where} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+
+    async def get_inbound(self, inbound_id: int) -> dict | None:
+        rows = await self._fetch("SELECT * FROM inbound WHERE id = ?", (inbound_id,))
+        return rows[0] if rows else None
+
+    async def first_inbound_with_sha(self, sha256: str) -> int:
+        rows = await self._fetch("SELECT MIN(id) AS id FROM inbound WHERE sha256 = ?", (sha256,))
+        return rows[0]["id"]
+
+    async def inbound_ids(self, states: Sequence[str] | None = None) -> list[int]:
+        if states:
+            marks = ", ".join("?" * len(states))
+            rows = await self._fetch(f"SELECT id FROM inbound WHERE state IN ({marks}) ORDER BY id", tuple(states))
+        else:
+            rows = await self._fetch("SELECT id FROM inbound ORDER BY id")
+        return [r["id"] for r in rows]
+
+    async def outbox_raw(self, message_id: str) -> bytes | None:
+        rows = await self._fetch("SELECT raw FROM outbox WHERE message_id = ?", (message_id,))
+        return rows[0]["raw"] if rows else None
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (our DDL has no semicolons inside strings)."""
+    return [stmt.strip() for stmt in script.split(";") if stmt.strip()]
