@@ -66,7 +66,7 @@ class Service:
         users = parse_users(cfg.secret(relay.auth_users_env))
         beyond_loopback = not relay.listen.is_loopback
         tls = self._client_tls()
-        auth_needed = relay.require_auth or (beyond_loopback and not relay.allow_networks) or bool(relay.allow_networks and users)
+        auth_needed = relay.require_auth or beyond_loopback or bool(relay.allow_networks)
         if (relay.require_auth or beyond_loopback) and not users and not relay.allow_networks:
             raise ConfigError(
                 f"{cfg.source}: [relay] listen {relay.listen} is beyond loopback: set users in the environment "

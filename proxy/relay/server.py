@@ -116,6 +116,8 @@ class RelayHandler:
             message.status = MessageStatus.FAILED
             message.send_failure = send_failure(reply) or f"sender refused: {reply.line()}"
             await self.finish(session, record=True)
+            if reply.code == 421:
+                _close_after_reply(server)
             return reply.smtp()
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -154,8 +156,10 @@ class RelayHandler:
             status = RecipientStatus.REJECTED if reply.permanent else RecipientStatus.DEFERRED
             message.recipients.append(RecipientRecord(address, status, reply.line()))
             self._refusal(tx, reply, [address])
-            if reply.code == 421:
+            if reply.code == 421:  # the upstream is closing; a 421 obliges us to close too
                 tx.broken = True
+                await self.finish(session, record=True)
+                _close_after_reply(server)
         return reply.smtp()
 
     async def handle_DATA(self, server, session, envelope: Envelope):
@@ -269,6 +273,11 @@ class RelayHandler:
         session.tx = None
 
 
+def _close_after_reply(server) -> None:
+    """Close the client's connection once the reply being pushed has been written."""
+    asyncio.get_running_loop().call_soon(lambda: server.transport and server.transport.close())
+
+
 def _peer(session: Session) -> str:
     peer = session.peer
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -322,7 +331,7 @@ class Authenticator:
         password = auth_data.password.decode("utf-8", "replace")
         expected = self.users.get(login)
         ok = expected is not None and secrets.compare_digest(expected.encode(), password.encode())
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 def parse_users(text: str | None) -> dict[str, str]:

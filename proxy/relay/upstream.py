@@ -200,6 +200,11 @@ class UpstreamPool:
         )
         try:
             await asyncio.wait_for(client.connect(timeout=cfg.connect_timeout), cfg.connect_timeout + 5)
+            if client.is_ehlo_or_helo_needed:
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             if self.username:
                 await client.login(self.username, self.password or "")
         except aiosmtplib.SMTPAuthenticationError as exc:

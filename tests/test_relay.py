@@ -1,0 +1,387 @@
+"""The relay against a real (scripted) upstream: what the client hears, what the upstream gets,
+and what the bounce log holds."""
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import sqlite3
+import ssl
+
+import aiosmtplib
+import pytest
+
+from proxy.app import Service
+from tests.conftest import ScriptedUpstream, make_config, start_upstream
+
+# A real DKIM-signed message shape: signature header, folded headers, a body with a leading dot
+# and trailing whitespace that any re-serialisation would disturb.
+SIGNED = (
+    b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=sel;\r\n"
+    b"\th=from:to:subject:date:message-id; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;\r\n"
+    b"\tb=dGhpcyBpcyBub3QgYSByZWFsIHNpZ25hdHVyZSBidXQgaXRzIGJ5dGVzIG11c3Qgc3Vydml2ZQ==\r\n"
+    b"From: App <app@example.com>\r\n"
+    b"To: user@example.net\r\n"
+    b"Subject: =?utf-8?q?Caf=C3=A9?= receipt\r\n"
+    b"Date: Tue, 24 Nov 2026 06:00:00 +0000\r\n"
+    b"Message-ID: <receipt-42@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b".a line that starts with a dot\r\n"
+    b"trailing spaces   \r\n"
+    b"\r\n"
+)
+UNSIGNED = b"From: app@example.com\r\nTo: user@example.net\r\nSubject: no id\r\n\r\nHello\r\n"
+
+
+def rows(svc: Service, sql: str, params=()) -> list[sqlite3.Row]:
+    """Read the store through a separate connection: what is there is committed."""
+    db = sqlite3.connect(svc.config.store.path)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+async def client(svc: Service) -> aiosmtplib.SMTP:
+    host, port = svc.relay_address
+    smtp = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=10)
+    await smtp.connect()
+    return smtp
+
+
+async def test_message_goes_upstream_byte_for_byte_and_is_recorded(service, upstream):
+    smtp = await client(service)
+    reply = await smtp.ehlo()
+    assert "PIPELINING" in reply.message and "8BITMIME" in reply.message
+    await smtp.sendmail("app@example.com", ["user@example.net"], SIGNED)
+    await smtp.quit()
+    sender, rcpts, content = upstream.handler.messages[-1]
+    assert (sender, rcpts) == ("app@example.com", ["user@example.net"])
+    assert content == SIGNED  # DKIM survives: not one byte changed
+    (msg,) = rows(service, "SELECT * FROM messages")
+    assert msg["status"] == "sent" and msg["message_id"] == "receipt-42@example.com"
+    assert msg["header_from"] == "App <app@example.com>" and msg["subject"] == "Café receipt"
+    assert msg["upstream_id"].startswith("0100018c") and msg["size"] == len(SIGNED)
+    assert [tuple(r) for r in rows(service, "SELECT address, status FROM recipients")] == [("user@example.net", "accepted")]
+    assert rows(service, "SELECT * FROM events") == []
+
+
+async def test_message_id_is_prepended_when_missing(service, upstream):
+    smtp = await client(service)
+    await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
+    await smtp.quit()
+    content = upstream.handler.messages[-1][2]
+    first, rest = content.split(b"\r\n", 1)
+    assert first.startswith(b"Message-ID: <") and first.endswith(b"@relay.test>")
+    assert rest == UNSIGNED
+    (msg,) = rows(service, "SELECT message_id FROM messages")
+    assert first == f"Message-ID: <{msg['message_id']}>".encode()
+
+
+async def test_rcpt_refusal_is_relayed_verbatim_and_logged_as_sync_bounce(service, upstream):
+    smtp = await client(service)
+    await smtp.ehlo()
+    await smtp.mail("app@example.com")
+    refused = await smtp.execute_command(b"RCPT", b"TO:<unknown.user@example.net>")
+    assert refused.code == 550
+    assert refused.message == ("5.1.1 <unknown.user@example.net>: Recipient address rejected: "
+                               "User unknown in virtual mailbox table")
+    assert (await smtp.rcpt("good@example.net"))[0] == 250
+    assert (await smtp.data(UNSIGNED))[0] == 250
+    await smtp.quit()
+    (event,) = rows(service, "SELECT * FROM events")
+    assert event["source"] == "sync" and event["kind"] == "bounce"
+    assert event["recipient"] == "unknown.user@example.net"
+    assert (event["bounce_type"], event["reason"], event["status"], event["smtp_code"]) == ("hard", "userunknown", "5.1.1", 550)
+    assert event["status_source"] == "dsn"
+    (msg,) = rows(service, "SELECT * FROM messages")
+    assert msg["status"] == "partial" and event["message_id"] == msg["id"]
+    statuses = {r["address"]: r["status"] for r in rows(service, "SELECT * FROM recipients")}
+    assert statuses == {"unknown.user@example.net": "rejected", "good@example.net": "accepted"}
+    assert [m[1] for m in upstream.handler.messages] == [["good@example.net"]]
+
+
+async def test_refusal_after_data_concerns_every_accepted_recipient(service):
+    smtp = await client(service)
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await smtp.sendmail("app@example.com", ["contentfail@example.net", "other@example.net"], UNSIGNED)
+    assert refused.value.code == 554 and refused.value.message.startswith("5.6.0 Message rejected")
+    await smtp.quit()
+    events = rows(service, "SELECT recipient, status, bounce_type FROM events ORDER BY recipient")
+    assert [(e["recipient"], e["status"]) for e in events] == [("contentfail@example.net", "5.6.0"), ("other@example.net", "5.6.0")]
+    assert all(e["bounce_type"] != "hard" for e in events)  # a content refusal says nothing about the address
+    (msg,) = rows(service, "SELECT status FROM messages")
+    assert msg["status"] == "rejected"
+
+
+async def test_sender_side_refusal_never_marks_the_recipient_hard(service):
+    smtp = await client(service)
+    await smtp.ehlo()
+    await smtp.mail("app@example.com")
+    reply = await smtp.execute_command(b"RCPT", b"TO:<blocked@example.net>")
+    assert reply.code == 554
+    await smtp.quit()
+    (event,) = rows(service, "SELECT * FROM events")
+    assert event["bounce_type"] == "soft" and event["reason"] == "blocked"
+
+
+@pytest.mark.parametrize("sender, code, failure", [
+    ("throttled@example.com", 454, "throttled"),
+    ("unverified@example.com", 554, "sender not verified"),
+])
+async def test_account_failures_are_send_failures_not_bounces(service, sender, code, failure):
+    smtp = await client(service)
+    await smtp.ehlo()
+    reply = await smtp.execute_command(b"MAIL", f"FROM:<{sender}>".encode())
+    assert reply.code == code
+    await smtp.quit()
+    (msg,) = rows(service, "SELECT * FROM messages")
+    assert msg["status"] == "failed" and msg["send_failure"].startswith(failure)
+    assert rows(service, "SELECT * FROM events") == []
+
+
+async def test_greylisting_is_soft_and_deferred(service):
+    smtp = await client(service)
+    await smtp.ehlo()
+    await smtp.mail("app@example.com")
+    assert (await smtp.execute_command(b"RCPT", b"TO:<greylist@example.net>")).code == 450
+    await smtp.rset()
+    await smtp.quit()
+    (event,) = rows(service, "SELECT * FROM events")
+    assert event["bounce_type"] == "soft" and event["status"].startswith("4.")
+    assert [tuple(r) for r in rows(service, "SELECT address, status FROM recipients")] == [("greylist@example.net", "deferred")]
+
+
+@pytest.mark.parametrize("recipient, stage", [
+    ("drop@example.net", "rcpt"), ("lostdata@example.net", "data"), ("closing@example.net", "rcpt"),
+])
+async def test_connection_lost_upstream_gives_451_and_nothing_reported_sent(service, recipient, stage):
+    smtp = await client(service)
+    await smtp.ehlo()
+    await smtp.mail("app@example.com")
+    reply = await smtp.execute_command(b"RCPT", f"TO:<{recipient}>".encode())
+    if stage == "data":
+        assert reply.code == 250
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.data(UNSIGNED)
+        reply = refused.value
+    if recipient == "closing@example.net":
+        assert reply.code == 421 and "closing transmission channel" in reply.message  # the upstream's word
+        await asyncio.sleep(0.1)
+        assert not smtp.is_connected  # and, as a 421 obliges, the relay closed the client's connection
+    else:
+        assert reply.code == 451 and reply.message.startswith("4.4.1 ")
+        await smtp.quit()
+    assert rows(service, "SELECT * FROM messages WHERE status IN ('sent', 'partial')") == []
+    # and the relay keeps serving: the next message goes through on a fresh connection
+    smtp = await client(service)
+    await smtp.sendmail("app@example.com", ["fine@example.net"], UNSIGNED)
+    await smtp.quit()
+    assert rows(service, "SELECT status FROM messages WHERE status = 'sent'")
+
+
+async def test_stalled_upstream_times_out_with_451(tmp_path, upstream):
+    config = make_config(tmp_path, upstream.port, upstream={"command_timeout": 0.5})
+    async with Service(config) as svc:
+        smtp = await client(svc)
+        await smtp.ehlo()
+        await smtp.mail("app@example.com")
+        reply = await smtp.execute_command(b"RCPT", b"TO:<stall@example.net>")
+        assert reply.code == 451 and "did not answer in time" in reply.message
+        await smtp.quit()
+
+
+async def test_unreachable_upstream_gives_451(tmp_path):
+    probe = await start_upstream()
+    port = probe.port
+    probe.server.close()
+    await probe.server.wait_closed()
+    async with Service(make_config(tmp_path, port)) as svc:
+        smtp = await client(svc)
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
+        assert reply.code == 451 and reply.message.startswith("4.4.1 Upstream unavailable")
+        await smtp.quit()
+        assert rows(svc, "SELECT * FROM messages") == []
+
+
+async def test_upstream_connections_are_pooled_across_client_connections(service, upstream):
+    before = upstream.handler.connections
+    for n in range(5):
+        smtp = await client(service)
+        await smtp.sendmail("app@example.com", [f"user{n}@example.net"], UNSIGNED)
+        await smtp.quit()
+    assert len(upstream.handler.messages) == 5
+    assert upstream.handler.connections - before <= 1
+
+
+async def test_several_transactions_on_one_connection_and_rset(service, upstream):
+    smtp = await client(service)
+    await smtp.ehlo()
+    await smtp.mail("app@example.com")
+    await smtp.rcpt("first@example.net")
+    await smtp.rset()
+    await smtp.sendmail("app@example.com", ["second@example.net"], UNSIGNED)
+    await smtp.sendmail("app@example.com", ["third@example.net"], UNSIGNED)
+    await smtp.quit()
+    assert [m[1] for m in upstream.handler.messages] == [["second@example.net"], ["third@example.net"]]
+
+
+async def test_committed_before_the_client_sees_250(service):
+    """The 250 after DATA is sent only after the commit: a second connection sees the row at once."""
+    smtp = await client(service)
+    await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
+    assert len(rows(service, "SELECT * FROM messages WHERE status = 'sent'")) == 1
+    await smtp.quit()
+
+
+async def test_size_advertised_is_no_more_than_upstreams(tmp_path):
+    up = await start_upstream(size=123456)
+    async with Service(make_config(tmp_path, up.port)) as svc:
+        smtp = await client(svc)
+        reply = await smtp.ehlo()
+        assert "SIZE 123456" in reply.message
+        await smtp.quit()
+    up.server.close()
+
+
+async def test_starttls_and_auth_towards_upstream(tmp_path, ca, server_cert, ca_file, monkeypatch):
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(tls)
+    handler = ScriptedUpstream()
+    up = await start_upstream(handler, tls=tls, users={"AKIAEXAMPLE": "s3cret"})
+    monkeypatch.setenv("BOUNCEPROXY_UPSTREAM_USERNAME", "AKIAEXAMPLE")
+    monkeypatch.setenv("BOUNCEPROXY_UPSTREAM_PASSWORD", "s3cret")
+    config = make_config(tmp_path, up.port, upstream={"host": "localhost", "tls": "starttls", "ca_file": ca_file})
+    async with Service(config) as svc:
+        smtp = await client(svc)
+        await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
+        await smtp.quit()
+    assert handler.auth_logins and handler.auth_logins[0] == "AKIAEXAMPLE"
+    assert handler.messages[0][2].endswith(UNSIGNED)
+    up.server.close()
+
+
+async def test_wrong_upstream_credentials_are_a_send_failure(tmp_path, server_cert, ca_file, monkeypatch):
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(tls)
+    up = await start_upstream(tls=tls, users={"AKIAEXAMPLE": "s3cret"})
+    monkeypatch.setenv("BOUNCEPROXY_UPSTREAM_USERNAME", "AKIAEXAMPLE")
+    monkeypatch.setenv("BOUNCEPROXY_UPSTREAM_PASSWORD", "wrong")
+    config = make_config(tmp_path, up.port, upstream={"host": "localhost", "tls": "starttls", "ca_file": ca_file})
+    async with Service(config) as svc:
+        smtp = await client(svc)
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
+        assert reply.code == 454 and "535" in reply.message
+        await smtp.quit()
+        (msg,) = rows(svc, "SELECT status, send_failure FROM messages")
+        assert msg["status"] == "failed" and msg["send_failure"].startswith("upstream authentication")
+        assert rows(svc, "SELECT * FROM events") == []
+    up.server.close()
+
+
+async def test_upstream_certificate_is_verified_by_default(tmp_path, server_cert):
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(tls)  # signed by the test CA, which the relay does not trust
+    up = await start_upstream(tls=tls)
+    config = make_config(tmp_path, up.port, upstream={"host": "localhost", "tls": "starttls"})
+    async with Service(config) as svc:
+        smtp = await client(svc)
+        await smtp.ehlo()
+        reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
+        assert reply.code == 451 and "TLS" in reply.message
+        await smtp.quit()
+    up.server.close()
+
+
+async def test_client_auth_and_starttls_when_configured(tmp_path, upstream, server_cert, monkeypatch):
+    cert = tmp_path / "cert.pem"
+    key = tmp_path / "key.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    monkeypatch.setenv("BOUNCEPROXY_RELAY_USERS", "app:pw1")
+    config = make_config(tmp_path, upstream.port, relay={"require_auth": True, "tls_cert": str(cert), "tls_key": str(key)})
+    async with Service(config) as svc:
+        smtp = await client(svc)
+        await smtp.ehlo()
+        assert (await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")).code == 530
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        await smtp.starttls(tls_context=ctx)
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+            await smtp.login("app", "wrong")
+        await smtp.login("app", "pw1")
+        await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
+        await smtp.quit()
+        (msg,) = rows(svc, "SELECT client_user FROM messages")
+        assert msg["client_user"] == "app"
+
+
+async def test_refuses_to_listen_beyond_loopback_without_auth(tmp_path, upstream):
+    from proxy.config import Address, ConfigError
+
+    config = make_config(tmp_path, upstream.port, relay={"listen": Address("0.0.0.0", 0)})
+    with pytest.raises(ConfigError, match="open relay"):
+        async with Service(config):
+            pass
+
+
+async def test_allow_networks_lets_listed_clients_send_without_auth(tmp_path, upstream):
+    from proxy.config import Address
+
+    config = make_config(tmp_path, upstream.port, relay={"listen": Address("0.0.0.0", 0), "allow_networks": ("127.0.0.0/8",)})
+    async with Service(config) as svc:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=svc.relay_address[1], start_tls=False)
+        await smtp.connect()
+        await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
+        await smtp.quit()
+    config = make_config(tmp_path, upstream.port, relay={"listen": Address("0.0.0.0", 0), "allow_networks": ("10.0.0.0/8",)})
+    async with Service(config) as svc:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=svc.relay_address[1], start_tls=False)
+        await smtp.connect()
+        await smtp.ehlo()
+        assert (await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")).code == 530
+        await smtp.quit()
+
+
+def _smtplib_session(port: int) -> list[tuple[int, bytes]]:
+    """A plain HELO client (no ESMTP), as old tools speak."""
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        out = [s.helo("old.client")]
+        out.append(s.mail("app@example.com"))
+        out.append(s.rcpt("user@example.net"))
+        out.append(s.data(UNSIGNED))
+    return out
+
+
+async def test_helo_client_with_smtplib(service, upstream):
+    replies = await asyncio.to_thread(_smtplib_session, service.relay_address[1])
+    assert [code for code, _ in replies] == [250, 250, 250, 250]
+    assert upstream.handler.messages[-1][2].endswith(UNSIGNED)
+
+
+async def test_simulator_answers_like_ses_mailbox_simulator(tmp_path):
+    async with Service(make_config(tmp_path)) as svc:
+        smtp = await client(svc)
+        await smtp.ehlo()
+        await smtp.mail("app@example.com")
+        assert (await smtp.rcpt("success@simulator.amazonses.com"))[0] == 250
+        bounce = await smtp.execute_command(b"RCPT", b"TO:<bounce@simulator.amazonses.com>")
+        assert bounce.code == 550 and bounce.message.startswith("5.1.1")
+        suppressed = await smtp.execute_command(b"RCPT", b"TO:<suppressionlist@simulator.amazonses.com>")
+        assert suppressed.code == 550 and "suppressed" in suppressed.message
+        assert (await smtp.rcpt("anyone@example.org"))[0] == 250
+        code, text = await smtp.data(UNSIGNED)
+        assert code == 250 and text.startswith("Ok ")
+        await smtp.quit()
+        (msg,) = rows(svc, "SELECT id, status FROM messages")
+        assert msg["status"] == "partial"
+        kept = rows(svc, "SELECT raw FROM outbox WHERE message_id = ?", (msg["id"],))
+        assert kept and kept[0]["raw"].endswith(UNSIGNED)  # kept, not delivered
+        reasons = {r["recipient"]: (r["reason"], r["bounce_type"]) for r in rows(svc, "SELECT * FROM events")}
+        assert reasons["bounce@simulator.amazonses.com"] == ("userunknown", "hard")
+        assert reasons["suppressionlist@simulator.amazonses.com"][0] == "suppressed"
