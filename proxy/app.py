@@ -7,10 +7,15 @@ import signal
 import ssl
 import sys
 
+import secrets
+
 from proxy.config import Config, ConfigError
+from proxy.inbound.pipeline import Pipeline
+from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
 from proxy.relay.server import Authenticator, RelayHandler, RelaySMTP, parse_users
 from proxy.relay.simulator import SimulatorUpstream
 from proxy.relay.upstream import UpstreamPool
+from proxy.relay.verp import VerpSigner
 from proxy.store import StoreError, open_store
 
 log = logging.getLogger("bounceproxy")
@@ -26,6 +31,10 @@ class Service:
         self.relay_handler: RelayHandler | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.relay_address: tuple[str, int] | None = None
+        self.inbound_address: tuple[str, int] | None = None
+        self.signer: VerpSigner | None = None
+        self.pipeline: Pipeline | None = None
+        self.inbound_worker: InboundWorker | None = None
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -38,7 +47,7 @@ class Service:
         cfg = self.config.upstream
         if cfg.profile == "simulator":
             log.warning("no upstream configured: using the built-in SES mailbox simulator, NOTHING IS DELIVERED")
-            return SimulatorUpstream()
+            return SimulatorUpstream(cfg.simulator_late_bounce, cfg.simulator_async_delay)
         username = self.config.secret(cfg.username_env)
         password = self.config.secret(cfg.password_env)
         if cfg.profile == "ses" and not (username and password):
@@ -82,8 +91,11 @@ class Service:
         except StoreError as exc:
             raise ConfigError(f"{cfg.source}: [store] path: {exc}") from None
         self.upstream = self._upstream()
+        self.signer = self._verp_signer()
         await self._probe_upstream()
-        self.relay_handler = RelayHandler(cfg, self.store, self.upstream)
+        if cfg.inbound.enabled:
+            await self._start_inbound()
+        self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer)
         size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
         hostname = cfg.relay_hostname
         authenticator = Authenticator(users) if users else None
@@ -100,6 +112,42 @@ class Service:
         server = await self._listen(factory, relay.listen, "[relay] listen")
         self.relay_address = server.sockets[0].getsockname()[:2]
         log.info("relay listening on %s:%s -> upstream %s", *self.relay_address, self.upstream.name)
+
+    def _verp_signer(self) -> VerpSigner | None:
+        inbound = self.config.inbound
+        if not inbound.verp:
+            return None
+        key = self.config.secret(inbound.hmac_key_env)
+        if not key and isinstance(self.upstream, SimulatorUpstream):
+            log.warning("simulator: %s is not set; VERP tokens are signed with a key that lasts until restart",
+                        inbound.hmac_key_env)
+            key = secrets.token_hex(32)
+        if not key:
+            log.warning("VERP is off: set the HMAC key in the environment variable %s "
+                        "(correlation falls back to message ids)", inbound.hmac_key_env)
+            return None
+        return VerpSigner(key.encode(), inbound.verp_local, inbound.bounce_domains[0])
+
+    async def _start_inbound(self) -> None:
+        cfg = self.config
+        inbound = cfg.inbound
+        self.pipeline = Pipeline(self.store, self.signer, inbound.bounce_domains, cfg.store.correlation_window_days)
+        self.inbound_worker = InboundWorker(self.pipeline)
+        await self.inbound_worker.start(recover=True)
+        handler = InboundHandler(cfg, self.store, self.signer, self.inbound_worker.submit)
+        hostname = inbound.hostname or cfg.relay_hostname
+
+        def factory():
+            return InboundSMTP(handler, hostname=hostname, size_limit=inbound.max_message_size,
+                               enable_SMTPUTF8=True, timeout=inbound.session_timeout, ident="bounceproxy bounce MX")
+
+        server = await self._listen(factory, inbound.listen, "[inbound] listen")
+        self.inbound_address = server.sockets[0].getsockname()[:2]
+        log.info("bounce MX listening on %s:%s for %s", *self.inbound_address, ", ".join(inbound.bounce_domains))
+        if isinstance(self.upstream, SimulatorUpstream):
+            self.upstream.bounce_mx = self.inbound_address
+            plain = inbound.plain_addresses
+            self.upstream.fallback_return_path = plain[0] if plain else None
 
     async def _probe_upstream(self) -> None:
         """Learn the upstream's SIZE before advertising ours; an unreachable upstream is not fatal."""
@@ -136,6 +184,8 @@ class Service:
         self.servers.clear()
         if self.upstream is not None:
             await self.upstream.close()
+        if self.inbound_worker is not None:
+            await self.inbound_worker.stop()
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -93,6 +93,8 @@ class UpstreamConfig:
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
     max_message_size: int = 40 * 1024 * 1024  # SES: 40 MB; lowered by the upstream's SIZE
+    simulator_late_bounce: str = "latebounce@simulator.amazonses.com"
+    simulator_async_delay: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,8 @@ class Report:
     subject: str | None = None  # of the report itself
     envelope_sender: str | None = None  # X-Postfix-Sender / Original-Envelope-Id context
     original_envelope_id: str | None = None
+    queue_id: str | None = None  # the reporting MTA's id of the original (X-Postfix-Queue-ID)
+    sender_address: str | None = None  # From of the report itself (who is on vacation, for auto-replies)
 
 
 @dataclass(slots=True)

@@ -53,11 +53,11 @@ class Transaction:
 class RelayHandler:
     """aiosmtpd handler hooks; one instance serves every session of a listener."""
 
-    def __init__(self, config, store, upstream, return_path=None):
+    def __init__(self, config, store, upstream, verp=None):
         self.config = config
         self.store = store
         self.upstream = upstream
-        self.return_path = return_path  # callable(message) -> VERP address or None (inbound issue)
+        self.verp = verp  # VerpSigner: the signed return path written on every message
         self.allow_networks = [ipaddress.ip_network(n, strict=False) for n in config.relay.allow_networks]
         self.message_id_domain = config.message_id_domain
         self.keeps_messages = getattr(upstream, "keeps_messages", False)
@@ -104,8 +104,9 @@ class RelayHandler:
         tx = Transaction(message, conn)
         session.tx = tx
         envelope_sender = address
-        if self.return_path is not None and not self.is_ses:
-            envelope_sender = self.return_path(message) or address
+        if self.verp is not None and not self.is_ses:
+            # Recipients are not known yet at MAIL: this token names the message only.
+            envelope_sender = message.verp_token = self.verp.address(message.id)
         try:
             reply = await conn.mail(envelope_sender, self._mail_options(conn, options))
         except UpstreamUnavailable as exc:
@@ -170,20 +171,23 @@ class RelayHandler:
             await self.finish(session, record=True)
             return REPLY_TX_BROKEN
         message = tx.message
+        accepted = [r for r in message.recipients if r.status == RecipientStatus.ACCEPTED]
         content: bytes = envelope.original_content or b""
         facts = read_headers(content)
         added: list[tuple[str, str]] = []
-        if self.is_ses and self.return_path is not None:
-            verp = self.return_path(message, envelope.rcpt_tos)
-            if verp:
-                added.append(("Return-Path", f"<{verp}>"))
+        if self.is_ses and self.verp is not None:
+            # SES replaces the envelope sender but sends bounces and complaints to Return-Path.
+            index = None
+            if len(accepted) == 1:
+                index = message.recipients.index(accepted[0])
+            message.verp_token = self.verp.address(message.id, index)
+            added.append(("Return-Path", f"<{message.verp_token}>"))
         if not facts.message_id:
             facts.message_id = new_message_id(self.message_id_domain)
             added.append(("Message-ID", f"<{facts.message_id}>"))
         message.message_id, message.header_from, message.subject = facts.message_id, facts.header_from, facts.subject
         body = prepend_headers(content, added)
         message.size = len(body)
-        accepted = [r for r in message.recipients if r.status == RecipientStatus.ACCEPTED]
         try:
             reply = await tx.conn.data(body)
         except UpstreamUnavailable as exc:
@@ -208,6 +212,8 @@ class RelayHandler:
             await self.finish(session, record=True, raw=body if raw is not None else None, strict=True)
         except StoreError:
             return REPLY_STORE_DOWN
+        if reply.ok and hasattr(self.upstream, "accepted"):
+            self.upstream.accepted(message, [r.address for r in accepted], body)
         return reply.smtp()
 
     async def handle_RSET(self, server, session, envelope):

@@ -41,9 +41,13 @@ _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, address, status, reply) VALUES (?, ?, ?, ?) "
     "ON CONFLICT(message_id, address) DO UPDATE SET status=excluded.status, reply=excluded.reply"
 )
+# An inbound mail's events are unique per recipient: a replay changes nothing, a reparse
+# (new parser version) rewrites the verdict in place. Sync events have no inbound row.
+_REPARSED = "kind bounce_type reason status status_source smtp_code diagnostic remote_mta reporting_mta correlation message_id evidence feedback_type parser_version".split()
 _INSERT_EVENT = (
-    f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
+    "ON CONFLICT(inbound_id, COALESCE(recipient, '')) DO UPDATE SET "
+    + ", ".join(f"{c}=excluded.{c}" for c in _REPARSED)
 )
 
 
