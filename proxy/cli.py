@@ -295,6 +295,66 @@ def stats(config_path, since, as_json) -> None:
     _emit(data["events"], ["source", "kind", "bounce_type", "reason", "n"], "table")
 
 
+INBOUND_COLUMNS = ["id", "received_at", "state", "kind", "format", "size", "peer", "mail_from", "rcpt_tos",
+                   "parser_version", "error"]
+
+
+@cli.command()
+@config_option
+@click.option("--state", type=click.Choice(["pending", "parsed", "failed"]))
+@click.option("--since", help="Only newer than this: 30m, 1h, 7d or an ISO date.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.option("--raw", "raw_id", type=int, help="Print the raw bytes of this inbound mail.")
+@output_options
+def inbound(config_path, state, since, limit, raw_id, fmt) -> None:
+    """Mails received by the bounce MX, with their parse state."""
+    config = _load(config_path)
+    if raw_id is not None:
+        row = _run(_with_store(config, lambda s: s.get_inbound(raw_id)))
+        if row is None:
+            raise Failure(f"no inbound mail #{raw_id}")
+        sys.stdout.buffer.write(row["raw"])
+        return
+    rows = _run(_with_store(config, lambda s: s.list_inbound(state, _since(since), limit)))
+    for row in rows:
+        row["received_at"] = _iso(row["received_at"])
+        row["rcpt_tos"] = ",".join(json.loads(row["rcpt_tos"] or "[]"))
+    _emit(rows, INBOUND_COLUMNS, fmt)
+
+
+@cli.command()
+@config_option
+@click.option("--all", "everything", is_flag=True, help="Reparse every stored mail (after a parser upgrade).")
+def reparse(config_path, everything) -> None:
+    """Parse and correlate stored inbound mails again: pending and failed ones, or --all.
+
+    Safe to repeat and safe beside a running server: events are recorded once per mail and
+    recipient, and a reparse rewrites their verdicts in place.
+    """
+    from proxy.dsn import PARSER_VERSION
+    from proxy.inbound.pipeline import Pipeline
+    from proxy.relay.verp import VerpSigner
+    from proxy.store import open_store
+
+    config = _load(config_path)
+    if not Path(config.store.path).exists():
+        raise Failure(f"no bounce log at {config.store.path} ([store] path in {config.source})")
+    inbound_cfg = config.inbound
+    key = config.secret(inbound_cfg.hmac_key_env)
+    signer = VerpSigner(key.encode(), inbound_cfg.verp_local, inbound_cfg.bounce_domains[0]) if key else None
+
+    async def go():
+        store = await open_store(config.store)
+        try:
+            pipeline = Pipeline(store, signer, inbound_cfg.bounce_domains, config.store.correlation_window_days)
+            return await pipeline.reparse(None if everything else ["pending", "failed"])
+        finally:
+            await store.close()
+
+    count = _run(go())
+    click.echo(f"reparsed {count} inbound mail(s) with parser version {PARSER_VERSION}")
+
+
 def main() -> None:
     """Entry point: click's own errors become one line and exit 2."""
     try:

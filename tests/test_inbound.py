@@ -1,0 +1,275 @@
+"""The bounce MX: who may deliver to it, that nothing accepted is lost, and that each real bounce
+becomes an event on the message it answers."""
+from __future__ import annotations
+
+import asyncio
+import email
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from proxy.app import Service
+from proxy.store import SqliteStore
+from tests.conftest import ROOT, make_config
+
+DATA = ROOT / "tests" / "data"  # real bounces from sisimai/set-of-emails (tests/data/LICENSE.sisimai)
+KEY = "test-verp-key-0123456789"
+
+
+def on_the_wire(raw: bytes) -> bytes:
+    """The bytes as SMTP carries them: CRLF line endings, ending in CRLF."""
+    import re
+
+    wire = re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+    return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
+
+
+def rows(svc: Service, sql: str, params=()) -> list[sqlite3.Row]:
+    db = sqlite3.connect(svc.config.store.path)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture
+async def svc(tmp_path, upstream, monkeypatch):
+    monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", KEY)
+    config = make_config(tmp_path, upstream.port, inbound={"plain_addresses": ("bounces@bounces.test",)})
+    async with Service(config) as service:
+        yield service
+
+
+async def mx(svc: Service) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(hostname=svc.inbound_address[0], port=svc.inbound_address[1], start_tls=False, timeout=30)
+    await smtp.connect()
+    await smtp.ehlo()
+    return smtp
+
+
+async def relay_one(svc: Service, recipient: str, body: bytes | None = None) -> dict:
+    """Send one message through the relay; returns its messages row."""
+    smtp = aiosmtplib.SMTP(hostname=svc.relay_address[0], port=svc.relay_address[1], start_tls=False)
+    await smtp.connect()
+    await smtp.sendmail("app@example.com", [recipient], body or b"From: app@example.com\r\nSubject: hello\r\n\r\nhi\r\n")
+    await smtp.quit()
+    return dict(rows(svc, "SELECT * FROM messages ORDER BY created_at DESC LIMIT 1")[0])
+
+
+async def deliver(svc: Service, raw: bytes, rcpt: str, sender: str = "") -> aiosmtplib.SMTPResponse:
+    smtp = await mx(svc)
+    await smtp.mail(sender)
+    await smtp.rcpt(rcpt)
+    reply = await smtp.data(raw)
+    await smtp.quit()
+    await svc.inbound_worker.drain()
+    return reply
+
+
+async def test_relay_writes_a_signed_verp_envelope_sender(svc, upstream):
+    message = await relay_one(svc, "user@example.net")
+    sent_from = upstream.handler.mail_from[-1]
+    assert sent_from == message["verp_token"]
+    assert sent_from.startswith(f"bounce+{message['id']}-") and sent_from.endswith("@bounces.test")
+    assert svc.signer.verify(sent_from).message_id == message["id"]
+
+
+@pytest.mark.parametrize("rcpt, code, enhanced", [
+    ("postmaster@example.com", 550, "5.7.1"),  # not a bounce domain: no open relay
+    ("someone@bounces.test", 550, "5.1.1"),  # our domain, but not an address we issued
+    ("bounce+agrayumxl2yhargvn-2vacu63l44@bounces.test", 550, "5.1.1"),  # forged signature
+    ("<@bounces.test:user@example.com>", 550, "5.7.1"),  # source route via us to a foreign address
+])
+async def test_refuses_what_it_did_not_issue(svc, rcpt, code, enhanced):
+    smtp = await mx(svc)
+    await smtp.mail("")
+    reply = await smtp.execute_command(b"RCPT", f"TO:{rcpt if rcpt.startswith('<') else '<' + rcpt + '>'}".encode())
+    assert reply.code in (code, 553) and (reply.code == 553 or reply.message.startswith(enhanced))
+    await smtp.quit()
+
+
+async def test_a_tampered_verp_token_is_refused(svc):
+    message = await relay_one(svc, "user@example.net")
+    token = message["verp_token"]
+    other = token.replace(message["id"], message["id"][:-1] + ("a" if message["id"][-1] != "a" else "b"))
+    smtp = await mx(svc)
+    await smtp.mail("")
+    assert (await smtp.execute_command(b"RCPT", f"TO:<{other}>".encode())).code == 550
+    assert (await smtp.execute_command(b"RCPT", f"TO:<{token.upper()}>".encode())).code == 250  # case folded by MTAs
+    await smtp.quit()
+
+
+async def test_real_dsn_to_verp_address_becomes_async_event_on_the_message(svc):
+    message = await relay_one(svc, "kijitora@neko.example.jp")
+    raw = (DATA / "lhost-postfix-06.eml").read_bytes()
+    reply = await deliver(svc, raw, message["verp_token"])
+    assert reply.code == 250 and "stored as inbound #" in reply.message
+    (event,) = rows(svc, "SELECT * FROM events WHERE source = 'async'")
+    assert event["message_id"] == message["id"] and event["correlation"] == "verp"
+    assert event["recipient"] == "kijitora@neko.example.jp" and event["kind"] == "bounce"
+    assert event["status"] == "5.4.4" and event["bounce_type"] == "hard" and event["reason"] == "hostunknown"
+    (stored,) = rows(svc, "SELECT raw, state, mail_from FROM inbound")
+    assert stored["raw"] == on_the_wire(raw) and stored["state"] == "parsed" and stored["mail_from"] == ""
+
+
+async def test_ses_message_id_correlates_by_upstream_id(svc):
+    """SES rewrites Message-ID to <SES-ID@email.amazonses.com>; a quoted one finds the message."""
+    raw = (DATA / "arf-14.eml").read_bytes()
+    quoted = email.message_from_bytes(raw)
+    ses_id = "2222222222222222-00000000-eeee-eeee-ffff-222222222222-111111"
+    assert ses_id in raw.decode()
+    message = await relay_one(svc, "kijitora@y.example.com")
+    db = sqlite3.connect(svc.config.store.path)
+    db.execute("UPDATE messages SET upstream_id = ? WHERE id = ?", (ses_id, message["id"]))
+    db.commit()
+    db.close()
+    await deliver(svc, raw, "bounces@bounces.test")
+    (event,) = rows(svc, "SELECT * FROM events WHERE source = 'async'")
+    assert quoted.get_content_type() == "multipart/report"
+    assert event["kind"] == "complaint" and event["correlation"] == "upstream_id"
+    assert event["message_id"] == message["id"] and event["recipient"] == "kijitora@y.example.com"
+
+
+async def test_client_message_id_correlates_when_no_verp(svc):
+    body = b"From: app@example.com\r\nMessage-ID: <order-7@shop.example>\r\nSubject: x\r\n\r\nhi\r\n"
+    message = await relay_one(svc, "kijitora@example.ed.jp", body)
+    raw = (DATA / "lhost-exim-01.eml").read_bytes()
+    # the sample quotes its own original; the bounce names the message by the id we sent
+    raw = raw.replace(_quoted_message_id(raw).encode(), b"order-7@shop.example")
+    await deliver(svc, raw, "bounces@bounces.test")
+    (event,) = rows(svc, "SELECT * FROM events WHERE source = 'async'")
+    assert event["correlation"] == "message_id" and event["message_id"] == message["id"]
+
+
+def _quoted_message_id(raw: bytes) -> str:
+    from proxy.dsn import parse
+
+    return parse(raw).original.message_id.strip("<>")
+
+
+async def test_uncorrelated_bounce_is_kept_and_shown(svc):
+    await deliver(svc, (DATA / "lhost-postfix-06.eml").read_bytes(), "bounces@bounces.test")
+    (event,) = rows(svc, "SELECT * FROM events")
+    assert event["correlation"] == "none" and event["message_id"] is None
+    assert event["recipient"] == "kijitora@neko.example.jp"
+
+
+async def test_autoreply_is_never_a_bounce(svc):
+    message = await relay_one(svc, "nekonyaan@example.org")
+    await deliver(svc, (DATA / "rfc3834-02.eml").read_bytes(), message["verp_token"])
+    (event,) = rows(svc, "SELECT * FROM events")
+    assert event["kind"] == "autoreply" and event["reason"] == "vacation" and event["bounce_type"] == "undetermined"
+    assert event["correlation"] == "verp"
+
+
+async def test_same_dsn_twice_and_reparse_record_events_once(svc):
+    message = await relay_one(svc, "kijitora@neko.example.jp")
+    raw = (DATA / "lhost-postfix-06.eml").read_bytes()
+    await deliver(svc, raw, message["verp_token"])
+    await deliver(svc, raw, message["verp_token"])
+    assert len(rows(svc, "SELECT * FROM inbound")) == 2  # both copies kept...
+    assert len(rows(svc, "SELECT * FROM events")) == 1  # ...one event
+    await svc.pipeline.reparse(None)
+    assert len(rows(svc, "SELECT * FROM events")) == 1
+    states = [r["error"] for r in rows(svc, "SELECT error FROM inbound ORDER BY id")]
+    assert states[0] is None and states[1] == "duplicate of inbound #1"
+
+
+async def test_pending_rows_are_parsed_at_the_next_start(tmp_path, upstream, monkeypatch):
+    """A crash between the commit and the parse loses nothing: the row waits as `pending`."""
+    monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", KEY)
+    config = make_config(tmp_path, upstream.port)
+    store = await SqliteStore(config.store.path).open()
+    await store.store_inbound("192.0.2.1:25", "", ["bounce@bounces.test"], (DATA / "lhost-postfix-06.eml").read_bytes())
+    await store.close()
+    async with Service(config) as svc:
+        await svc.inbound_worker.drain()
+        (row,) = rows(svc, "SELECT state FROM inbound")
+        assert row["state"] == "parsed"
+        assert len(rows(svc, "SELECT * FROM events")) == 1
+
+
+def test_reparse_command_redoes_pending_rows(tmp_path):
+    config = make_config(tmp_path)
+
+    async def seed():
+        store = await SqliteStore(config.store.path).open()
+        await store.store_inbound("192.0.2.1:25", "", ["x@bounces.test"], (DATA / "arf-14.eml").read_bytes())
+        await store.close()
+
+    asyncio.run(seed())
+    env = {"PYTHONPATH": str(ROOT), "BOUNCEPROXY_STORE__PATH": config.store.path, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "proxy", "reparse"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "reparsed 1 inbound mail" in out.stdout
+    listing = subprocess.run([sys.executable, "-m", "proxy", "inbound", "--json"], env=env, capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert '"state": "parsed"' in listing.stdout and '"kind": "complaint"' in listing.stdout
+
+
+@pytest.mark.parametrize("mangle", ["truncated", "garbage", "wrong_charset"])
+async def test_bad_input_is_stored_and_never_crashes(svc, mangle):
+    raw = (DATA / "lhost-postfix-06.eml").read_bytes()
+    if mangle == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif mangle == "garbage":
+        raw = bytes(range(256)) * 40 + b"\r\n" + raw[:500]
+    else:
+        raw = raw.replace(b"Content-Type: text/plain", b"Content-Type: text/plain; charset=x-no-such-charset")
+    reply = await deliver(svc, raw, "bounces@bounces.test")
+    assert reply.code == 250
+    (row,) = rows(svc, "SELECT state, raw FROM inbound")
+    assert row["state"] in ("parsed", "failed") and row["raw"] == on_the_wire(raw)
+
+
+async def test_big_bounce_and_many_recipients(svc):
+    base = (DATA / "lhost-postfix-06.eml").read_bytes()
+    head, sep, rest = base.partition(b"Final-Recipient:")
+    block = b"Final-Recipient:" + rest.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    many = b"".join(block.replace(b"kijitora@", f"user{n}@".encode()) + b"\n\n" for n in range(1000))
+    report = head + many + rest.split(b"\n\n", 1)[1]
+    await deliver(svc, report, "bounces@bounces.test")
+    assert len(rows(svc, "SELECT * FROM events")) == 1000
+    big = base + b"X" * 76 + (b"\r\n" + b"Y" * 76) * 390_000  # ~30 MB of trailing text
+    reply = await deliver(svc, big, "bounces@bounces.test")
+    assert reply.code == 250
+    assert rows(svc, "SELECT length(raw) AS n FROM inbound ORDER BY id DESC LIMIT 1")[0]["n"] >= 30_000_000
+
+
+async def test_size_limit_is_552_534(tmp_path, upstream, monkeypatch):
+    monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", KEY)
+    config = make_config(tmp_path, upstream.port, inbound={"max_message_size": 10_000, "plain_addresses": ("b@bounces.test",)})
+    async with Service(config) as svc:
+        smtp = await mx(svc)
+        await smtp.mail("")
+        await smtp.rcpt("b@bounces.test")
+        with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+            await smtp.data(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 300)
+        assert refused.value.code == 552 and refused.value.message.startswith("5.3.4")
+        await smtp.quit()
+        assert rows(svc, "SELECT * FROM inbound") == []
+
+
+async def test_simulator_closes_the_loop_on_one_machine(tmp_path):
+    config = make_config(tmp_path, upstream={"simulator_async_delay": 0.05})
+    async with Service(config) as svc:
+        smtp = aiosmtplib.SMTP(hostname=svc.relay_address[0], port=svc.relay_address[1], start_tls=False)
+        await smtp.connect()
+        await smtp.sendmail("app@example.com", ["ooto@simulator.amazonses.com", "complaint@simulator.amazonses.com",
+                                                "latebounce@simulator.amazonses.com"],
+                            b"From: app@example.com\r\nSubject: loop\r\n\r\nhi\r\n")
+        await smtp.quit()
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            await svc.inbound_worker.drain()
+            if len(rows(svc, "SELECT * FROM events")) == 3:
+                break
+        events = {r["kind"]: r for r in rows(svc, "SELECT * FROM events")}
+        assert set(events) == {"autoreply", "complaint", "bounce"}
+        assert all(e["correlation"] == "verp" for e in events.values())
+        assert events["bounce"]["recipient"] == "latebounce@simulator.amazonses.com"
+        assert events["bounce"]["bounce_type"] == "hard" and events["complaint"]["feedback_type"] == "abuse"
