@@ -112,6 +112,22 @@ class InboundConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool = True
+    listen: Address = Address("127.0.0.1", 8025)
+    token_env: str = "BOUNCEPROXY_API_TOKEN"
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    enabled: bool = False
+    resolvers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: the system's resolv.conf
+    timeout: float = 2.0
+    cache_size: int = 100_000
+    negative_ttl: float = 300.0
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     backend: str = "sqlite"
     path: str = "bounceproxy.db"
@@ -125,6 +141,8 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     inbound: InboundConfig = field(default_factory=InboundConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
     source: str = "(defaults)"
 
     @property
@@ -145,6 +163,8 @@ SECTIONS: dict[str, type] = {
     "upstream": UpstreamConfig,
     "inbound": InboundConfig,
     "store": StoreConfig,
+    "api": ApiConfig,
+    "preflight": PreflightConfig,
 }
 CHOICES = {
     ("upstream", "profile"): {"simulator", "ses", "smtp"},
