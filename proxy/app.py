@@ -17,6 +17,7 @@ from proxy.relay.simulator import SimulatorUpstream
 from proxy.relay.upstream import UpstreamPool
 from proxy.relay.verp import VerpSigner
 from proxy.store import StoreError, open_store
+from proxy.suppression import Suppressor
 
 log = logging.getLogger("bounceproxy")
 
@@ -34,6 +35,8 @@ class Service:
         self.inbound_address: tuple[str, int] | None = None
         self.signer: VerpSigner | None = None
         self.pipeline: Pipeline | None = None
+        self.suppressor: Suppressor | None = None
+        self.preflight = None
         self.inbound_worker: InboundWorker | None = None
 
     async def __aenter__(self) -> "Service":
@@ -92,10 +95,17 @@ class Service:
             raise ConfigError(f"{cfg.source}: [store] path: {exc}") from None
         self.upstream = self._upstream()
         self.signer = self._verp_signer()
+        if cfg.suppression.enabled:
+            self.suppressor = Suppressor(cfg.suppression, self.store)
+            await self.suppressor.start()
+        if cfg.preflight.enabled:
+            from proxy.relay.preflight import Preflight
+
+            self.preflight = Preflight(cfg.preflight)
         await self._probe_upstream()
         if cfg.inbound.enabled:
             await self._start_inbound()
-        self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer)
+        self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor, self.preflight)
         size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
         hostname = cfg.relay_hostname
         authenticator = Authenticator(users) if users else None
@@ -131,7 +141,8 @@ class Service:
     async def _start_inbound(self) -> None:
         cfg = self.config
         inbound = cfg.inbound
-        self.pipeline = Pipeline(self.store, self.signer, inbound.bounce_domains, cfg.store.correlation_window_days)
+        self.pipeline = Pipeline(self.store, self.signer, inbound.bounce_domains, cfg.store.correlation_window_days,
+                                 self.suppressor)
         self.inbound_worker = InboundWorker(self.pipeline)
         await self.inbound_worker.start(recover=True)
         handler = InboundHandler(cfg, self.store, self.signer, self.inbound_worker.submit)
@@ -186,6 +197,8 @@ class Service:
             await self.upstream.close()
         if self.inbound_worker is not None:
             await self.inbound_worker.stop()
+        if self.suppressor is not None:
+            await self.suppressor.stop()
         if self.store is not None:
             await self.store.close()
             self.store = None

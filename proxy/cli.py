@@ -355,6 +355,192 @@ def reparse(config_path, everything) -> None:
     click.echo(f"reparsed {count} inbound mail(s) with parser version {PARSER_VERSION}")
 
 
+async def _with_writer(config: Config, fn):
+    """A read-write store (safe beside a running server: SQLite WAL, one transaction per change)."""
+    from proxy.store import open_store
+
+    store = await open_store(config.store)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _scope(config: Config, sender_domain: str | None) -> str:
+    if sender_domain and config.suppression.scope != "sender_domain":
+        raise click.BadParameter("--sender-domain needs [suppression] scope = \"sender_domain\"")
+    return (sender_domain or "").lower()
+
+
+SUPPRESSION_COLUMNS = ["address", "scope", "kind", "reason", "created_at", "expires_at", "source_event"]
+SES_REASON = {"complaint": "COMPLAINT"}
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def suppressions(ctx) -> None:
+    """The suppression list: list (default), add, remove, import, export."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(suppressions_list)
+
+
+@suppressions.command("list")
+@config_option
+@click.option("--address", help="Only this address.")
+@click.option("--sender-domain", help="Only this sender domain's list ([suppression] scope = sender_domain).")
+@click.option("--limit", type=click.IntRange(1, 10_000_000), default=100, show_default=True)
+@output_options
+def suppressions_list(config_path=None, address=None, sender_domain=None, limit=100, fmt="table") -> None:
+    """Suppressed addresses, newest first."""
+    from proxy.suppression import normalize_address
+
+    config = _load(config_path)
+    scope = _scope(config, sender_domain) if sender_domain else None
+    rows = _run(_with_store(config, lambda s: s.list_suppressions(normalize_address(address) if address else None, scope, limit)))
+    for row in rows:
+        row["created_at"] = _iso(row["created_at"])
+        row["expires_at"] = _iso(row["expires_at"]) or None
+    _emit(rows, SUPPRESSION_COLUMNS, fmt)
+
+
+@suppressions.command("add")
+@config_option
+@click.argument("addresses", nargs=-1, required=True)
+@click.option("--reason", default="manual", show_default=True, help="Why (a word, e.g. userunknown).")
+@click.option("--days", type=click.FloatRange(min=0), default=0, help="Expire after this many days (0: never).")
+@click.option("--sender-domain", help="Add to this sender domain's list.")
+def suppressions_add(config_path, addresses, reason, days, sender_domain) -> None:
+    """Suppress addresses by hand."""
+    import time as _time
+
+    from proxy.suppression import normalize_address
+
+    config = _load(config_path)
+    scope = _scope(config, sender_domain)
+    now = _time.time()
+    rows = [(scope, normalize_address(a), reason, "manual", None, now, now + days * 86400 if days else None)
+            for a in addresses]
+    for (_, address, *_rest) in rows:
+        if "@" not in address:
+            raise click.BadParameter(f"{address!r} is not an email address")
+    _run(_with_writer(config, lambda s: s.upsert_suppressions(rows)))
+    click.echo(f"suppressed {len(rows)} address(es)")
+
+
+@suppressions.command("remove")
+@config_option
+@click.argument("addresses", nargs=-1, required=True)
+@click.option("--sender-domain", help="Remove from this sender domain's list.")
+def suppressions_remove(config_path, addresses, sender_domain) -> None:
+    """Take addresses off the list (the next message to them is sent)."""
+    from proxy.suppression import normalize_address
+
+    config = _load(config_path)
+    scope = _scope(config, sender_domain)
+
+    async def remove(store):
+        return [a for a in addresses if not await store.delete_suppression(scope, normalize_address(a))]
+
+    missing = _run(_with_writer(config, remove))
+    click.echo(f"removed {len(addresses) - len(missing)} address(es)")
+    if missing:
+        raise Failure(f"not on the list: {', '.join(missing)}")
+
+
+@suppressions.command("export")
+@config_option
+@click.option("--sender-domain", help="Export this sender domain's list.")
+def suppressions_export(config_path, sender_domain) -> None:
+    """CSV as SES's suppression list: EmailAddress,Reason,LastUpdateTime."""
+    config = _load(config_path)
+    scope = _scope(config, sender_domain)
+    rows = _run(_with_store(config, lambda s: s.list_suppressions(None, scope, None)))
+    writer = csv.writer(click.get_text_stream("stdout"))
+    writer.writerow(["EmailAddress", "Reason", "LastUpdateTime"])
+    for row in rows:
+        stamp = datetime.fromtimestamp(row["created_at"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        writer.writerow([row["address"], SES_REASON.get(row["kind"], "BOUNCE"), stamp])
+
+
+@suppressions.command("import")
+@config_option
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--sender-domain", help="Import into this sender domain's list.")
+def suppressions_import(config_path, file, sender_domain) -> None:
+    """Import a CSV with columns EmailAddress,Reason[,LastUpdateTime] (SES's export; BOUNCE or COMPLAINT)."""
+    import time as _time
+
+    from proxy.suppression import normalize_address
+
+    config = _load(config_path)
+    scope = _scope(config, sender_domain)
+    reader = csv.DictReader(file)
+    if not reader.fieldnames or "EmailAddress" not in reader.fieldnames:
+        raise Failure(f"{file.name}: expected a header row with EmailAddress,Reason[,LastUpdateTime]")
+    rows = []
+    for number, record in enumerate(reader, start=2):
+        address = (record.get("EmailAddress") or "").strip()
+        reason = (record.get("Reason") or "BOUNCE").strip().upper()
+        if "@" not in address or reason not in ("BOUNCE", "COMPLAINT"):
+            raise Failure(f"{file.name}:{number}: expected an address and BOUNCE or COMPLAINT, got {address!r}, {reason!r}")
+        stamp = _time.time()
+        if record.get("LastUpdateTime"):
+            try:
+                stamp = datetime.fromisoformat(record["LastUpdateTime"].strip().replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise Failure(f"{file.name}:{number}: LastUpdateTime {record['LastUpdateTime']!r} is not a date") from None
+        kind = "complaint" if reason == "COMPLAINT" else "import"
+        rows.append((scope, normalize_address(address), reason.lower(), kind, None, stamp, None))
+    _run(_with_writer(config, lambda s: s.upsert_suppressions(rows)))
+    click.echo(f"imported {len(rows)} address(es)")
+
+
+@cli.command()
+@config_option
+@click.argument("address")
+@click.option("--sender", default="", help="Envelope sender, for per-sender-domain lists.")
+@click.option("--json", "as_json", is_flag=True)
+def check(config_path, address, sender, as_json) -> None:
+    """Is this address suppressed, and why? And what does DNS say of its domain?"""
+    from proxy.relay.preflight import Preflight
+    from proxy.suppression import normalize_address, sender_scope
+
+    config = _load(config_path)
+    normalized = normalize_address(address)
+    scope = sender_scope(sender, config.suppression.scope)
+    row = None
+    if Path(config.store.path).exists():
+        row = _run(_with_store(config, lambda s: s.get_suppression(scope, normalized)))
+    verdict = asyncio.run(Preflight(config.preflight).check(normalized.rpartition("@")[2]))
+    result = {
+        "address": normalized,
+        "suppressed": bool(row),
+        "suppression": ({k: (_iso(v) if k in ("created_at", "expires_at") else v) for k, v in row.items()} if row else None),
+        "dns": verdict.verdict, "dns_detail": verdict.detail,
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    if row:
+        click.echo(f"{normalized}: suppressed ({row['kind']}, {row['reason']}) since {_iso(row['created_at'])}"
+                   + (f" until {_iso(row['expires_at'])}" if row["expires_at"] else "")
+                   + (f", source event #{row['source_event']}" if row["source_event"] else ""))
+    else:
+        click.echo(f"{normalized}: not suppressed")
+    click.echo(f"dns: {verdict.verdict}: {verdict.detail}")
+
+
+@cli.command()
+@config_option
+@click.argument("identity")
+def resume(config_path, identity) -> None:
+    """Resume sending for an identity the reputation guard paused."""
+    config = _load(config_path)
+    if not _run(_with_writer(config, lambda s: s.resume_identity(identity.lower()))):
+        raise Failure(f"{identity} is not paused")
+    click.echo(f"resumed {identity.lower()}")
+
+
 def main() -> None:
     """Entry point: click's own errors become one line and exit 2."""
     try:

@@ -128,6 +128,27 @@ class PreflightConfig:
 
 
 @dataclass(frozen=True)
+class SuppressionConfig:
+    enabled: bool = True
+    mode: str = "enforce"  # enforce | observe
+    scope: str = "global"  # global | sender_domain
+    reply_style: str = "bounceproxy"  # bounceproxy | ses
+    act_on_correlations: tuple[str, ...] = ("verp", "upstream_id")
+    soft_threshold: int = 3
+    soft_window_days: float = 14.0
+    soft_suppress_days: float = 7.0
+    hard_expiry_days: float = 0.0  # 0: never expires
+    complaint_expiry_days: float = 0.0
+    refresh_seconds: float = 1.0
+    warn_bounce_rate: float = 0.05
+    warn_complaint_rate: float = 0.001
+    pause_bounce_rate: float = 0.0  # 0: off
+    pause_complaint_rate: float = 0.0
+    rate_window_hours: float = 24.0
+    rate_min_recipients: int = 100
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     backend: str = "sqlite"
     path: str = "bounceproxy.db"
@@ -143,6 +164,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     source: str = "(defaults)"
 
     @property
@@ -165,11 +187,15 @@ SECTIONS: dict[str, type] = {
     "store": StoreConfig,
     "api": ApiConfig,
     "preflight": PreflightConfig,
+    "suppression": SuppressionConfig,
 }
 CHOICES = {
     ("upstream", "profile"): {"simulator", "ses", "smtp"},
     ("upstream", "tls"): {"starttls", "implicit", "none"},
     ("store", "backend"): {"sqlite"},
+    ("suppression", "mode"): {"enforce", "observe"},
+    ("suppression", "scope"): {"global", "sender_domain"},
+    ("suppression", "reply_style"): {"bounceproxy", "ses"},
 }
 
 
@@ -296,5 +322,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{src}: [relay] tls_cert and tls_key must be set together")
     if relay.workers < 1:
         raise ConfigError(f"{src}: [relay] workers must be at least 1")
+    known = {"verp", "upstream_id", "message_id", "recipient_window", "none"}
+    for name in config.suppression.act_on_correlations:
+        if name not in known:
+            raise ConfigError(f"{src}: [suppression] act_on_correlations: {name!r} is not one of {', '.join(sorted(known))}")
     if not config.inbound.bounce_domains and config.inbound.enabled:
         raise ConfigError(f"{src}: [inbound] bounce_domains must name at least one domain")

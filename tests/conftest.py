@@ -14,7 +14,9 @@ import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from proxy.app import Service
-from proxy.config import Address, Config, InboundConfig, RelayConfig, StoreConfig, UpstreamConfig
+from proxy.config import (
+    Address, ApiConfig, Config, InboundConfig, PreflightConfig, RelayConfig, StoreConfig, SuppressionConfig, UpstreamConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "samples"
@@ -143,7 +145,9 @@ def make_config(tmp_path: Path, upstream_port: int | None = None, **sections) ->
     relay = RelayConfig(listen=Address("127.0.0.1", 0), hostname="relay.test", message_id_domain="relay.test")
     inbound = InboundConfig(listen=Address("127.0.0.1", 0), hostname="mx.test", bounce_domains=("bounces.test",))
     store = StoreConfig(path=str(tmp_path / "bounceproxy.db"), commit_interval_ms=1)
-    base = {"relay": relay, "upstream": up, "inbound": inbound, "store": store}
+    base = {"relay": relay, "upstream": up, "inbound": inbound, "store": store,
+            "api": ApiConfig(listen=Address("127.0.0.1", 0)), "preflight": PreflightConfig(),
+            "suppression": SuppressionConfig()}
     for name, changes in sections.items():
         base[name] = dataclasses.replace(base[name], **changes)
     return Config(**base, source="test-config")

@@ -36,7 +36,7 @@ def test_shipped_config_toml_is_valid_and_equals_the_defaults():
     """config.toml documents the defaults: loading it must give exactly the built-in config."""
     shipped = load_config(ROOT / "config.toml", env={})
     defaults = load_config(None, env={})
-    for section in ("relay", "upstream", "inbound", "store", "api", "preflight"):
+    for section in ("relay", "upstream", "inbound", "store", "api", "preflight", "suppression"):
         assert getattr(shipped, section) == getattr(defaults, section), section
 
 

@@ -24,8 +24,9 @@ PARSE_IN_THREAD_ABOVE = 512 * 1024  # big mails are parsed off the event loop
 
 class Pipeline:
     def __init__(self, store, signer: VerpSigner | None, bounce_domains: tuple[str, ...],
-                 window_days: float = 30.0):
+                 window_days: float = 30.0, suppressor=None):
         self.store = store
+        self.suppressor = suppressor
         self.signer = signer
         self.bounce_domains = tuple(d.lower() for d in bounce_domains)
         self.window = window_days * 86400
@@ -57,6 +58,8 @@ class Pipeline:
         await self.store.record_inbound_result(
             inbound_id, ParseState.PARSED, PARSER_VERSION, str(report.kind), report.format, None, events)
         self.processed += 1
+        if self.suppressor is not None:
+            await self.suppressor.consider(events)
         return events
 
     async def events_for(self, report: Report, inbound_id: int, rcpt_tos: list[str], received_at: float) -> list[BounceEvent]:

@@ -24,6 +24,7 @@ from proxy.relay.failures import send_failure
 from proxy.relay.headers import new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
 from proxy.store import StoreError
+from proxy.suppression import refusal
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,15 @@ class Transaction:
 class RelayHandler:
     """aiosmtpd handler hooks; one instance serves every session of a listener."""
 
-    def __init__(self, config, store, upstream, verp=None):
+    def __init__(self, config, store, upstream, verp=None, suppressor=None, preflight=None):
         self.config = config
         self.store = store
         self.upstream = upstream
         self.verp = verp  # VerpSigner: the signed return path written on every message
+        self.suppressor = suppressor  # proxy.suppression.Suppressor: refuses suppressed recipients
+        self.preflight = preflight  # proxy.relay.preflight.Preflight: refuses dead domains
+        self.enforce = config.suppression.mode == "enforce"
+        self.reply_style = config.suppression.reply_style
         self.allow_networks = [ipaddress.ip_network(n, strict=False) for n in config.relay.allow_networks]
         self.message_id_domain = config.message_id_domain
         self.keeps_messages = getattr(upstream, "keeps_messages", False)
@@ -88,6 +93,10 @@ class RelayHandler:
         if not self._may_send(session):
             return REPLY_NOT_ALLOWED
         await self.finish(session)
+        if self.suppressor is not None:
+            paused = self.suppressor.paused_reply(address)
+            if paused:
+                return paused
         message = MessageRecord(
             id=new_id(), created_at=time.time(), client_peer=_peer(session),
             client_user=_user(session), sender=address,
@@ -144,12 +153,15 @@ class RelayHandler:
             return "503 5.5.1 Error: need MAIL command"
         if tx.broken:
             return REPLY_TX_BROKEN
+        message = tx.message
+        refused = await self._refused_before_upstream(tx, address)
+        if refused is not None:
+            return refused
         try:
             reply = await tx.conn.rcpt(address)
         except UpstreamUnavailable as exc:
             tx.broken = True
             return REPLY_UPSTREAM_DOWN.format(why=exc)
-        message = tx.message
         if reply.ok:
             envelope.rcpt_tos.append(address)
             message.recipients.append(RecipientRecord(address, RecipientStatus.ACCEPTED, reply.line()))
@@ -162,6 +174,30 @@ class RelayHandler:
                 await self.finish(session, record=True)
                 _close_after_reply(server)
         return reply.smtp()
+
+    async def _refused_before_upstream(self, tx: Transaction, address: str) -> str | None:
+        """Suppression list, then DNS preflight: a refusal here costs no upstream send."""
+        message = tx.message
+        if self.suppressor is not None:
+            row = await self.suppressor.lookup(message.sender, address)
+            if row is not None:
+                reply = refusal(row, address, self.reply_style)
+                if self.enforce:
+                    self.suppressor.hits += 1
+                    message.recipients.append(RecipientRecord(address, RecipientStatus.SUPPRESSED, reply))
+                    return reply
+                self.suppressor.observed += 1
+                log.info("observe mode: %s is suppressed (%s), sent anyway", address, row["reason"])
+        if self.preflight is not None:
+            domain = address.rpartition("@")[2]
+            verdict = await self.preflight.check(domain)
+            if verdict.refuse:
+                line = verdict.reply(address)
+                reply = Reply(int(line[:3]), line[4:])
+                message.recipients.append(RecipientRecord(address, RecipientStatus.REJECTED, reply.line()))
+                self._refusal(tx, reply, [address], remote_mta="dns-preflight")
+                return line
+        return None
 
     async def handle_DATA(self, server, session, envelope: Envelope):
         tx: Transaction | None = getattr(session, "tx", None)
@@ -225,7 +261,7 @@ class RelayHandler:
         return "221 2.0.0 Bye"
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _refusal(self, tx: Transaction, reply: Reply, recipients: list[str]) -> None:
+    def _refusal(self, tx: Transaction, reply: Reply, recipients: list[str], remote_mta: str | None = None) -> None:
         """A refusal is a send failure on the message, or a synchronous bounce per recipient."""
         failure = send_failure(reply)
         if failure:
@@ -238,7 +274,7 @@ class RelayHandler:
                 at=now, source=Source.SYNC, kind=Kind.BOUNCE, recipient=rcpt.lower(),
                 bounce_type=verdict.bounce_type, reason=verdict.reason, status=verdict.status,
                 status_source=verdict.status_source, smtp_code=reply.code, diagnostic=reply.line(),
-                remote_mta=getattr(self.upstream, "name", None), message_id=tx.message.id,
+                remote_mta=remote_mta or getattr(self.upstream, "name", None), message_id=tx.message.id,
                 evidence=verdict.evidence,
             ))
 
@@ -263,6 +299,11 @@ class RelayHandler:
             await self.store.record_message(message, tx.events, raw)
         else:
             await self._record_quietly(message, tx.events)
+        if self.suppressor is not None and tx.events:
+            try:
+                await self.suppressor.consider(tx.events, message.sender)
+            except StoreError as exc:
+                log.error("could not update the suppression list for message %s: %s", message.id, exc)
 
     async def _record_quietly(self, message: MessageRecord, events=()) -> None:
         try:

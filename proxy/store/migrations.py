@@ -81,4 +81,24 @@ MIGRATIONS: list[str] = [
         raw        BLOB NOT NULL
     );
     """,
+    # 2: acting on bounces (issue 6): the suppression list and paused sending identities
+    """
+    CREATE TABLE suppressions (
+        scope        TEXT NOT NULL DEFAULT '',
+        address      TEXT NOT NULL,
+        reason       TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        source_event INTEGER REFERENCES events(id),
+        created_at   REAL NOT NULL,
+        expires_at   REAL,
+        seq          INTEGER NOT NULL,
+        PRIMARY KEY (scope, address)
+    );
+    CREATE INDEX suppressions_seq ON suppressions(seq);
+    CREATE TABLE paused_identities (
+        identity  TEXT PRIMARY KEY,
+        paused_at REAL NOT NULL,
+        why       TEXT NOT NULL
+    );
+    """,
 ]

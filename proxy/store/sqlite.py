@@ -76,6 +76,7 @@ class SqliteStore:
         self.path = path
         self.commit_interval = commit_interval_ms / 1000.0
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None  # reads never see a batch half-written
         self._queue: list[tuple[list[Statement], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task | None = None
@@ -96,6 +97,9 @@ class SqliteStore:
                 await self._db.execute("PRAGMA synchronous = FULL")
                 await self._db.execute("PRAGMA foreign_keys = OFF")
                 await self._migrate()
+                self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+                self._reader.row_factory = sqlite3.Row
+                await self._reader.execute("PRAGMA busy_timeout = 10000")
                 self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
             else:
                 await self._check_schema()
@@ -112,6 +116,9 @@ class SqliteStore:
         if self._writer is not None:
             await self._writer
             self._writer = None
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -250,9 +257,10 @@ class SqliteStore:
 
     # -- reads ------------------------------------------------------------------------------
     async def _fetch(self, sql: str, params: Sequence = ()) -> list[dict]:
-        assert self._db is not None
+        db = self._reader or self._db
+        assert db is not None
         try:
-            rows = await self._db.execute_fetchall(sql, params)
+            rows = await db.execute_fetchall(sql, params)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from None
         return [dict(r) for r in rows]
@@ -349,6 +357,115 @@ class SqliteStore:
         else:
             rows = await self._fetch("SELECT id FROM inbound ORDER BY id")
         return [r["id"] for r in rows]
+
+    # -- suppression list and reputation (proxy.suppression) ---------------------------------------
+    async def suppression_keys(self) -> tuple[list[tuple[str, str]], int]:
+        db = self._reader or self._db
+        assert db is not None
+        async with db.execute("SELECT scope, address FROM suppressions") as cursor:
+            keys = [(r[0], r[1]) async for r in cursor]
+        rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) AS seq FROM suppressions")
+        return keys, rows[0]["seq"]
+
+    async def suppressions_after(self, seq: int) -> list[tuple[str, str, int]]:
+        rows = await self._fetch("SELECT scope, address, seq FROM suppressions WHERE seq > ? ORDER BY seq", (seq,))
+        return [(r["scope"], r["address"], r["seq"]) for r in rows]
+
+    async def get_suppression(self, scope: str, address: str) -> dict | None:
+        rows = await self._fetch("SELECT * FROM suppressions WHERE scope = ? AND address = ?", (scope, address))
+        return rows[0] if rows else None
+
+    async def upsert_suppressions(self, rows: list[tuple]) -> None:
+        """(scope, address, reason, kind, source_event, created_at, expires_at) rows; a later entry wins."""
+        await self._submit([(
+            "INSERT INTO suppressions (scope, address, reason, kind, source_event, created_at, expires_at, seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM suppressions)) "
+            "ON CONFLICT(scope, address) DO UPDATE SET reason=excluded.reason, kind=excluded.kind, "
+            "source_event=excluded.source_event, created_at=excluded.created_at, expires_at=excluded.expires_at, "
+            "seq=excluded.seq",
+            row,
+        ) for row in rows])
+
+    async def upsert_suppression(self, scope, address, reason, kind, source_event, created_at, expires_at) -> None:
+        await self.upsert_suppressions([(scope, address, reason, kind, source_event, created_at, expires_at)])
+
+    async def delete_suppression(self, scope: str, address: str) -> bool:
+        found = await self.get_suppression(scope, address)
+        await self._submit([("DELETE FROM suppressions WHERE scope = ? AND address = ?", (scope, address))])
+        return found is not None
+
+    async def list_suppressions(self, address: str | None, scope: str | None, limit: int | None) -> list[dict]:
+        clauses, params = [], []
+        if address:
+            clauses.append("address = ?")
+            params.append(address)
+        if scope is not None:
+            clauses.append("scope = ?")
+            params.append(scope)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        limit_sql = "LIMIT ?" if limit else ""
+        return await self._fetch(f"SELECT * FROM suppressions {where} ORDER BY created_at DESC {limit_sql}",
+                                 (*params, *([limit] if limit else [])))
+
+    async def soft_bounce_count(self, address: str, since: float, excluded_reasons) -> int:
+        """Soft bounces counting against the address since `since` and its last delivery."""
+        excluded = sorted(excluded_reasons)
+        marks = ", ".join("?" * len(excluded))
+        rows = await self._fetch(
+            "SELECT COUNT(*) AS n FROM events WHERE recipient = ? AND kind = 'bounce' AND bounce_type = 'soft' "
+            f"AND reason NOT IN ({marks}) AND at >= MAX(?, COALESCE((SELECT MAX(at) FROM events "
+            "WHERE recipient = ? AND kind = 'delivered'), 0))",
+            (address, *excluded, since, address),
+        )
+        return rows[0]["n"]
+
+    async def event_id_for(self, event: BounceEvent) -> int | None:
+        if event.inbound_id is not None:
+            rows = await self._fetch("SELECT id FROM events WHERE inbound_id = ? AND COALESCE(recipient, '') = ?",
+                                     (event.inbound_id, event.recipient or ""))
+        else:
+            rows = await self._fetch(
+                "SELECT id FROM events WHERE message_id IS ? AND recipient = ? AND source = ? ORDER BY id DESC LIMIT 1",
+                (event.message_id, event.recipient, event.source))
+        return rows[0]["id"] if rows else None
+
+    async def identity_rates(self, identity: str, since: float) -> dict:
+        like = f"%@{identity}"
+        rcpts = await self._fetch(
+            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
+            "WHERE m.created_at >= ? AND m.sender LIKE ?", (since, like))
+        events = await self._fetch(
+            "SELECT SUM(e.kind = 'bounce' AND e.bounce_type = 'hard') AS hard, SUM(e.kind = 'complaint') AS complaints "
+            "FROM events e JOIN messages m ON m.id = e.message_id WHERE e.at >= ? AND m.sender LIKE ?", (since, like))
+        return {"recipients": rcpts[0]["n"], "hard_bounces": events[0]["hard"] or 0,
+                "complaints": events[0]["complaints"] or 0}
+
+    async def identity_stats(self, since: float) -> list[dict]:
+        """Per sending identity (sender domain): recipients, hard bounces, complaints."""
+        return await self._fetch(
+            "WITH m AS (SELECT id, lower(substr(sender, instr(sender, '@') + 1)) AS identity FROM messages "
+            "WHERE created_at >= ?) "
+            "SELECT m.identity, (SELECT COUNT(*) FROM recipients r WHERE r.message_id IN "
+            "(SELECT id FROM m m2 WHERE m2.identity = m.identity)) AS recipients, "
+            "(SELECT COUNT(*) FROM events e WHERE e.message_id IN (SELECT id FROM m m3 WHERE m3.identity = m.identity) "
+            "AND e.kind = 'bounce' AND e.bounce_type = 'hard') AS hard_bounces, "
+            "(SELECT COUNT(*) FROM events e WHERE e.message_id IN (SELECT id FROM m m4 WHERE m4.identity = m.identity) "
+            "AND e.kind = 'complaint') AS complaints "
+            "FROM m GROUP BY m.identity ORDER BY recipients DESC",
+            (since,),
+        )
+
+    async def pause_identity(self, identity: str, at: float, why: str) -> None:
+        await self._submit([("INSERT OR REPLACE INTO paused_identities (identity, paused_at, why) VALUES (?, ?, ?)",
+                             (identity, at, why))])
+
+    async def resume_identity(self, identity: str) -> bool:
+        rows = await self._fetch("SELECT 1 FROM paused_identities WHERE identity = ?", (identity,))
+        await self._submit([("DELETE FROM paused_identities WHERE identity = ?", (identity,))])
+        return bool(rows)
+
+    async def paused_identities(self) -> dict[str, str]:
+        return {r["identity"]: r["why"] for r in await self._fetch("SELECT identity, why FROM paused_identities")}
 
     async def outbox_raw(self, message_id: str) -> bytes | None:
         rows = await self._fetch("SELECT raw FROM outbox WHERE message_id = ?", (message_id,))
