@@ -101,7 +101,10 @@ class Service:
         if cfg.preflight.enabled:
             from proxy.relay.preflight import Preflight
 
-            self.preflight = Preflight(cfg.preflight)
+            try:
+                self.preflight = Preflight(cfg.preflight)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"{cfg.source}: [preflight] resolvers: {exc}") from None
         await self._probe_upstream()
         if cfg.inbound.enabled:
             await self._start_inbound()

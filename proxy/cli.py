@@ -173,6 +173,8 @@ EVENT_COLUMNS = ["id", "at", "source", "kind", "recipient", "bounce_type", "reas
 @click.option("--correlation", type=click.Choice(["verp", "upstream_id", "message_id", "recipient_window", "none"]))
 @click.option("--message", help="Only events of this message id.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "ses"]),
+              help="ses: each bounce or complaint as the JSON notification SES would publish.")
 @output_options
 def bounces(config_path, since, recipient, bounce_type, reason, source, kind, correlation, message, limit, fmt) -> None:
     """Bounces, delays, complaints and auto-replies, newest first."""
@@ -180,10 +182,35 @@ def bounces(config_path, since, recipient, bounce_type, reason, source, kind, co
 
     config = _load(config_path)
     flt = EventFilter(_since(since), recipient, bounce_type, reason, source, kind, correlation, message, limit)
+    if fmt == "ses":
+        _print_ses(config, flt)
+        return
     rows = _run(_with_store(config, lambda s: s.list_events(flt)))
     for row in rows:
         row["at"] = _iso(row["at"])
     _emit(rows, EVENT_COLUMNS, fmt)
+
+
+def _print_ses(config: Config, flt) -> None:
+    from proxy.dsn.ses import ses_notification
+
+    async def notifications(store):
+        out = []
+        for event in await store.list_events(flt):
+            if event["kind"] not in ("bounce", "complaint"):
+                continue
+            message = None
+            if event["message_id"]:
+                message = await store.get_message(event["message_id"])
+                if message is not None:
+                    message["recipients"] = [r["address"] for r in await store.message_recipients(event["message_id"])]
+                    message["created_at"] = _iso(message["created_at"])
+            event["at"] = _iso(event["at"])
+            out.append(ses_notification(event, message))
+        return out
+
+    for notification in _run(_with_store(config, notifications)):
+        click.echo(json.dumps(notification, ensure_ascii=False))
 
 
 MESSAGE_COLUMNS = ["id", "created_at", "status", "sender", "recipients", "message_id", "upstream_id", "size",
@@ -325,14 +352,14 @@ def inbound(config_path, state, since, limit, raw_id, fmt) -> None:
 @cli.command()
 @config_option
 @click.option("--all", "everything", is_flag=True, help="Reparse every stored mail (after a parser upgrade).")
-def reparse(config_path, everything) -> None:
+@click.option("--classify-only", is_flag=True, help="Only re-derive reason and hard/soft of stored events.")
+def reparse(config_path, everything, classify_only) -> None:
     """Parse and correlate stored inbound mails again: pending and failed ones, or --all.
 
     Safe to repeat and safe beside a running server: events are recorded once per mail and
     recipient, and a reparse rewrites their verdicts in place.
     """
-    from proxy.dsn import PARSER_VERSION
-    from proxy.inbound.pipeline import Pipeline
+    from proxy.inbound.pipeline import PARSER_VERSION, Pipeline
     from proxy.relay.verp import VerpSigner
     from proxy.store import open_store
 
@@ -347,12 +374,37 @@ def reparse(config_path, everything) -> None:
         store = await open_store(config.store)
         try:
             pipeline = Pipeline(store, signer, inbound_cfg.bounce_domains, config.store.correlation_window_days)
+            if classify_only:
+                return await pipeline.reclassify()
             return await pipeline.reparse(None if everything else ["pending", "failed"])
         finally:
             await store.close()
 
     count = _run(go())
-    click.echo(f"reparsed {count} inbound mail(s) with parser version {PARSER_VERSION}")
+    what = "event(s)" if classify_only else "inbound mail(s)"
+    click.echo(f"re{'classified' if classify_only else 'parsed'} {count} {what} with parser version {PARSER_VERSION}")
+
+
+@cli.command("classify")
+@click.argument("reply")
+@click.option("--status", help="The DSN's Status field, when classifying a DSN rather than a reply line.")
+@click.option("--kind", type=click.Choice(["bounce", "delay"]), default="bounce", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def classify_command(reply, status, kind, as_json) -> None:
+    """Classify one SMTP reply or diagnostic line and show the evidence that decided it.
+
+    Example: bounceproxy classify "550 5.1.1 <a@b>: Recipient address rejected: User unknown"
+    """
+    from proxy.dsn.classify import classify, classify_reply, explain
+    from proxy.model import Kind
+
+    verdict = classify(status, None, reply, Kind(kind)) if status else classify_reply(reply, Kind(kind))
+    if as_json:
+        click.echo(json.dumps({"reason": verdict.reason, "bounce_type": str(verdict.bounce_type),
+                               "status": verdict.status, "status_source": verdict.status_source and str(verdict.status_source),
+                               "evidence": verdict.evidence}))
+        return
+    click.echo(explain(verdict))
 
 
 async def _with_writer(config: Config, fn):

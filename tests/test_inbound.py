@@ -276,3 +276,40 @@ async def test_simulator_closes_the_loop_on_one_machine(tmp_path):
         assert all(e["correlation"] == "verp" for e in events.values())
         assert events["bounce"]["recipient"] == "latebounce@simulator.amazonses.com"
         assert events["bounce"]["bounce_type"] == "hard" and events["complaint"]["feedback_type"] == "abuse"
+
+
+def _cli(tmp_path, *args):
+    env = {"PYTHONPATH": str(ROOT), "BOUNCEPROXY_STORE__PATH": str(tmp_path / "bounceproxy.db"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "proxy", *args], env=env, capture_output=True, text=True, cwd=tmp_path)
+
+
+async def test_bounces_as_ses_notifications_and_reclassification(svc, tmp_path):
+    import json
+
+    message = await relay_one(svc, "kijitora@neko.example.jp")
+    await deliver(svc, (DATA / "lhost-postfix-06.eml").read_bytes(), message["verp_token"])
+    await relay_one(svc, "unknown.z@example.net")
+    out = await asyncio.to_thread(_cli, tmp_path, "bounces", "--format", "ses")
+    notes = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {n["notificationType"] for n in notes} == {"Bounce"} and len(notes) == 2
+    late = next(n for n in notes if n["bounce"]["bouncedRecipients"][0]["emailAddress"] == "kijitora@neko.example.jp")
+    assert late["bounce"]["bounceType"] == "Permanent" and late["bounce"]["bouncedRecipients"][0]["status"] == "5.4.4"
+    assert late["mail"]["source"] == "app@example.com" and late["mail"]["destination"] == ["kijitora@neko.example.jp"]
+    # a classifier upgrade: stale verdicts are re-derived in place, with the version recorded
+    db = sqlite3.connect(svc.config.store.path)
+    db.execute("UPDATE events SET reason = 'undefined', bounce_type = 'undetermined', parser_version = 'old'")
+    db.commit()
+    db.close()
+    out = await asyncio.to_thread(_cli, tmp_path, "reparse", "--classify-only")
+    assert out.returncode == 0 and "reclassified 2 event(s)" in out.stdout
+    verdicts = {(r["recipient"], r["reason"], r["bounce_type"]) for r in rows(svc, "SELECT * FROM events")}
+    assert verdicts == {("kijitora@neko.example.jp", "hostunknown", "hard"), ("unknown.z@example.net", "userunknown", "hard")}
+    assert {r["parser_version"] for r in rows(svc, "SELECT parser_version FROM events")} != {"old"}
+
+
+def test_classify_command_prints_verdict_and_evidence(tmp_path):
+    out = _cli(tmp_path, "classify", "550 5.1.1 <a@b>: Recipient address rejected: User unknown")
+    assert out.returncode == 0 and out.stdout.startswith("userunknown / hard / 5.1.1")
+    assert "user unknown" in out.stdout  # the table row that decided it
+    out = _cli(tmp_path, "classify", "--json", "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org")
+    assert '"reason": "blocked"' in out.stdout and '"bounce_type": "soft"' in out.stdout

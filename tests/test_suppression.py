@@ -230,3 +230,26 @@ def test_ses_csv_round_trips_through_import_and_export(tmp_path):
 async def _create(tmp_path):
     store = await SqliteStore(str(tmp_path / "bounceproxy.db")).open()
     await store.close()
+
+
+async def test_dns_preflight_in_the_relay(tmp_path, upstream):
+    """NXDOMAIN and null MX are refused at RCPT as hard bounces with no upstream send;
+    a resolver that never answers fails open."""
+    from tests.dnsserver import ZONES, DNSServer
+
+    async with DNSServer(ZONES, negative_ttl=60, drop={"slow.test"}) as dns:
+        config = make_config(tmp_path, upstream.port,
+                             preflight={"enabled": True, "resolvers": (dns.address,), "timeout": 0.3})
+        async with Service(config) as svc:
+            nx = await rcpt_reply(svc, "someone@nothere.test")
+            assert nx.code == 550 and nx.message == "5.1.2 <someone@nothere.test>: recipient domain nothere.test does not exist (NXDOMAIN)"
+            null = await rcpt_reply(svc, "someone@nullmx.test")
+            assert null.code == 556 and null.message.startswith("5.1.10 ")
+            assert (await rcpt_reply(svc, "someone@good.test")).code == 250
+            assert (await rcpt_reply(svc, "someone@slow.test")).code == 250  # fail open
+            assert svc.preflight.stats["timeouts"] >= 1
+            events = {r["recipient"]: r for r in rows(svc, "SELECT * FROM events")}
+            assert (events["someone@nothere.test"]["reason"], events["someone@nothere.test"]["bounce_type"]) == ("hostunknown", "hard")
+            assert events["someone@nullmx.test"]["reason"] == "notaccept" and events["someone@nullmx.test"]["bounce_type"] == "hard"
+            assert events["someone@nothere.test"]["remote_mta"] == "dns-preflight"
+        assert not any(r.endswith(("nothere.test", "nullmx.test")) for m in upstream.handler.messages for r in m[1])

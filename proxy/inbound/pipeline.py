@@ -11,13 +11,17 @@ import asyncio
 import json
 import logging
 
-from proxy.dsn import PARSER_VERSION, parse
+from proxy.dsn import PARSER_VERSION as _PARSER, parse
+from proxy.dsn.classify import PARSER_CLASSIFIER_VERSION, classify
 from proxy.dsn.parser import recipient_kind
 from proxy.inbound.correlate import Match, correlate, verp_tokens
 from proxy.model import BounceEvent, BounceType, Kind, ParseState, Report, Source
 from proxy.relay.verp import VerpSigner
 
 log = logging.getLogger(__name__)
+
+# Recorded on every row and event: parser and classifier versions, so upgrades can be redone.
+PARSER_VERSION = f"{_PARSER}.{PARSER_CLASSIFIER_VERSION}"
 
 PARSE_IN_THREAD_ABOVE = 512 * 1024  # big mails are parsed off the event loop
 
@@ -96,6 +100,18 @@ class Pipeline:
             parser_version=PARSER_VERSION,
         ))
         return events
+
+    async def reclassify(self) -> int:
+        """Re-derive reason and bounce_type of stored events with the current classifier."""
+        rows = await self.store.events_to_reclassify()
+        updates = []
+        for e in rows:
+            status = e["status"] if e["status_source"] == "dsn" else None
+            verdict = classify(status, e["smtp_code"], e["diagnostic"], Kind(e["kind"]))
+            updates.append((verdict.reason, verdict.bounce_type, verdict.status, verdict.status_source,
+                            verdict.evidence, PARSER_VERSION, e["id"]))
+        await self.store.update_events_verdicts(updates)
+        return len(updates)
 
     async def reparse(self, states: list[str] | None) -> int:
         """Redo the rows in these states (all rows when None); returns how many were processed."""

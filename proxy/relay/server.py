@@ -168,7 +168,7 @@ class RelayHandler:
         else:
             status = RecipientStatus.REJECTED if reply.permanent else RecipientStatus.DEFERRED
             message.recipients.append(RecipientRecord(address, status, reply.line()))
-            self._refusal(tx, reply, [address])
+            self._refusal(tx, reply, [address], "RCPT")
             if reply.code == 421:  # the upstream is closing; a 421 obliges us to close too
                 tx.broken = True
                 await self.finish(session, record=True)
@@ -195,7 +195,7 @@ class RelayHandler:
                 line = verdict.reply(address)
                 reply = Reply(int(line[:3]), line[4:])
                 message.recipients.append(RecipientRecord(address, RecipientStatus.REJECTED, reply.line()))
-                self._refusal(tx, reply, [address], remote_mta="dns-preflight")
+                self._refusal(tx, reply, [address], "RCPT", remote_mta="dns-preflight")
                 return line
         return None
 
@@ -242,7 +242,7 @@ class RelayHandler:
                 r.status = RecipientStatus.REJECTED if reply.permanent else RecipientStatus.DEFERRED
                 r.reply = reply.line()
             message.status = MessageStatus.REJECTED if reply.permanent else MessageStatus.FAILED
-            self._refusal(tx, reply, [r.address for r in accepted])
+            self._refusal(tx, reply, [r.address for r in accepted], "DATA")
         raw = content if (self.keeps_messages and reply.ok) else None
         try:
             await self.finish(session, record=True, raw=body if raw is not None else None, strict=True)
@@ -261,13 +261,14 @@ class RelayHandler:
         return "221 2.0.0 Bye"
 
     # -- bookkeeping ------------------------------------------------------------------------------
-    def _refusal(self, tx: Transaction, reply: Reply, recipients: list[str], remote_mta: str | None = None) -> None:
+    def _refusal(self, tx: Transaction, reply: Reply, recipients: list[str], command: str,
+                 remote_mta: str | None = None) -> None:
         """A refusal is a send failure on the message, or a synchronous bounce per recipient."""
         failure = send_failure(reply)
         if failure:
             tx.message.send_failure = f"{failure}: {reply.line()}"
             return
-        verdict = classify(reply.enhanced, reply.code, reply.line(), Kind.BOUNCE)
+        verdict = classify(reply.enhanced, reply.code, reply.line(), Kind.BOUNCE, command=command)
         now = time.time()
         for rcpt in recipients:
             tx.events.append(BounceEvent(

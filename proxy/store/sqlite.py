@@ -265,6 +265,10 @@ class SqliteStore:
             raise StoreError(f"{self.path}: {exc}") from None
         return [dict(r) for r in rows]
 
+    async def events_to_reclassify(self) -> list[dict]:
+        return await self._fetch("SELECT id, kind, status, status_source, smtp_code, diagnostic FROM events "
+                                 "WHERE kind IN ('bounce', 'delay') ORDER BY id")
+
     async def get_message(self, message_id: str) -> dict | None:
         rows = await self._fetch("SELECT * FROM messages WHERE id = ?", (message_id,))
         return rows[0] if rows else None
