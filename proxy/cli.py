@@ -593,6 +593,24 @@ def resume(config_path, identity) -> None:
     click.echo(f"resumed {identity.lower()}")
 
 
+@cli.command()
+@config_option
+@click.option("--sender-domain", "sender_domains", multiple=True,
+              help="Also check SPF and DMARC of this domain (repeatable); domains seen in the log are checked anyway.")
+def doctor(config_path, sender_domains) -> None:
+    """Check the deployment: bounce MX in DNS, upstream credentials, SPF/DMARC, keys, no open relay."""
+    from proxy import doctor as checks
+
+    config = _load(config_path)
+    results = checks.run(config, sender_domains)
+    for result in results:
+        click.echo(result.line())
+    failed = sum(r.status == checks.FAIL for r in results)
+    click.echo(f"{len(results)} checks: {failed} failed, {sum(r.status == checks.WARN for r in results)} warnings")
+    if failed:
+        sys.exit(1)
+
+
 def main() -> None:
     """Entry point: click's own errors become one line and exit 2."""
     try:

@@ -7,7 +7,6 @@ import email
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import aiosmtplib
 import pytest

@@ -4,17 +4,15 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sqlite3
 import subprocess
 import sys
-import time
 
 import aiosmtplib
 import pytest
 
 from proxy.app import Service
 from proxy.config import SuppressionConfig
-from proxy.model import BounceEvent, BounceType, Correlation, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source
+from proxy.model import BounceEvent, BounceType, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source
 from proxy.store import SqliteStore
 from proxy.suppression import SuppressionIndex, Suppressor, normalize_address
 from tests.conftest import ROOT, make_config

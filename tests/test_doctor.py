@@ -1,0 +1,53 @@
+"""`bounceproxy doctor` against a real DNS server, a real upstream and the running bounce MX."""
+from __future__ import annotations
+
+from proxy import doctor
+from proxy.app import Service
+from tests.conftest import make_config
+from tests.dnsserver import DNSServer
+
+ZONES = {
+    "bounces.good.test": ["300 MX 10 mx.good.test."],
+    "mx.good.test": ["A 127.0.0.1"],
+    "bounces.far.test": ["300 MX 10 mx.far.test."],
+    "mx.far.test": ["A 192.0.2.77"],
+    "sender.test": ['TXT "v=spf1 include:amazonses.com ~all"'],
+    "_dmarc.sender.test": ['TXT "v=DMARC1; p=quarantine"'],
+    "nospf.test": ['TXT "google-site-verification=abc"'],
+}
+
+
+async def test_doctor_reports_each_check(tmp_path, upstream, monkeypatch):
+    monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", "0123456789abcdef0123456789abcdef")
+    async with DNSServer(ZONES) as dns:
+        config = make_config(tmp_path, upstream.port,
+                             inbound={"bounce_domains": ("bounces.good.test", "bounces.far.test", "bounces.none.test")},
+                             preflight={"resolvers": (dns.address,), "timeout": 1.0})
+        async with Service(config) as svc:
+            import dataclasses
+
+            from proxy.config import Address
+
+            live = dataclasses.replace(config, inbound=dataclasses.replace(
+                config.inbound, listen=Address("127.0.0.1", svc.inbound_address[1])))
+            domains = ["sender.test", "nospf.test"]
+            checks = await doctor.run_checks(live, domains)
+    by_name = {c.name: c for c in checks}
+    assert by_name["VERP key"].status == doctor.PASS
+    assert by_name["upstream"].status == doctor.PASS and "127.0.0.1" in by_name["upstream"].detail
+    assert by_name["MX of bounces.good.test"].status == doctor.PASS
+    assert by_name["MX of bounces.far.test"].status == doctor.WARN and "192.0.2.77" in by_name["MX of bounces.far.test"].detail
+    assert by_name["MX of bounces.none.test"].status == doctor.FAIL
+    assert by_name["bounce MX relay test"].status == doctor.PASS
+    assert by_name["SPF of sender.test"].status == doctor.PASS and by_name["DMARC of sender.test"].status == doctor.PASS
+    assert by_name["SPF of nospf.test"].status == doctor.FAIL and by_name["DMARC of nospf.test"].status == doctor.FAIL
+    assert all(c.line().startswith("[") for c in checks)
+
+
+async def test_doctor_flags_a_missing_key_and_a_dead_upstream(tmp_path, monkeypatch):
+    monkeypatch.delenv("BOUNCEPROXY_VERP_KEY", raising=False)
+    config = make_config(tmp_path, 1)  # nothing listens on port 1
+    checks = {c.name: c for c in doctor.check_secrets(config)}
+    assert checks["VERP key"].status == doctor.FAIL
+    upstream = await doctor.check_upstream(config)
+    assert upstream.status == doctor.FAIL and "cannot connect" in upstream.detail
