@@ -9,6 +9,7 @@ import sys
 
 import secrets
 
+from proxy.api import api_token, start_api
 from proxy.config import Config, ConfigError
 from proxy.inbound.pipeline import Pipeline
 from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
@@ -16,6 +17,7 @@ from proxy.relay.server import Authenticator, RelayHandler, RelaySMTP, parse_use
 from proxy.relay.simulator import SimulatorUpstream
 from proxy.relay.upstream import UpstreamPool
 from proxy.relay.verp import VerpSigner
+from proxy.smtp_guard import Limits
 from proxy.store import StoreError, open_store
 from proxy.suppression import Suppressor
 
@@ -37,6 +39,8 @@ class Service:
         self.pipeline: Pipeline | None = None
         self.suppressor: Suppressor | None = None
         self.preflight = None
+        self.api_runner = None
+        self.api_address: tuple[str, int] | None = None
         self.inbound_worker: InboundWorker | None = None
 
     async def __aenter__(self) -> "Service":
@@ -89,6 +93,8 @@ class Service:
             raise ConfigError(
                 f"{cfg.source}: [relay] AUTH beyond loopback needs TLS: set [relay] tls_cert and tls_key"
             )
+        if cfg.api.enabled:
+            api_token(cfg)  # beyond loopback without a token: refuse before anything listens
         try:
             self.store = await open_store(cfg.store)
         except StoreError as exc:
@@ -112,6 +118,7 @@ class Service:
         size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
         hostname = cfg.relay_hostname
         authenticator = Authenticator(users) if users else None
+        self.relay_limits = Limits(relay.max_connections, relay.max_connections_per_ip, relay.max_session_seconds)
 
         def factory():
             return RelaySMTP(
@@ -119,12 +126,37 @@ class Service:
                 tls_context=tls, require_starttls=False, authenticator=authenticator,
                 auth_required=relay.require_auth and not relay.allow_networks,
                 auth_require_tls=tls is not None, auth_needed=auth_needed,
-                timeout=relay.session_timeout, ident="bounceproxy relay",
+                timeout=relay.session_timeout, ident="bounceproxy relay", limits=self.relay_limits,
             )
 
         server = await self._listen(factory, relay.listen, "[relay] listen")
         self.relay_address = server.sockets[0].getsockname()[:2]
         log.info("relay listening on %s:%s -> upstream %s", *self.relay_address, self.upstream.name)
+        if cfg.api.enabled:
+            self.api_runner, self.api_address = await start_api(cfg, self.store, live_metrics=self._live_metrics)
+            log.info("API and dashboard on http://%s:%s/", *self.api_address)
+
+    def _live_metrics(self) -> dict[str, float]:
+        """Process counters for /metrics, beside the figures the API reads from the store."""
+        m: dict[str, float] = {}
+        if self.relay_handler:
+            m["bounceproxy_relay_open_sessions"] = self.relay_limits.open_total
+            m["bounceproxy_relay_refused_connections_total"] = self.relay_limits.refused
+        if self.inbound_worker:
+            m["bounceproxy_inbound_queue"] = self.inbound_worker.queue.qsize()
+        if self.pipeline:
+            m["bounceproxy_inbound_processed_total"] = self.pipeline.processed
+        if isinstance(self.upstream, UpstreamPool):
+            m["bounceproxy_upstream_connects_total"] = self.upstream.connects
+        if self.suppressor:
+            m["bounceproxy_suppression_hits_total"] = self.suppressor.hits
+            m["bounceproxy_suppression_index_entries"] = len(self.suppressor.index)
+        if self.preflight:
+            for name, value in self.preflight.stats.items():
+                m[f'bounceproxy_preflight_total{{outcome="{name}"}}'] = value
+        if self.store:
+            m["bounceproxy_store_commits_total"] = self.store.commits
+        return m
 
     def _verp_signer(self) -> VerpSigner | None:
         inbound = self.config.inbound
@@ -150,10 +182,12 @@ class Service:
         await self.inbound_worker.start(recover=True)
         handler = InboundHandler(cfg, self.store, self.signer, self.inbound_worker.submit)
         hostname = inbound.hostname or cfg.relay_hostname
+        self.inbound_limits = Limits(inbound.max_connections, inbound.max_connections_per_ip, inbound.max_session_seconds)
 
         def factory():
             return InboundSMTP(handler, hostname=hostname, size_limit=inbound.max_message_size,
-                               enable_SMTPUTF8=True, timeout=inbound.session_timeout, ident="bounceproxy bounce MX")
+                               enable_SMTPUTF8=True, timeout=inbound.session_timeout, ident="bounceproxy bounce MX",
+                               limits=self.inbound_limits)
 
         server = await self._listen(factory, inbound.listen, "[inbound] listen")
         self.inbound_address = server.sockets[0].getsockname()[:2]
@@ -184,11 +218,14 @@ class Service:
         return server
 
     async def stop(self, grace: float = 10.0) -> None:
+        if self.api_runner is not None:
+            await self.api_runner.cleanup()
+            self.api_runner = None
         for server in self.servers:
             server.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.relay_handler and self.relay_handler.open_sessions > 0 and loop.time() < deadline:
+        while self.relay_handler and self.relay_limits.open_total > 0 and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for server in self.servers:
             try:

@@ -296,22 +296,24 @@ def messages_show(config_path, message_id, as_json, raw) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def stats(config_path, since, as_json) -> None:
     """Counts of messages and bounces, and the bounce rate, over a window."""
+    from proxy.store.summary import summarize
+
     config = _load(config_path)
     start = _since(since)
-    data = _run(_with_store(config, lambda s: s.stats(start)))
-    sent = sum(n for status, n in data["messages"].items())
-    hard = sum(e["n"] for e in data["events"] if e["kind"] == "bounce" and e["bounce_type"] == "hard")
-    bounced = sum(e["n"] for e in data["events"] if e["kind"] == "bounce")
-    complaints = sum(e["n"] for e in data["events"] if e["kind"] == "complaint")
-    rcpts = data["recipients"]
-    summary = {
-        "since": _iso(start), "messages": sent, "by_status": data["messages"], "recipients": rcpts,
-        "bounces": bounced, "hard_bounces": hard, "complaints": complaints,
-        "bounce_rate": round(bounced / rcpts, 4) if rcpts else 0.0,
-        "hard_bounce_rate": round(hard / rcpts, 4) if rcpts else 0.0,
-        "complaint_rate": round(complaints / rcpts, 4) if rcpts else 0.0,
-        "by_reason": data["events"],
-    }
+
+    async def gather(store):
+        return await store.stats(start), await store.identity_stats(start), await store.paused_identities()
+
+    data, identities, paused = _run(_with_store(config, gather))
+    summary = summarize(data, start)
+    for row in identities:
+        n = row["recipients"] or 0
+        row["hard_bounce_rate"] = round(row["hard_bounces"] / n, 4) if n else 0.0
+        row["complaint_rate"] = round(row["complaints"] / n, 4) if n else 0.0
+        row["paused"] = paused.get(row["identity"])
+    summary["identities"] = identities
+    sent, rcpts = summary["messages"], summary["recipients"]
+    bounced, hard, complaints = summary["bounces"], summary["hard_bounces"], summary["complaints"]
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -320,6 +322,9 @@ def stats(config_path, since, as_json) -> None:
     click.echo(f"bounces {bounced} (hard {hard}), complaints {complaints}; bounce rate "
                f"{summary['bounce_rate']:.2%}, complaint rate {summary['complaint_rate']:.2%}")
     _emit(data["events"], ["source", "kind", "bounce_type", "reason", "n"], "table")
+    click.echo("by sending identity:")
+    _emit(identities, ["identity", "recipients", "hard_bounces", "complaints", "hard_bounce_rate", "complaint_rate",
+                       "paused"], "table")
 
 
 INBOUND_COLUMNS = ["id", "received_at", "state", "kind", "format", "size", "peer", "mail_from", "rcpt_tos",

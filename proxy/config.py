@@ -73,6 +73,9 @@ class RelayConfig:
     tls_cert: str = ""
     tls_key: str = ""
     session_timeout: float = 300.0
+    max_session_seconds: float = 3600.0
+    max_connections: int = 1000
+    max_connections_per_ip: int = 500
     workers: int = 1
 
 
@@ -109,6 +112,9 @@ class InboundConfig:
     hmac_key_env: str = "BOUNCEPROXY_VERP_KEY"
     max_message_size: int = 30 * 1024 * 1024
     session_timeout: float = 300.0
+    max_session_seconds: float = 600.0
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ def test_serve_then_query_with_every_output_format(tmp_path):
     import smtplib
 
     port = _free_port()
-    env = {"BOUNCEPROXY_RELAY__LISTEN": f"127.0.0.1:{port}", "BOUNCEPROXY_INBOUND__LISTEN": f"127.0.0.1:{_free_port()}"}
+    env = {"BOUNCEPROXY_RELAY__LISTEN": f"127.0.0.1:{port}", "BOUNCEPROXY_INBOUND__LISTEN": f"127.0.0.1:{_free_port()}",
+           "BOUNCEPROXY_API__LISTEN": f"127.0.0.1:{_free_port()}"}
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNCEPROXY_")}
     full_env.update(env, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([*BOUNCEPROXY, "serve"], cwd=tmp_path, env=full_env, stderr=subprocess.PIPE, text=True)
@@ -118,7 +119,7 @@ def test_serve_then_query_with_every_output_format(tmp_path):
                 smtp = smtplib.SMTP("127.0.0.1", port, timeout=10)
                 break
             except OSError:
-                assert time.time() < deadline and proc.poll() is None, "serve did not start"
+                assert time.time() < deadline and proc.poll() is None, f"serve did not start: {proc.stderr.read() if proc.poll() is not None else ''}"
                 time.sleep(0.1)
         with smtp:
             smtp.ehlo()

@@ -5,20 +5,20 @@ Removal-Recipient), and otherwise the returned message's To is the best evidence
 """
 from __future__ import annotations
 
-import re
-
+from proxy.dsn.mail import content_type
 from proxy.dsn.text import ADDR_RE, normalise_address, squash, strip_type
 from proxy.model import Kind, RecipientReport, Report
 
 _FEEDBACK_PARTS = ("message/feedback-report", "text/feedback-report")
-_HOTMAIL_SUBJECT_RE = re.compile(r"complaint about message from", re.I)
 _RECIPIENT_HEADERS = ("X-HmXmrOriginalRecipient", "X-Original-To", "Delivered-To")
 
 
 def detect(mail) -> Report | None:
     """An ARF report, wherever its feedback part sits (some wrap it in multipart/mixed)."""
+    if mail.types.isdisjoint(_FEEDBACK_PARTS):
+        return None
     for part in mail.parts:
-        if part.get_content_type() in _FEEDBACK_PARTS:
+        if content_type(part) in _FEEDBACK_PARTS:
             return _from_fields(mail, _fields(part))
     return None
 
@@ -72,7 +72,7 @@ def _from_fields(mail, fields: dict[str, list[str]]) -> Report:
 def _original_recipient(mail) -> str | None:
     """The complained-about recipient when the report does not name one: the returned mail's."""
     for part in mail.parts:
-        if part.get_content_type() in ("message/rfc822", "message/global") and part is not mail.msg:
+        if content_type(part) in ("message/rfc822", "message/global") and part is not mail.msg:
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
                 for name in _RECIPIENT_HEADERS:
@@ -85,7 +85,7 @@ def _original_recipient(mail) -> str | None:
 
 def detect_hotmail(mail) -> Report | None:
     """Outlook.com's JMRP: the complained mail attached, its recipient in X-HmXmrOriginalRecipient."""
-    if not _HOTMAIL_SUBJECT_RE.search(mail.subject):
+    if "complaint about message from" not in mail.subject.lower():
         return None
     address = _original_recipient(mail)
     report = Report(kind=Kind.COMPLAINT, format="hotmail-jmrp",

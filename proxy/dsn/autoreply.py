@@ -28,8 +28,8 @@ _SUBJECT_RE = re.compile(
     r"antwort|antwoord|svar|vastaus|odpowied[zź]|odpov[eě]d|v[aá]lasz)|"
     r"autoreply|autoresponse|auto-response|out of (?:the )?office|abwesenheit|"
     r"r[ée]ponse automatique|risposta automatica|respuesta autom[aá]tica|resposta autom[aá]tica|"
-    r"fuera de la oficina|absent|absence|vacation|on leave|away from (?:the |my )?office|"
-    r"afwezig|frånvaro|fravær|automaattinen|自動応答|自動返信|自动回复|不在|автоответ|автоматический ответ",
+    r"fuera de la oficina|^vacation|on vacation|away from (?:the |my )?office|"
+    r"afwezig|frånvaro|fravær|automaattinen|自動応答|自動返信|自动回复|автоответ|автоматический ответ",
     re.I,
 )
 _FAILURE_SUBJECT_RE = re.compile(
@@ -52,7 +52,7 @@ def detect(mail) -> Report | None:
 
 def _has_header_sign(mail) -> bool:
     for name, pattern in _HEADER_SIGNS.items():
-        value = mail.msg.get(name)
+        value = mail.headers.get(name.lower())
         if value is not None and (pattern is None or pattern.search(str(value))):
             return True
     return False

@@ -18,6 +18,18 @@ _ENTITY = {"&nbsp;": " ", "&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"',
 _ENTITY_RE = re.compile("|".join(_ENTITY))
 
 
+_CTYPE_RE = re.compile(r"[\w.+-]{1,64}/[\w.+-]{1,128}")
+
+
+def content_type(part) -> str:
+    """The part's MIME type, clean even when a header lacks its ";" ("text/plain charset=...")."""
+    cached = part.__dict__.get("_bounceproxy_ctype")
+    if cached is None:
+        m = _CTYPE_RE.match(part.get_content_type())
+        cached = part.__dict__["_bounceproxy_ctype"] = m.group(0) if m else "text/plain"
+    return cached
+
+
 def html_to_text(html: str) -> str:
     """Enough of an HTML body to read a bounce in it: tags become line breaks or nothing."""
     text = _TAG_RE.sub("", _BLOCK_TAG_RE.sub("\n", html))
@@ -51,13 +63,30 @@ class Mail:
         import email
         from email import policy
 
-        self.raw = raw[:RAW_LIMIT]
-        self.msg = email.message_from_bytes(self.raw, policy=policy.compat32)
+        raw = raw[:RAW_LIMIT]
+        if b"\r" in raw:
+            # One line ending for everything below: payloads keep the ones they came with, and
+            # quoted-printable soft breaks or header blocks in a body would otherwise read
+            # differently in CRLF (dos) and CR (old mac) mail.
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        self.raw = raw
+        self.msg = email.message_from_bytes(raw, policy=policy.compat32)
 
     def header(self, name: str, msg=None) -> str:
         """A header of the mail (or of `msg`), decoded; empty when absent."""
-        value = (self.msg if msg is None else msg).get(name)
+        if msg is None:
+            value = self.headers.get(name.lower())
+        else:
+            value = msg.get(name)
         return decode_header(value) if value is not None else ""
+
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """The mail's own header fields by lower-case name, the first of each: one pass, not one per lookup."""
+        out: dict[str, str] = {}
+        for name, value in self.msg.raw_items():
+            out.setdefault(name.lower(), value)
+        return out
 
     @cached_property
     def subject(self) -> str:
@@ -73,31 +102,40 @@ class Mail:
 
     @cached_property
     def content_type(self) -> str:
-        return self.msg.get_content_type()
+        return content_type(self.msg)
 
     @cached_property
     def parts(self) -> list:
-        """Every part (the root included), without descending into attached messages."""
+        """Every part (the root included), depth first, without descending into attached messages."""
         out = []
         stack = [self.msg]
         while stack and len(out) < 200:
-            part = stack.pop(0)
+            part = stack.pop()
             out.append(part)
-            if part.get_content_maintype() == "multipart" or (
-                part.is_multipart() and part.get_content_type() not in _MESSAGE_TYPES
-            ):
-                payload = part.get_payload()
-                if isinstance(payload, list):
-                    stack[0:0] = payload
+            ctype = content_type(part)
+            if ctype in _MESSAGE_TYPES:
+                continue
+            payload = part._payload
+            if isinstance(payload, list):
+                stack.extend(reversed(payload))
+            elif ctype.startswith("multipart/"):
+                repaired = _repair_multipart(part)
+                if repaired is not None:
+                    stack.extend(reversed(repaired))
         return out
 
+    @cached_property
+    def types(self) -> frozenset[str]:
+        """The content types present: a format checks for its part here before walking the parts."""
+        return frozenset(content_type(p) for p in self.parts)
+
     def parts_of_type(self, *types: str) -> list:
-        return [p for p in self.parts if p.get_content_type() in types]
+        return [p for p in self.parts if content_type(p) in types]
 
     @cached_property
     def text(self) -> str:
         """The human-readable body: text/plain parts outside attached messages, else HTML."""
-        plain = [p for p in self.parts if p.get_content_type() == "text/plain" and not p.is_multipart()]
+        plain = [p for p in self.parts if content_type(p) == "text/plain" and not p.is_multipart()]
         if not plain and not self.msg.is_multipart() and self.msg.get_content_maintype() != "text":
             plain = [self.msg]  # an unlabelled body is still text
         chunks = []
@@ -112,11 +150,25 @@ class Mail:
                 break
         if not chunks or not any(c.strip() for c in chunks):
             for part in self.parts:
-                if part.get_content_type() == "text/html" and not part.is_multipart():
+                if content_type(part) == "text/html" and not part.is_multipart():
                     chunks.append(html_to_text(part_text(part, TEXT_LIMIT * 2))[:TEXT_LIMIT])
                     break
         text = "\n".join(chunks)
-        return text.replace("\r\n", "\n").replace("\r", "\n")
+        return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+    @cached_property
+    def head(self) -> str:
+        """Where formats look for their signature: From, Subject and the start of the text."""
+        return f"{self.from_header}\n{self.subject}\n{self.text[:8192]}"
+
+    @cached_property
+    def head_lower(self) -> str:
+        return self.head.lower()
+
+    @cached_property
+    def lead_lower(self) -> str:
+        """Subject and the first lines, lower case: where a notice says it is only a warning."""
+        return f"{self.subject}\n{self.text[:1500]}".lower()
 
     @cached_property
     def text_lower(self) -> str:
@@ -131,6 +183,32 @@ class Mail:
         from proxy.dsn.original import extract
 
         return extract(self)
+
+
+_BOUNDARY_LINE_RE = re.compile(r"^--([^\s]{1,200})[ \t]*$", re.M)
+
+
+def _repair_multipart(part) -> list | None:
+    """The subparts of a multipart whose boundary parameter was lost (a header line not folded).
+
+    The stdlib then keeps the whole body as one string; the first "--boundary" line in it
+    says what the boundary was.
+    """
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return None
+    m = _BOUNDARY_LINE_RE.search(payload[:65536])
+    if not m:
+        return None
+    import email
+    from email import policy
+
+    boundary = m.group(1)
+    repaired = email.message_from_string(
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n' + payload, policy=policy.compat32
+    )
+    inner = repaired.get_payload()
+    return inner if isinstance(inner, list) else None
 
 
 _MESSAGE_TYPES = ("message/rfc822", "message/global", "message/delivery-status", "message/feedback-report")

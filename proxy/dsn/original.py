@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 
-from proxy.dsn.text import strip_angle
+from proxy.dsn.mail import content_type
+from proxy.dsn.text import decode_header, strip_angle
 from proxy.model import OriginalMessage
 
 _ATTACHED = ("message/rfc822", "message/global", "message/partial")
 _HEADER_PARTS = ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header", "text/global-headers",
                  "message/global-headers")
 _FIELD_LINE_RE = re.compile(r"[ \t>]{0,12}([A-Za-z][\w-]{0,60})[ \t]{0,4}:(.{0,2000})")
-_MSGID_LINE_RE = re.compile(r"^[ \t>|]{0,12}Message-I[dD][ \t]{0,4}:", re.M | re.I)
 # Lines that announce a quoted copy of the returned message in free-form bounces.
 _MARKER_RE = re.compile(
     r"^[ \t>-]{0,12}(?:"
@@ -34,50 +34,86 @@ _SES_DOMAIN = "amazonses.com"
 
 def extract(mail) -> OriginalMessage:
     """Never raises: a report without the original's headers gets an empty OriginalMessage."""
-    for part in mail.parts:
-        ctype = part.get_content_type()
+    partial = None
+    for found in _candidates(mail):
+        if found.message_id:
+            return found
+        if partial is None and (found.to or found.subject):
+            partial = found  # no Message-ID anywhere: the best partial copy
+    return partial or OriginalMessage()
+
+
+def _candidates(mail):
+    """Every place a copy of the original's headers may be, best first, parsed lazily."""
+    types = mail.types
+    for part in mail.parts if not (types.isdisjoint(_ATTACHED) and types.isdisjoint(_HEADER_PARTS)) else ():
+        ctype = content_type(part)
         if ctype in _ATTACHED and part is not mail.msg:
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
-                found = from_headers(mail, inner[0])
-                if found.message_id or found.to or found.subject:
-                    return found
-            text = _payload_text(part)
-            if text:
-                found = from_text_block(mail, text)
-                if found.message_id or found.to:
-                    return found
+                yield from_headers(mail, inner[0])
+                body = inner[0].get_payload()
+                if not inner[0].keys() and isinstance(body, str):  # no headers parsed: they came out as body
+                    yield from_free_text(mail, body[:65536])
+            elif isinstance(inner, str):
+                yield from_text_block(mail, _payload_text(part))
         elif ctype in _HEADER_PARTS:
-            found = from_text_block(mail, _payload_text(part))
-            if found.message_id or found.to or found.subject:
-                return found
-    return from_free_text(mail, mail.text)
+            yield from_text_block(mail, _payload_text(part))
+    for part in mail.parts:  # a part whose own MIME headers are the original's (boundary then headers)
+        if part is not mail.msg and part.get("Message-ID") and content_type(part) not in _ATTACHED:
+            yield from_headers(mail, part)
+    yield from_free_text(mail, mail.text)
+    for part in mail.parts:  # headers sent as a text attachment ("mailheaders.txt")
+        if part is not mail.msg and content_type(part) == "text/plain" and not part.is_multipart():
+            disposition = str(part.get("Content-Disposition", "")).lower()
+            if disposition.startswith("attachment"):
+                yield from_free_text(mail, _payload_text(part))
+    if any(part.defects for part in mail.parts):
+        yield from_free_text(mail, _raw_body(mail))
+
+
+def _raw_body(mail) -> str:
+    """The undecoded body: where headers hide when the MIME structure is broken (a boundary
+    that does not match its declaration hides every part after it)."""
+    raw = mail.raw  # line endings already "\n"
+    end = raw.find(b"\n\n")
+    return raw[end + 2 : end + 2 + 65536].decode("utf-8", "replace") if end >= 0 else ""
 
 
 def _payload_text(part) -> str:
     from proxy.dsn.mail import part_text
 
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        if not payload:
-            return ""
-        return payload[0].as_string() if hasattr(payload[0], "as_string") else ""
-    return part_text(part)
+    return "" if isinstance(part.get_payload(), list) else part_text(part)
 
 
 def from_headers(mail, msg) -> OriginalMessage:
-    """The fields correlation needs, from a parsed header block."""
-    get = lambda name: mail.header(name, msg)  # noqa: E731 - one-line accessor
-    message_id = strip_angle(get("Message-ID") or get("Message-Id"))
+    """The fields correlation needs, from a parsed message's header block."""
+    return from_fields(msg.raw_items())
+
+
+_WANTED = frozenset(("message-id", "to", "from", "subject", "date", "return-path", "in-reply-to", "references"))
+
+
+def from_fields(pairs) -> OriginalMessage:
+    """(name, value) pairs -> OriginalMessage; the first of each field counts."""
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if len(name) > 12:  # no wanted field is longer: skip the X-headers without lower-casing them
+            continue
+        name = name.strip().lower()
+        if name in _WANTED and name not in fields:
+            fields[name] = value if isinstance(value, str) else str(value)
+    get = lambda name: decode_header(fields[name]) if name in fields else ""  # noqa: E731 - one-line accessor
+    message_id = strip_angle(get("message-id"))
     original = OriginalMessage(
         message_id=message_id,
-        to=get("To") or None,
-        sender=get("From") or None,
-        subject=get("Subject") or None,
-        date=get("Date") or None,
-        return_path=strip_angle(get("Return-Path")) or None,
-        in_reply_to=strip_angle(get("In-Reply-To")),
-        references=[i[1:-1] for i in _IDS_RE.findall(get("References"))][:50],
+        to=get("to") or None,
+        sender=get("from") or None,
+        subject=get("subject") or None,
+        date=get("date") or None,
+        return_path=strip_angle(get("return-path")) or None,
+        in_reply_to=strip_angle(get("in-reply-to")),
+        references=[i[1:-1] for i in _IDS_RE.findall(get("references"))][:50],
     )
     if message_id and message_id.lower().endswith(_SES_DOMAIN):
         original.ses_message_id = message_id.partition("@")[0]
@@ -85,29 +121,39 @@ def from_headers(mail, msg) -> OriginalMessage:
 
 
 def from_text_block(mail, text: str) -> OriginalMessage:
-    """Headers quoted as text: normalised to a clean block, then read by the stdlib parser."""
-    block = _header_block(text, 0)
-    return _parse_block(mail, block)
+    """Headers quoted as text (a text/rfc822-headers part)."""
+    return from_fields(_header_block(text, 0))
 
 
 def from_free_text(mail, text: str) -> OriginalMessage:
     """A copy quoted somewhere in the body: find its Message-ID line, else its marker line."""
     if not text:
         return OriginalMessage()
-    m = _MSGID_LINE_RE.search(text)
-    if m:
-        start = _block_start(text, m.start())
-        found = _parse_block(mail, _header_block(text, start))
+    pos = _msgid_line(text)
+    if pos >= 0:
+        found = from_fields(_header_block(text, _block_start(text, pos)))
         if found.message_id:
             return found
     m = _MARKER_RE.search(text)
     if m:
         end = text.find("\n", m.end())
         if end >= 0:
-            found = _parse_block(mail, _header_block(text, end + 1))
+            found = from_fields(_header_block(text, end + 1))
             if found.message_id or found.to or found.subject:
                 return found
     return OriginalMessage()
+
+
+def _msgid_line(text: str) -> int:
+    """Where the first line that is a Message-ID field starts (quoted or indented), or -1."""
+    lower = text.lower()
+    pos = lower.find("message-id")
+    while pos >= 0:
+        line_start = lower.rfind("\n", 0, pos) + 1
+        if not lower[line_start:pos].strip(" \t>|") and lower[pos + 10 : pos + 16].lstrip(" \t").startswith(":"):
+            return line_start
+        pos = lower.find("message-id", pos + 10)
+    return -1
 
 
 def _block_start(text: str, pos: int) -> int:
@@ -124,37 +170,20 @@ def _block_start(text: str, pos: int) -> int:
     return start
 
 
-def _header_block(text: str, pos: int) -> str:
-    """The header lines from `pos` on: leading blanks skipped, quoting removed, to a blank line."""
-    lines = []
+def _header_block(text: str, pos: int) -> list[list[str]]:
+    """The fields from `pos` on: leading blanks skipped, quoting and indentation removed,
+    continuation lines joined, up to a blank line or a line that is no field."""
+    fields: list[list[str]] = []
     for line in text[pos : pos + 32768].splitlines()[:300]:
         if not line.strip():
-            if lines:
+            if fields:
                 break
             continue
         m = _FIELD_LINE_RE.fullmatch(line)
         if m:
-            lines.append(f"{m.group(1)}:{m.group(2)}")
-        elif lines and line[:1] in " \t>":
-            lines.append(" " + line.lstrip(" \t>"))
-        elif lines:
+            fields.append([m.group(1), m.group(2)])
+        elif fields and line[:1] in " \t>":
+            fields[-1][1] += " " + line.lstrip(" \t>")
+        elif fields:
             break
-    return "\n".join(lines) + "\n\n"
-
-
-def _parse_block(mail, block: str) -> OriginalMessage:
-    if not block.strip():
-        return OriginalMessage()
-    from email import policy
-    from email.parser import HeaderParser
-
-    msg = HeaderParser(policy=policy.compat32).parsestr(block)
-    return from_headers(mail, msg)
-
-
-def first_recipient(original: OriginalMessage) -> str | None:
-    """The original's To, for reports that only name their recipient there."""
-    from proxy.dsn.text import normalise_address
-
-    return normalise_address(original.to) if original.to else None
-
+    return fields

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from proxy.dsn.text import find_status, leading_code, normalise_address, squash, strip_type
+from proxy.dsn.mail import content_type
+from proxy.dsn.text import any_code, find_status, leading_code, normalise_address, squash, strip_type
 from proxy.model import Kind, RecipientReport, Report
 
 STATUS_PARTS = ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
@@ -18,29 +19,59 @@ _RECIPIENT_FIELDS = ("original-recipient", "final-recipient", "x-actual-recipien
 ACTIONS = {
     "failed": "failed", "failure": "failed", "fail": "failed", "error": "failed", "bounced": "failed",
     "delayed": "delayed", "delay": "delayed", "deferred": "delayed", "expanded": "expanded",
-    "delivered": "delivered", "relayed": "relayed", "deliverable": "delivered",
+    "delivered": "delivered", "relayed": "relayed", "deliverable": "delivered", "expired": "failed",
 }
+_PER_MESSAGE_FIELDS = ("reporting-mta", "arrival-date", "x-postfix-sender", "x-original-sender",
+                       "original-envelope-id", "x-original-message-id")
 _ACTION_BY_CLASS = {"5": "failed", "4": "delayed", "2": "delivered"}
 _FIELD_RE = re.compile(r"([A-Za-z][\w-]{0,60})[ \t]{0,8}:[ \t]{0,8}(.{0,4000})")
 # Where fields pasted into a text body start.
-_TEXT_DSN_RE = re.compile(r"^[ \t]{0,8}(?:Reporting-MTA|Final-Recipient|Original-Recipient)[ \t]{0,4}:", re.M | re.I)
+_QUOTE_RE = re.compile(r"^>[ \t]?")
+_TEXT_DSN_RE = re.compile(r"^[> \t]{0,8}(?:Reporting-MTA|Final-Recipient|Original-Recipient)[ \t]{0,4}:", re.M | re.I)
 
 
 def detect(mail) -> Report | None:
     """A Report from the mail's delivery-status fields, or None when it has none usable."""
     blocks = None
-    for part in mail.parts:
-        if part.get_content_type() in STATUS_PARTS:
-            blocks = blocks_of_part(part)
-            if any(_is_recipient_block(b) for b in blocks):
-                break
+    if not mail.types.isdisjoint(STATUS_PARTS):
+        blocks = _status_blocks(mail.parts)
+    if not blocks and "message/rfc822" in mail.types:
+        blocks = _status_blocks(_forwarded_report_parts(mail))
     fmt = "rfc3464"
     if not blocks or not any(_is_recipient_block(b) for b in blocks):
+        lower = mail.text_lower
+        if "recipient" not in lower and "reporting-mta" not in lower:
+            return None
         blocks = blocks_in_text(mail.text)
         fmt = "rfc3464-text"
         if not any(_is_recipient_block(b) for b in blocks):
             return None
-    return from_blocks(blocks, fmt)
+    report = from_blocks(blocks, fmt)
+    if report is not None:
+        enrich_from_text(report, mail.text)
+    return report
+
+
+def _status_blocks(parts) -> list[dict[str, str]]:
+    """The blocks of every status part (a few MTAs batch several reports into one mail)."""
+    out: list[dict[str, str]] = []
+    for part in parts:
+        if content_type(part) in STATUS_PARTS:
+            blocks = blocks_of_part(part)
+            if any(_is_recipient_block(b) for b in blocks):
+                out.extend(blocks)
+    return out
+
+
+def _forwarded_report_parts(mail) -> list:
+    """The parts of a report that a gateway wrapped in message/rfc822 (adding a disclaimer)."""
+    out = []
+    for part in mail.parts:
+        if content_type(part) == "message/rfc822" and part is not mail.msg:
+            inner = part.get_payload()
+            if isinstance(inner, list) and inner and content_type(inner[0]) == "multipart/report":
+                out.extend(list(inner[0].walk())[:50])
+    return out
 
 
 def blocks_of_part(part) -> list[dict[str, str]]:
@@ -51,11 +82,7 @@ def blocks_of_part(part) -> list[dict[str, str]]:
     if isinstance(payload, list):
         blocks = []
         for block in payload:
-            fields = {}
-            for name, value in block.items():
-                fields.setdefault(name.lower(), _unfold(value))
-            if fields:
-                blocks.append(fields)
+            blocks.extend(split_groups([(name, _unfold(value)) for name, value in block.raw_items()]))
             body = block.get_payload()
             if isinstance(body, str) and body.strip():  # a line that was no field cut the block
                 blocks.extend(blocks_in_text(body, start_anywhere=True))
@@ -63,11 +90,30 @@ def blocks_of_part(part) -> list[dict[str, str]]:
     return blocks_in_text(part_text(part), start_anywhere=True)
 
 
+def split_groups(items: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Fields in order -> one dict per recipient; a recipient field seen twice starts the next.
+
+    Some MTAs (AOL's among them) write the whole report without the blank lines between
+    recipients.
+    """
+    groups: list[dict[str, str]] = []
+    fields: dict[str, str] = {}
+    for name, value in items:
+        name = name.lower()
+        if name in fields and name in _RECIPIENT_FIELDS:
+            groups.append(fields)
+            fields = {}
+        fields.setdefault(name, value)
+    if fields:
+        groups.append(fields)
+    return groups
+
+
 def blocks_in_text(text: str, start_anywhere: bool = False) -> list[dict[str, str]]:
     """Field blocks written as text; lines that are no field end nothing, they are skipped.
 
-    A hand-rolled reader, not the stdlib's: pasted fields come indented and interleaved with
-    prose, which a header parser would take for the start of a body.
+    A hand-rolled reader, not the stdlib's: pasted fields come indented, quoted with `>`
+    and interleaved with prose, which a header parser would take for the start of a body.
     """
     if not text:
         return []
@@ -78,32 +124,20 @@ def blocks_in_text(text: str, start_anywhere: bool = False) -> list[dict[str, st
         text = text[m.start() :]
     text = text[:65536].replace("\r\n", "\n").replace("\r", "\n")
     blocks: list[dict[str, str]] = []
-    fields: dict[str, str] = {}
-    last = None
+    items: list[list[str]] = []
     for line in text.split("\n")[:2000]:
+        line = _QUOTE_RE.sub("", line, count=1)
         if not line.strip():
-            if fields:
-                blocks.append(fields)
-            fields, last = {}, None
+            blocks.extend(split_groups([(n, v) for n, v in items]))
+            items = []
             continue
-        if line[:1] in " \t" and last:
-            fields[last] += " " + line.strip()
+        if line[:1] in " \t" and items:
+            items[-1][1] += " " + line.strip()
             continue
         m = _FIELD_RE.fullmatch(line.strip())
         if m:
-            name = m.group(1).lower()
-            if name in fields and name in _RECIPIENT_FIELDS[1:2]:
-                blocks.append(fields)  # a second recipient without a blank line between
-                fields = {}
-            if name not in fields:
-                fields[name] = m.group(2).strip()
-                last = name
-            else:
-                last = None
-        else:
-            last = None
-    if fields:
-        blocks.append(fields)
+            items.append([m.group(1), m.group(2).strip()])
+    blocks.extend(split_groups([(n, v) for n, v in items]))
     return blocks
 
 
@@ -122,11 +156,13 @@ def recipient_of(fields: dict[str, str]) -> RecipientReport | None:
     address = original or final or normalise_address(strip_type(fields.get("x-actual-recipient")))
     if not address:
         return None
-    status = find_status(fields.get("status"))
+    diagnostic = strip_type(fields.get("diagnostic-code")) or None
+    # The remote server's own enhanced code, when it gave one, says more than the
+    # reporting MTA's translation of it into Status (often a bare 5.0.0).
+    status = find_status(diagnostic) or find_status(fields.get("status"))
     action = ACTIONS.get((fields.get("action") or "").strip().split(" ", 1)[0].strip("();,.").lower())
     if not action and status:
         action = _ACTION_BY_CLASS.get(status[0])
-    diagnostic = strip_type(fields.get("diagnostic-code")) or None
     return RecipientReport(
         recipient=address,
         action=action,
@@ -144,9 +180,10 @@ def from_blocks(blocks: list[dict[str, str]], fmt: str = "rfc3464") -> Report | 
     recipients: list[RecipientReport] = []
     seen = set()
     for fields in blocks:
+        for name in _PER_MESSAGE_FIELDS:
+            if name in fields:
+                per_message.setdefault(name, fields[name])
         if not _is_recipient_block(fields):
-            for name, value in fields.items():
-                per_message.setdefault(name, value)
             continue
         rr = recipient_of(fields)
         if rr and rr.recipient.lower() not in seen:
@@ -166,6 +203,31 @@ def from_blocks(blocks: list[dict[str, str]], fmt: str = "rfc3464") -> Report | 
 
         report.original.message_id = strip_angle(quoted_id)
     return report
+
+
+def enrich_from_text(report: Report, text: str) -> None:
+    """A recipient without Diagnostic-Code: what the human-readable part says about it.
+
+    Many MTAs (OpenSMTPD, Postfix on local errors) leave the field out and write the
+    remote server's reply only in the text.
+    """
+    missing = [rr for rr in report.recipients if not rr.diagnostic]
+    if not missing:
+        return
+    from proxy.dsn.detectors.base import address_paragraphs, before_original, reason_first_lines
+
+    section = before_original(text)
+    said: dict[str, str] = {}
+    for strategy in (address_paragraphs, reason_first_lines):
+        for address, diagnostic in strategy(section):
+            if diagnostic:
+                said.setdefault(address.lower(), diagnostic)
+    for rr in missing:
+        diagnostic = said.get(rr.recipient.lower()) or said.get((rr.final_recipient or "").lower())
+        if diagnostic:
+            rr.diagnostic = diagnostic[:2000]
+            rr.smtp_code = rr.smtp_code or any_code(diagnostic)
+            rr.status = find_status(diagnostic) or rr.status
 
 
 def kind_of(recipients: list[RecipientReport]) -> Kind:

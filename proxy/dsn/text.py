@@ -17,14 +17,15 @@ LEADING_CODE_RE = re.compile(r"\s{0,8}(?:\w{1,8}\s{0,2};\s{0,8})?([245][0-5]\d)(
 # A reply code anywhere, followed by a separator as SMTP writes it.
 ANY_CODE_RE = re.compile(r"(?<![\w.#/-])([245][0-5]\d)(?:[ -](?=\S)|$)", re.M)
 _TYPE_PREFIX_RE = re.compile(r"^\s{0,8}[A-Za-z][\w.-]{0,20}\s{0,4};\s{0,8}")
-_SPACE_RE = re.compile(r"\s+")
+
+_BRACKETED_RE = re.compile(r"<([^<>\s]{1,250})>")
 
 TEXT_LIMIT = 64 * 1024  # how much of a text body a detector scans
 
 
 def squash(value: str | None) -> str:
     """One line, single spaces: diagnostics arrive folded, indented and padded."""
-    return _SPACE_RE.sub(" ", value).strip() if value else ""
+    return " ".join(value.split()) if value else ""
 
 
 def strip_type(value: str | None) -> str:
@@ -43,8 +44,8 @@ def normalise_address(value: str | None) -> str | None:
         return None
     address = m.group(0).strip(".'`")
     local, _, domain = address.rpartition("@")
-    if not local or "." not in domain:
-        return None
+    if not local or "." not in domain or ".." in local or local.startswith(".") or ".." in domain:
+        return None  # "david...@gmail.com": an address someone shortened is no address
     return f"{local}@{domain.lower().rstrip('.')}"
 
 
@@ -106,6 +107,8 @@ def decode_header(value) -> str:
     if not isinstance(value, str):
         value = str(value)
     if "=?" not in value:
+        if value.isascii():
+            return squash(value)
         return squash(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
     from email.header import decode_header as _decode
 
@@ -124,7 +127,7 @@ def strip_angle(value: str | None) -> str | None:
     if not value:
         return None
     value = squash(value)
-    m = re.search(r"<([^<>\s]{1,250})>", value)
+    m = _BRACKETED_RE.search(value)
     if m:
         return m.group(1)
     value = value.strip("<> ")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Envelope, Session
 
 from proxy.relay.verp import VerpSigner
+from proxy.smtp_guard import GuardedSMTP
 from proxy.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class InboundHandler:
         return f"250 2.0.0 Ok: stored as inbound #{inbound_id}"
 
 
-class InboundSMTP(SMTP):
+class InboundSMTP(GuardedSMTP):
     """aiosmtpd's SMTP with RFC 3463 codes on its size refusals."""
 
     def __init__(self, handler, *args, size_limit: int, **kwargs):

@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from proxy.dsn.classify import classify
 from proxy.model import (
@@ -23,6 +23,7 @@ from proxy.model import (
 from proxy.relay.failures import send_failure
 from proxy.relay.headers import new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
+from proxy.smtp_guard import AuthThrottle, GuardedSMTP
 from proxy.store import StoreError
 from proxy.suppression import refusal
 
@@ -33,6 +34,15 @@ REPLY_TX_BROKEN = "451 4.4.1 Upstream connection lost earlier in this transactio
 REPLY_STORE_DOWN = "451 4.3.0 Cannot record the message in the bounce log; please retry later"
 REPLY_NOT_ALLOWED = "530 5.7.0 Authentication required"
 REPLY_AUTH_UPSTREAM = "454 4.7.0 Upstream refused the relay's credentials ({reply}); message not sent"
+REPLY_SMUGGLING = ("554 5.6.11 Message refused: bare CR or LF in the message data "
+                   "(each line must end with CRLF; SMTP smuggling protection)")
+REPLY_AUTH_THROTTLED = "454 4.7.0 Too many authentication failures from your address, try again later"
+
+
+def has_bare_line_ending(content: bytes) -> bool:
+    """A CR or LF that is not part of a CRLF pair: how SMTP smuggling hides a second message."""
+    rest = content.replace(b"\r\n", b"")
+    return b"\n" in rest or b"\r" in rest
 
 
 def new_id() -> str:
@@ -67,7 +77,6 @@ class RelayHandler:
         self.message_id_domain = config.message_id_domain
         self.keeps_messages = getattr(upstream, "keeps_messages", False)
         self.is_ses = config.upstream.profile == "ses"
-        self.open_sessions = 0
 
     # -- access ---------------------------------------------------------------------------------
     def _may_send(self, session: Session) -> bool:
@@ -209,6 +218,10 @@ class RelayHandler:
         message = tx.message
         accepted = [r for r in message.recipients if r.status == RecipientStatus.ACCEPTED]
         content: bytes = envelope.original_content or b""
+        if has_bare_line_ending(content):
+            log.warning("%s: refused a message with bare CR/LF (smuggling protection)", _peer(session))
+            await self.finish(session)
+            return REPLY_SMUGGLING
         facts = read_headers(content)
         added: list[tuple[str, str]] = []
         if self.is_ses and self.verp is not None:
@@ -340,7 +353,7 @@ def _user(session: Session) -> str | None:
     return None
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(GuardedSMTP):
     """aiosmtpd's SMTP, finishing the transaction when the client vanishes mid-way."""
 
     def __init__(self, handler: RelayHandler, *args, auth_needed: bool = False, **kwargs):
@@ -354,13 +367,8 @@ class RelaySMTP(SMTP):
         session.tx = None
         return session
 
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self._relay_handler.open_sessions += 1
-
     def connection_lost(self, error) -> None:
         session = self.session
-        self._relay_handler.open_sessions -= 1
         super().connection_lost(error)
         if session is not None and getattr(session, "tx", None) is not None:
             asyncio.get_running_loop().create_task(self._relay_handler.finish(session, record=True))
@@ -369,16 +377,22 @@ class RelaySMTP(SMTP):
 class Authenticator:
     """Checks AUTH PLAIN/LOGIN against the users named in the environment (`user:password,...`)."""
 
-    def __init__(self, users: dict[str, str]):
+    def __init__(self, users: dict[str, str], throttle: AuthThrottle | None = None):
         self.users = users
+        self.throttle = throttle or AuthThrottle()
 
     def __call__(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        if self.throttle.blocked(ip):
+            return AuthResult(success=False, handled=False, message=REPLY_AUTH_THROTTLED)
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
         password = auth_data.password.decode("utf-8", "replace")
         expected = self.users.get(login)
         ok = expected is not None and secrets.compare_digest(expected.encode(), password.encode())
+        if not ok:
+            self.throttle.failed(ip)
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 

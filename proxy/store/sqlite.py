@@ -448,14 +448,13 @@ class SqliteStore:
         """Per sending identity (sender domain): recipients, hard bounces, complaints."""
         return await self._fetch(
             "WITH m AS (SELECT id, lower(substr(sender, instr(sender, '@') + 1)) AS identity FROM messages "
-            "WHERE created_at >= ?) "
-            "SELECT m.identity, (SELECT COUNT(*) FROM recipients r WHERE r.message_id IN "
-            "(SELECT id FROM m m2 WHERE m2.identity = m.identity)) AS recipients, "
-            "(SELECT COUNT(*) FROM events e WHERE e.message_id IN (SELECT id FROM m m3 WHERE m3.identity = m.identity) "
-            "AND e.kind = 'bounce' AND e.bounce_type = 'hard') AS hard_bounces, "
-            "(SELECT COUNT(*) FROM events e WHERE e.message_id IN (SELECT id FROM m m4 WHERE m4.identity = m.identity) "
-            "AND e.kind = 'complaint') AS complaints "
-            "FROM m GROUP BY m.identity ORDER BY recipients DESC",
+            "WHERE created_at >= ?), "
+            "r AS (SELECT m.identity, COUNT(*) AS n FROM recipients JOIN m ON m.id = recipients.message_id "
+            "GROUP BY m.identity), "
+            "e AS (SELECT m.identity, SUM(kind = 'bounce' AND bounce_type = 'hard') AS hard, "
+            "SUM(kind = 'complaint') AS complaints FROM events JOIN m ON m.id = events.message_id GROUP BY m.identity) "
+            "SELECT r.identity, r.n AS recipients, COALESCE(e.hard, 0) AS hard_bounces, "
+            "COALESCE(e.complaints, 0) AS complaints FROM r LEFT JOIN e USING (identity) ORDER BY recipients DESC",
             (since,),
         )
 

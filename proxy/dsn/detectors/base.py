@@ -12,37 +12,98 @@ import re
 from proxy.dsn.text import ADDR, ADDR_RE, any_code, find_status, normalise_address, squash
 from proxy.model import Kind, RecipientReport, Report
 
-# A line that names a recipient: the address first (maybe in <> or quotes), then nothing,
-# a colon, an ellipsis or a reason.
+# A line that names a recipient: the address first (maybe bulleted, bracketed or labelled),
+# then nothing, a colon, an ellipsis or a reason.
 _ADDRESS_LINE_RE = re.compile(
-    r"([ \t]{0,16})(?:RCPT TO:|Recipient:|Address:|To:|\d{1,3}[.)][ \t]{1,4})?[ \t]{0,4}[<\"']{0,2}(" + ADDR + r")[>\"']{0,2}"
-    r"[ \t]{0,8}(?:$|[:;,.(\[]|[ \t]{1,8}\S|\.\.\.)",
+    r"([ \t]{0,16})(?:(?:[*\u2022]|-{1,2})[ \t]{0,4}|>{2,3}[ \t]{0,4}|\d{1,3}[.)][ \t]{1,4}|"
+    r"(?:RCPT TO|Recipient|Failed Recipient|Address|Error-for|Undeliverable Address|Intended recipient)[ \t]{0,4}:[ \t]{0,4})?"
+    r"[<\"'\[(]{0,2}(?:SMTP:)?(" + ADDR + r")[>\"'\])]{0,2}"
+    r"[ \t]{0,8}(?:$|[:;,.(\[]|[ \t]\S|\.\.\.)",
     re.I,
 )
+# Sentences that end in the failed address ("Unable to deliver message to <a@b>").
+LEAD_PHRASES = (
+    "could not be delivered to", "couldn't be delivered to", "undeliverable to", "unable to deliver message to",
+    "unable to deliver your message to", "unable to deliver mail to", "error delivering your mail to",
+    "did not reach the following recipient", "did not reach the following recipients",
+    "did not reach the following recipient(s)", "failed to deliver to", "returned permanent errors",
+    "your message to", "originally addressed to", "delivery to", "addressed to", "not be delivered to",
+    "could not deliver the message to", "could not deliver message to", "local mailbox", "mailbox unavailable for",
+    "to which your message was addressed",
+)
+_LEAD_PATTERN = (
+    "(?:" + "|".join(re.escape(p).replace(r"\ ", r"\s{1,4}") for p in LEAD_PHRASES) + ")"
+    r"[ \t]{0,4}[:,]?[ \t\n]{0,8}(?:the following (?:recipient|user|address)(?:\(s\)|s)?[ \t]{0,4}:?[ \t\n]{0,8})?"
+    r"['\"<\[(]{0,2}(?:smtp:)?(" + ADDR + r")"
+)
+_LEAD_RE = re.compile(_LEAD_PATTERN, re.I)
+_LEAD_LOWER_RE = re.compile(_LEAD_PATTERN)
+# A reason, a colon, the address: "User's mailbox is full: <a@b>".
+_REASON_FIRST_RE = re.compile(
+    r"^[ \t]{0,8}([^:\n@<>]{3,80}?)[ \t]{0,4}:[ \t]{0,8}[<\[(\"']{0,2}(" + ADDR + r")[>\])\"']{0,2}[ \t.]{0,4}$", re.M
+)
+_NOT_A_REASON = frozenset(("to", "from", "cc", "bcc", "reply-to", "sender", "return-path", "delivered-to", "x-original-to",
+                           "envelope-to", "x-envelope-to", "message-id", "in-reply-to", "references", "subject", "date",
+                           "system contact", "contact", "postmaster", "original-recipient", "final-recipient",
+                           "x-failed-recipients", "x-postfix-sender", "sent by", "from address"))
 _REMOTE_HOST_RE = re.compile(r"\bhost[ \t]{1,4}([\w.-]{1,255}\.[A-Za-z]{2,63})[ \t]{0,4}\[", re.I)
+class _Found:
+    __slots__ = ("_start",)
+
+    def __init__(self, start: int):
+        self._start = start
+
+    def start(self) -> int:
+        return self._start
+
+
+class LineMarkers:
+    """Phrases that mark a line when they open it (after blanks, ">" or dashes), found with
+    str.find on lower-cased text: many times cheaper than a case-insensitive regex
+    alternation over a whole body. Quacks like a compiled pattern (`.search(text).start()`).
+    """
+
+    def __init__(self, *phrases: str):
+        self.phrases = tuple(p.lower() for p in phrases)
+
+    def search(self, text: str) -> _Found | None:
+        lower = text.lower()
+        best = -1
+        for phrase in self.phrases:
+            pos = lower.find(phrase)
+            tries = 0
+            while pos >= 0 and tries < 50 and (best < 0 or pos < best):
+                line_start = lower.rfind("\n", 0, pos) + 1
+                if pos - line_start <= 80 and not lower[line_start:pos].strip(" \t>-|*="):
+                    best = line_start
+                    break
+                pos = lower.find(phrase, pos + 1)
+                tries += 1
+        return _Found(best) if best >= 0 else None
+
+
 # Where the returned message starts in a text bounce: nothing after it is about delivery.
-ORIGINAL_MARKER_RE = re.compile(
-    r"^[ \t>-]{0,12}(?:-{2,}[ \t]{0,4})?(?:"
-    r"this is a copy of the message|original message|returned message|"
-    r"below this line is a copy of the message|headers? of (?:the )?(?:original|returned) message|"
-    r"undelivered message|message headers follow|unsent message below|the original message headers|"
-    r"content-type: message/rfc822|content-type: text/rfc822-headers|your message reads"
-    r")",
-    re.M | re.I,
+ORIGINAL_MARKER_RE = LineMarkers(
+    "this is a copy of the message", "original message", "returned message", "below this line is a copy of the message",
+    "header of the original message", "headers of the original message", "header of original message",
+    "headers of the returned message", "undelivered message", "message headers follow", "unsent message below",
+    "unsent message follows", "the original message headers", "content-type: message/rfc822",
+    "content-type: text/rfc822-headers", "your message reads", "start of returned message",
+    "enclosed is a copy of the message", "message text follows", "original mail header", "header of the source mail",
+    # a quoted header block starts: whatever it is, it is the returned mail
+    "received: from", "return-path:",
 )
 MAILER_DAEMON_RE = re.compile(r"mailer-daemon|postmaster|mail delivery|mail-daemon|mail administrator|mailmaster|"
                               r"mdaemon|bounce|mail system|system administrator|mailadmin|nobody@", re.I)
 
 
-def between(text: str, start: re.Pattern, end: re.Pattern | None = ORIGINAL_MARKER_RE,
+def between(text: str, start: re.Pattern, end: re.Pattern | LineMarkers | None = ORIGINAL_MARKER_RE,
             limit: int = 16384) -> str | None:
-    """The text after the line `start` matches, up to `end` (or `limit` characters)."""
+    """The text after what `start` matches, up to `end` (or `limit` characters)."""
     m = start.search(text)
     if not m:
         return None
-    nl = text.find("\n", m.end())
-    body_start = m.end() if nl < 0 else nl + 1
-    chunk = text[body_start : body_start + limit]
+    chunk = text[m.end() : m.end() + limit]
     if end is not None:
         e = end.search(chunk)
         if e:
@@ -86,6 +147,59 @@ def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, st
     return [(a, squash(" ".join(lines))) for a, lines in out]
 
 
+def lead_sentences(section: str, max_items: int = 50) -> list[tuple[str, str]]:
+    """(address, reason) for sentences that end in the address; the reason is what follows."""
+    lower = section.lower()
+    # Matched case-sensitively on the lower-cased text (much faster), offsets mapped back:
+    # unless lower-casing changed the length (a few non-ASCII letters do).
+    matches = _LEAD_LOWER_RE.finditer(lower) if len(lower) == len(section) else _LEAD_RE.finditer(section)
+    out = []
+    for m in matches:
+        tail = section[m.end() : m.end() + 600]
+        blank = tail.find("\n\n")
+        out.append((section[m.start(1) : m.end(1)], squash(tail[: blank if blank >= 0 else None].lstrip(">\"')]. \t:,"))))
+        if len(out) >= max_items:
+            break
+    return out
+
+
+def reason_first_lines(section: str, max_items: int = 50) -> list[tuple[str, str]]:
+    """(address, reason) for lines "reason: address", headers excluded."""
+    found = []
+    for m in _REASON_FIRST_RE.finditer(section):
+        reason = m.group(1).strip()
+        if reason.lower() in _NOT_A_REASON or reason.lower().endswith(("from", "to")):
+            continue
+        found.append(m)
+        if len(found) >= max_items:
+            break
+    out = []
+    for i, m in enumerate(found):  # the reason goes on up to the next such line
+        stop = found[i + 1].start() if i + 1 < len(found) else m.end() + 500
+        out.append((m.group(2), squash(m.group(1) + " " + section[m.end() : min(stop, m.end() + 500)])))
+    return out
+
+
+def any_pairs(section: str) -> list[tuple[str, str]]:
+    """Every shape a free-form bounce uses, most precise first; the first that finds wins."""
+    for strategy in (address_paragraphs, lead_sentences, reason_first_lines):
+        pairs = strategy(section)
+        if pairs:
+            return pairs
+    return []
+
+
+def section_reason(section: str, addresses) -> str:
+    """A whole section as one reason, minus the lines that only name addresses."""
+    keep = []
+    for line in section.split("\n")[:200]:
+        stripped = line.strip(" \t<>*-")
+        if not stripped or stripped in addresses:
+            continue
+        keep.append(line.strip())
+    return squash(" ".join(keep))[:1500]
+
+
 def recipient(address: str, diagnostic: str | None = None, action: str = "failed",
               status: str | None = None) -> RecipientReport | None:
     """A RecipientReport from what a text bounce says about one address.
@@ -123,6 +237,104 @@ def report(fmt: str, pairs, kind: Kind = Kind.BOUNCE, action: str | None = None)
     return Report(kind=kind, format=fmt, recipients=recipients)
 
 
+# Phrases of warnings, not failures, as they read in lower case (see Mail.lead_lower).
+DELAY_PHRASES = (
+    "(delay)", "delayed mail", "delivery delayed", "delivery has been delayed", "has been delayed",
+    "still being retried", "warning message only", "delivery attempts will continue", "will continue to try",
+    "has been postponed", "mail delivery warning", "advisory-only", "not yet been delivered", "will be retried",
+    "could not send mail for past", "could not send message for past", "temporarily suspended",
+    "message delayed", "delay notification",
+)
+
+
+def says_delay(lead_lower: str) -> bool:
+    """Whether a notice calls itself a warning: a phrase above, or Exim's "Warning: message X delayed"."""
+    if any(phrase in lead_lower for phrase in DELAY_PHRASES):
+        return True
+    return lead_lower.startswith("warning: message") and "delayed" in lead_lower[:120]
+
+
+def own_addresses(mail) -> set[str]:
+    """Who the bounce is for (the original sender), never one of the failed recipients.
+
+    Unless the returned message was addressed to them too: a test mail to oneself.
+    """
+    own = set()
+    for value in (mail.header("To"), mail.header("Cc")):
+        own.update(a.lower() for a in ADDR_RE.findall(value or ""))
+    if mail.from_address:
+        own.add(mail.from_address)
+    own.difference_update(a.lower() for a in ADDR_RE.findall(mail.original.to or ""))
+    return own
+
+
+class TextFormat:
+    """A plain-text bounce format, declared: how it signs, where its list is, how it reads.
+
+    `sign` (literals, lower case, or a regex) is looked for in the From header, the Subject
+    and the first 8 KB of text; the
+    list is the text between `start` and `end`; `strategies` read it, the first that
+    finds addresses wins; lacking any, X-Failed-Recipients or (if `original_to`) the
+    returned message's To name the recipient.
+    """
+
+    def __init__(self, name: str, sign: tuple[str, ...] | re.Pattern, start: re.Pattern | None = None,
+                 end: re.Pattern | LineMarkers | None = ORIGINAL_MARKER_RE, delay: bool = True,
+                 strategies=None, original_to: bool = False, exclude_own: bool = True):
+        self.name, self.start, self.end, self.delay = name, start, end, delay
+        # Literal signatures are matched against the lower-cased head: far cheaper than a regex.
+        self.literals = tuple(s.lower() for s in sign) if isinstance(sign, (tuple, list)) else None
+        self.sign = None if self.literals is not None else sign
+        self.strategies = strategies or (address_paragraphs, lead_sentences, reason_first_lines)
+        self.original_to, self.exclude_own = original_to, exclude_own
+
+    def __call__(self, mail) -> Report | None:
+        if self.literals is not None:
+            head = mail.head_lower
+            if not any(literal in head for literal in self.literals):
+                return None
+        elif not self.sign.search(mail.head):
+            return None
+        section = self.section(mail)
+        if section is None:
+            return None
+        pairs = self.pairs(mail, section)
+        if not pairs:
+            return None
+        reason = None
+        filled = []
+        for address, diagnostic in pairs:
+            if not diagnostic:
+                if reason is None:
+                    reason = section_reason(section, {a for a, _ in pairs})
+                diagnostic = reason
+            filled.append((address, diagnostic))
+        return report(self.name, filled, self.kind(mail, section))
+
+    def section(self, mail) -> str | None:
+        if self.start is None:
+            text = mail.text[:16384]
+            m = self.end.search(text) if self.end is not None else None
+            return text[: m.start()] if m else text
+        return between(mail.text, self.start, self.end)
+
+    def pairs(self, mail, section: str) -> list[tuple[str, str]]:
+        own = own_addresses(mail) if self.exclude_own else set()
+        for strategy in self.strategies:
+            pairs = [(a, d) for a, d in strategy(section) if a.lower() not in own]
+            if pairs:
+                return pairs
+        addresses = failed_recipients_header(mail)
+        if not addresses and self.original_to and mail.original.to:
+            addresses = ADDR_RE.findall(mail.original.to)[:1]
+        return [(a, "") for a in addresses]
+
+    def kind(self, mail, section: str) -> Kind:
+        if self.delay and says_delay(mail.lead_lower):
+            return Kind.DELAY
+        return Kind.BOUNCE
+
+
 def failed_recipients_header(mail) -> list[str]:
     """Exim's and others' X-Failed-Recipients: the addresses, when the text hides them."""
     value = mail.header("X-Failed-Recipients")
@@ -134,6 +346,7 @@ def is_from_daemon(mail) -> bool:
 
 
 __all__ = [
-    "ADDR", "ADDR_RE", "Kind", "ORIGINAL_MARKER_RE", "address_paragraphs", "before_original", "between",
-    "failed_recipients_header", "find_status", "is_from_daemon", "recipient", "report", "squash",
+    "ADDR", "ADDR_RE", "says_delay", "Kind", "LineMarkers", "ORIGINAL_MARKER_RE", "TextFormat", "address_paragraphs", "any_pairs",
+    "before_original", "between", "failed_recipients_header", "find_status", "is_from_daemon", "lead_sentences",
+    "own_addresses", "reason_first_lines", "recipient", "report", "section_reason", "squash",
 ]

@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""Relay throughput: smtp-source → smtp-sink directly, through bounceproxy, and through a stock Postfix relay.
+
+Every cell (message size × concurrent sessions) sends the same number of messages three or four ways,
+in the same run, to the same smtp-sink:
+
+  direct       smtp-source → smtp-sink                          (the ceiling of this machine)
+  bounceproxy  smtp-source → bounceproxy serve → smtp-sink       (timed until smtp-source has its last 250)
+  postfix      smtp-source → private Postfix relay → smtp-sink   (timed until its queue is empty again,
+                                                                   i.e. every message was delivered)
+
+smtp-source opens a new connection for every message (it only reuses one with -d) and sends one
+recipient per message. bounceproxy runs as `bounceproxy serve` with its defaults (SQLite bounce log
+with synchronous=FULL, pool of 16 upstream connections, one worker), the Postfix instance is stock
+apart from what makes it a private loopback relay (tests/postfix.py). Its peak memory (VmHWM of
+bounceproxy and any worker processes) is printed at the end.
+
+    bench/relay.py --quick            # about a minute
+    bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions
+    bench/relay.py --sizes 2048 --sessions 10 --count 5000 --profile /tmp/bp.svg   # py-spy flame graph
+
+Needs Postfix's smtp-source and smtp-sink (Debian package postfix); the Postfix column needs root.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.postfix import PrivatePostfix, available, free_port  # noqa: E402
+
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+BOUNCEPROXY = shutil.which("bounceproxy", path=str(ROOT / ".venv" / "bin")) or shutil.which("bounceproxy") or "bounceproxy"
+SENDER, RECIPIENT = "app@bench.example.com", "user@bench.example.net"
+
+
+@dataclass
+class Result:
+    rate: float | None = None  # messages per second
+    seconds: float | None = None
+    error: str | None = None
+
+    def cell(self) -> str:
+        if self.rate is None:
+            return self.error or "-"
+        return f"{self.rate:,.0f}"
+
+
+@dataclass
+class Row:
+    size: int
+    sessions: int
+    count: int
+    results: dict[str, Result] = field(default_factory=dict)
+
+
+def wait_port(port: int, timeout: float = 20, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def smtp_source(port: int, count: int, size: int, sessions: int, timeout: float) -> Result:
+    cmd = [SMTP_SOURCE, "-s", str(sessions), "-m", str(count), "-l", str(size), "-f", SENDER, "-t", RECIPIENT,
+           "-M", "bench.example.com", f"127.0.0.1:{port}"]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return Result(error=f"timeout>{timeout:.0f}s")
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        lines = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()
+        return Result(error=f"failed: {lines[-1][:60]}")
+    return Result(rate=count / elapsed, seconds=elapsed)
+
+
+# -- the three targets -------------------------------------------------------------------------------------
+class Sink:
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        user = "nobody" if _user_exists("nobody") else "postfix"
+        cmd = [SMTP_SINK, "-m", "1000", f"127.0.0.1:{self.port}", "1024"]
+        if os.geteuid() == 0:
+            cmd[1:1] = ["-u", user]
+        self.log = open(workdir / "smtp-sink.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+        self.log.close()
+
+
+class Bounceproxy:
+    def __init__(self, workdir: Path, upstream_port: int, workers: int, pool_size: int | None, verp: bool,
+                 command: str = BOUNCEPROXY):
+        self.port = free_port()
+        self.db = workdir / "bounceproxy.db"
+        env = dict(
+            os.environ,
+            BOUNCEPROXY_RELAY__LISTEN=f"127.0.0.1:{self.port}",
+            BOUNCEPROXY_RELAY__HOSTNAME="relay.bench.test",
+            BOUNCEPROXY_INBOUND__ENABLED="false",
+            BOUNCEPROXY_UPSTREAM__PROFILE="smtp",
+            BOUNCEPROXY_UPSTREAM__HOST="127.0.0.1",
+            BOUNCEPROXY_UPSTREAM__PORT=str(upstream_port),
+            BOUNCEPROXY_UPSTREAM__TLS="none",
+            BOUNCEPROXY_STORE__PATH=str(self.db),
+        )
+        if workers != 1:
+            env["BOUNCEPROXY_RELAY__WORKERS"] = str(workers)
+        if pool_size:
+            env["BOUNCEPROXY_UPSTREAM__POOL_SIZE"] = str(pool_size)
+        if verp:
+            env.setdefault("BOUNCEPROXY_VERP_KEY", "bench-" + "k" * 40)
+        self.log_path = workdir / "bounceproxy.log"
+        self.log = open(self.log_path, "w")
+        # its own working directory, so that no config.toml of the caller's is read
+        self.proc = subprocess.Popen([command, "serve"], env=env, cwd=workdir, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"bounceproxy did not start: {exc}\n{self.log_path.read_text()[-2000:]}") from None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *_descendants(self.proc.pid)]
+
+    def peak_memory_kb(self) -> dict[int, int]:
+        return {pid: kb for pid in self.pids() if (kb := _status_kb(pid, "VmHWM")) is not None}
+
+    def counts(self) -> dict[str, int]:
+        try:
+            db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+            try:
+                return dict(db.execute("SELECT status, count(*) FROM messages GROUP BY status").fetchall())
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            return {"error": str(exc)}  # type: ignore[dict-item]
+
+    def stop(self) -> None:
+        _terminate(self.proc, group=True)
+        self.log.close()
+
+
+class Postfix:
+    def __init__(self, workdir: Path, upstream_port: int):
+        self.pf = PrivatePostfix(workdir / "postfix", relayhost=f"[127.0.0.1]:{upstream_port}", name="bench",
+                                 myhostname="postfix.bench.test", mydomain="bench.test",
+                                 main_cf_extra={"message_size_limit": 50 * 1024 * 1024})
+        self.pf.start()
+        self.port = self.pf.smtpd_port
+
+    def run(self, count: int, size: int, sessions: int, timeout: float) -> Result:
+        start = time.perf_counter()
+        res = smtp_source(self.port, count, size, sessions, timeout)
+        if res.error:
+            return res
+        try:
+            self.pf.wait_queue_empty(max(1.0, timeout - (time.perf_counter() - start)), poll=0.01)
+        except TimeoutError:
+            return Result(error=f"queue>{timeout:.0f}s")
+        elapsed = time.perf_counter() - start
+        return Result(rate=count / elapsed, seconds=elapsed)
+
+    def sent(self) -> int:
+        return self.pf.log_text().count("status=sent")
+
+    def stop(self) -> None:
+        self.pf.stop()
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def _user_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _terminate(proc: subprocess.Popen, group: bool = False, timeout: float = 15) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        if group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.terminate()
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            ppid = _status_kb(int(entry), "PPid")
+            if ppid is not None:
+                children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _status_kb(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _size_label(size: int) -> str:
+    return f"{size // 1024} KB" if size % 1024 == 0 else f"{size} B"
+
+
+def _ratio(a: Result, b: Result) -> str:
+    if a.rate is None or b.rate is None or b.rate == 0:
+        return "-"
+    return f"{a.rate / b.rate:.2f}"
+
+
+def print_table(rows: list[Row], with_postfix: bool) -> None:
+    head = ["cell", "direct msg/s", "bounceproxy msg/s", "bp/direct"]
+    if with_postfix:
+        head += ["postfix msg/s", "bp/postfix"]
+    lines = []
+    for row in rows:
+        r = row.results
+        line = [f"{_size_label(row.size)} × {row.sessions} sess ({row.count} msgs)", r["direct"].cell(),
+                r["bounceproxy"].cell(), _ratio(r["bounceproxy"], r["direct"])]
+        if with_postfix:
+            line += [r["postfix"].cell(), _ratio(r["bounceproxy"], r["postfix"])]
+        lines.append(line)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
+    fmt = lambda cells: " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    print(fmt(head))
+    print("-+-".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short run: 300 × 2 KB and 60 × 100 KB per cell")
+    ap.add_argument("--count", type=int, help="messages per cell, every size (default 2000 for 2 KB, 300 for 100 KB)")
+    ap.add_argument("--sizes", default="2048,102400", help="message payload sizes in bytes (smtp-source -l)")
+    ap.add_argument("--sessions", default="1,10,50", help="concurrent sessions (smtp-source -s)")
+    ap.add_argument("--no-postfix", action="store_true", help="skip the stock Postfix relay column")
+    ap.add_argument("--workers", type=int, default=1, help="bounceproxy [relay] workers (default 1)")
+    ap.add_argument("--pool-size", type=int, help="bounceproxy [upstream] pool_size (default: its own default)")
+    ap.add_argument("--verp", action="store_true", help="set BOUNCEPROXY_VERP_KEY so bounceproxy signs VERP senders")
+    ap.add_argument("--cell-timeout", type=float, default=300, help="seconds allowed per measurement")
+    ap.add_argument("--profile", metavar="FILE", help="py-spy record bounceproxy during its runs (FILE.svg or .txt)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, bounce log, Postfix)")
+    ap.add_argument("--bounceproxy", metavar="CMD", default=BOUNCEPROXY,
+                    help=f"the bounceproxy executable to run as `CMD serve` (default {BOUNCEPROXY})")
+    args = ap.parse_args(argv)
+
+    for tool in (SMTP_SOURCE, SMTP_SINK):
+        if not os.access(tool, os.X_OK):
+            print(f"relay.py: {tool} not found: install Debian's postfix package", file=sys.stderr)
+            return 2
+    sizes = [int(s) for s in args.sizes.split(",")]
+    sessions = [int(s) for s in args.sessions.split(",")]
+
+    def count_for(size: int) -> int:
+        if args.count:
+            return args.count
+        if args.quick:
+            return 300 if size <= 16384 else 60
+        return 2000 if size <= 16384 else 300
+
+    with_postfix = not args.no_postfix
+    if with_postfix and (why := available()):
+        print(f"relay.py: no Postfix column: {why}", file=sys.stderr)
+        with_postfix = False
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)  # so that `finally` stops bounceproxy, Postfix and the sink
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    os.chmod(workdir, 0o755)
+    sink = bp = pf = spy = None
+    rows: list[Row] = []
+    try:
+        sink = Sink(workdir)
+        bp = Bounceproxy(workdir, sink.port, args.workers, args.pool_size, args.verp, args.bounceproxy)
+        if with_postfix:
+            pf = Postfix(workdir, sink.port)
+        if args.profile:
+            spy = _start_py_spy(bp, args.profile)
+        print(f"# {os.cpu_count()} CPUs; smtp-sink :{sink.port}; bounceproxy :{bp.port} (workers={args.workers})"
+              + (f"; postfix :{pf.port}" if pf else "") + f"; work dir {workdir}", flush=True)
+        for size in sizes:
+            for n in sessions:
+                count = count_for(size)
+                row = Row(size, n, count)
+                warm = min(count, max(2 * n, 20))
+                targets = [("direct", sink.port), ("bounceproxy", bp.port)]
+                for name, port in targets:
+                    smtp_source(port, warm, size, n, args.cell_timeout)
+                    row.results[name] = smtp_source(port, count, size, n, args.cell_timeout)
+                if pf:
+                    pf.run(warm, size, n, args.cell_timeout)
+                    row.results["postfix"] = pf.run(count, size, n, args.cell_timeout)
+                rows.append(row)
+                r = row.results
+                print(f"  {_size_label(size)} × {n}: direct {r['direct'].cell()}, bounceproxy {r['bounceproxy'].cell()}"
+                      + (f", postfix {r['postfix'].cell()}" if pf else "") + " msg/s", flush=True)
+        memory = bp.peak_memory_kb()
+        counts = bp.counts()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+            print(f"# py-spy profile written to {args.profile}")
+        print()
+        print_table(rows, pf is not None)
+        print()
+        total_kb = sum(memory.values())
+        print(f"bounceproxy peak memory (VmHWM): {total_kb / 1024:.1f} MiB"
+              + (f" over {len(memory)} processes: " + ", ".join(f"{p}={kb / 1024:.1f} MiB" for p, kb in memory.items())
+                 if len(memory) > 1 else ""))
+        print(f"bounceproxy bounce log: {counts}")
+        if pf:
+            print(f"postfix deliveries logged: {pf.sent()} status=sent")
+        bar = next((row for row in rows if row.size == 2048 and row.sessions == 10), None)
+        if bar and pf and bar.results["postfix"].rate and bar.results["bounceproxy"].rate:
+            ok = bar.results["bounceproxy"].rate >= bar.results["postfix"].rate
+            print(f"bar (2 KB, 10 sessions: bounceproxy >= postfix): {'MET' if ok else 'NOT MET'} "
+                  f"({_ratio(bar.results['bounceproxy'], bar.results['postfix'])})")
+        return 0
+    finally:
+        if spy is not None and spy.poll() is None:
+            _terminate(spy)
+        for target in (bp, pf, sink):
+            if target is not None:
+                try:
+                    target.stop()
+                except Exception as exc:  # noqa: BLE001 - stop the others anyway
+                    print(f"relay.py: stopping {type(target).__name__}: {exc}", file=sys.stderr)
+        if args.keep:
+            print(f"# kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_py_spy(bp: Bounceproxy, out: str) -> subprocess.Popen | None:
+    spy = shutil.which("py-spy", path=str(ROOT / ".venv" / "bin")) or shutil.which("py-spy")
+    if not spy:
+        print("relay.py: --profile needs py-spy (.venv/bin/pip install py-spy)", file=sys.stderr)
+        return None
+    fmt = "raw" if out.endswith(".txt") else "flamegraph"
+    proc = subprocess.Popen([spy, "record", "--subprocesses", "-r", "200", "-f", fmt, "-o", out, "-p", str(bp.proc.pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return proc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""bytes -> Report: run the formats in the registry's order, then classify each recipient.
+
+Formats only say *who* failed and *what the mail says* (status, code, text); what that
+means (reason, hard/soft) is decided here, once, by `classify`.
+"""
+from __future__ import annotations
+
+from proxy.dsn.classify import classify
+from proxy.dsn.mail import Mail
+from proxy.model import BounceType, Kind, OriginalMessage, Report, StatusSource
+
+# Set by tests: let a detector's exception through instead of skipping that detector.
+STRICT = False
+
+_FIXED_REASON = {Kind.COMPLAINT: "feedback", Kind.AUTOREPLY: "vacation", Kind.DELIVERED: "delivered"}
+_KIND_OF_ACTION = {"failed": Kind.BOUNCE, "delayed": Kind.DELAY, "delivered": Kind.DELIVERED,
+                   "relayed": Kind.DELIVERED, "expanded": Kind.DELIVERED}
+_CLASS_OF_ACTION = {"failed": "5.0.0", "delayed": "4.0.0"}
+
+
+def parse(raw: bytes) -> Report:
+    from proxy.dsn import ParseError
+
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise ParseError(f"expected bytes, got {type(raw).__name__}")
+    raw = bytes(raw)
+    if not raw.strip():
+        raise ParseError("empty input is not a mail")
+    mail = Mail(raw)
+    report = detect(mail)
+    finish(mail, report)
+    return report
+
+
+def detect(mail: Mail) -> Report:
+    from proxy.dsn.detectors.registry import DETECTORS
+
+    for name, detector in DETECTORS:
+        try:
+            report = detector(mail)
+        except Exception:
+            if STRICT:
+                raise
+            continue  # one broken format must not cost the others
+        if report is not None:
+            report.format = report.format or name
+            return report
+    return Report(kind=Kind.UNKNOWN, format="unknown")
+
+
+def finish(mail: Mail, report: Report) -> None:
+    """Fill what every report shares: the original's headers, the verdict per recipient."""
+    report.subject = report.subject or mail.subject or None
+    try:
+        original = mail.original
+    except Exception:
+        if STRICT:
+            raise
+        original = OriginalMessage()
+    _merge_original(report.original, original)
+    for rr in report.recipients:
+        kind = recipient_kind(report, rr)
+        if kind in _FIXED_REASON:
+            rr.reason, rr.bounce_type = _FIXED_REASON[kind], BounceType.UNDETERMINED
+            rr.status_source = StatusSource.DSN if rr.status else None
+            continue
+        verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action)
+        rr.reason, rr.bounce_type, rr.evidence = verdict.reason, verdict.bounce_type, verdict.evidence
+        rr.status, rr.status_source = verdict.status, verdict.status_source
+        if rr.status is None and rr.action in _CLASS_OF_ACTION:
+            rr.status, rr.status_source = _CLASS_OF_ACTION[rr.action], StatusSource.ACTION
+
+
+def recipient_kind(report: Report, rr) -> Kind:
+    """A recipient's own kind: its Action decides in a DSN that mixes outcomes."""
+    if report.kind in (Kind.BOUNCE, Kind.DELAY, Kind.DELIVERED):
+        return _KIND_OF_ACTION.get(rr.action or "", report.kind)
+    return report.kind
+
+
+def _merge_original(target: OriginalMessage, found: OriginalMessage) -> None:
+    for name in OriginalMessage.__slots__:
+        if not getattr(target, name) and getattr(found, name):
+            setattr(target, name, getattr(found, name))

@@ -1,0 +1,135 @@
+"""Hostile input: the parser returns a Report or raises ParseError, nothing else, and fast.
+
+Two fuzzers: hypothesis (random bytes and mail-shaped text) and a mutation fuzzer over every
+real sample (cuts, flipped bytes, repeated and deleted runs, stray separators, line-ending
+changes). Detector exceptions are not swallowed here (parser.STRICT), so a bug in one format
+fails the test instead of hiding behind the fallback. The real speed bar (< 50 ms) is in
+bench/parse.py; the limit here is generous so that a busy machine does not flake.
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy.dsn import ParseError, parse, parser, report_rows
+from proxy.model import Kind, Report
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "samples"
+FILES = sorted(SAMPLES.glob("sisimai/maildir/**/*.eml")) + sorted(SAMPLES.glob("flufl/*.txt"))
+SLOW = 0.5  # seconds; the bench holds the real bar of 50 ms
+
+sys.path.insert(0, str(ROOT / "bench"))
+from parse import mutate  # noqa: E402  (the bench's mutator: one definition of "damage")
+
+
+@pytest.fixture(autouse=True)
+def strict():
+    parser.STRICT = True
+    yield
+    parser.STRICT = False
+
+
+def check(raw: bytes) -> Report | None:
+    start = time.perf_counter()
+    try:
+        report = parse(raw)
+    except ParseError:
+        return None
+    took = time.perf_counter() - start
+    assert took < SLOW, f"parse took {took * 1000:.0f} ms"
+    assert isinstance(report, Report) and isinstance(report.kind, Kind)
+    rows = report_rows("fuzz", report)
+    assert rows and all(isinstance(r, dict) for r in rows)
+    return report
+
+
+def test_empty_input_is_a_parse_error():
+    for raw in (b"", b"   ", b"\r\n\r\n", b"\n"):
+        with pytest.raises(ParseError):
+            parse(raw)
+    with pytest.raises(ParseError):
+        parse("not bytes")  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_random_bytes(raw: bytes):
+    check(raw)
+
+
+_FIELD = st.sampled_from([
+    "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"",
+    "Content-Type: multipart/report; report-type=feedback-report; boundary=b",
+    "Content-Type: message/delivery-status", "Content-Type: message/feedback-report",
+    "Content-Type: message/rfc822", "Content-Type: text/rfc822-headers",
+    "Content-Type: text/plain; charset=\"x-unknown-8bit\"", "Content-Type: text/plain; charset=iso-2022-jp",
+    "Content-Transfer-Encoding: base64", "Content-Transfer-Encoding: quoted-printable",
+    "Final-Recipient: rfc822; a@b.example", "Original-Recipient: rfc822;<a@b.example>", "Action: failed",
+    "Action: delayed", "Status: 5.1.1 (x)", "Diagnostic-Code: smtp; 550 5.1.1 <a@b.example>... unknown",
+    "Feedback-Type: abuse", "Original-Rcpt-To: c@d.example", "Auto-Submitted: auto-replied",
+    "Subject: =?utf-8?b?5LiN5Zyo?=", "Subject: =?bogus?q?=FF=FE?=", "From: MAILER-DAEMON@x.example",
+    "Message-ID: <id@x.example>", "X-Failed-Recipients: e@f.example", "--b", "--b--", "",
+    "The following address(es) failed:", "  a@b.example", "<a@b.example>: 550 no", "Hi. This is the qmail-send program",
+    "----- Original message -----", '{"notificationType":"Bounce","bounce":{"bouncedRecipients":[{}]}}',
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_FIELD, st.text(max_size=80)), max_size=60),
+       st.sampled_from(["\n", "\r\n", "\r"]))
+def test_mail_shaped_text(lines: list[str], newline: str):
+    raw = newline.join(lines).encode("utf-8", "surrogatepass")
+    check(raw)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(min_size=1, max_size=200), st.sampled_from(["utf-8", "iso-2022-jp", "koi8-r", "nonsense", "utf-7"]))
+def test_bodies_in_lying_charsets(body: bytes, charset: str):
+    raw = (b"From: MAILER-DAEMON@x.example\nSubject: Undelivered Mail\nContent-Type: text/plain; charset="
+           + charset.encode() + b"\nContent-Transfer-Encoding: 8bit\n\n<a@b.example>: " + body + b"\n")
+    check(raw)
+
+
+@pytest.mark.skipif(not FILES, reason=f"real samples not found at {SAMPLES}")
+def test_mutations_of_every_real_sample():
+    """20 mutations of each of the real samples (a fixed seed: failures reproduce)."""
+    rng = random.Random(20240429)
+    slowest = 0.0
+    for path in FILES:
+        raw = path.read_bytes()
+        for _ in range(20):
+            mutated = mutate(raw, rng)
+            start = time.perf_counter()
+            try:
+                check(mutated)
+            except AssertionError:
+                raise
+            except Exception as error:  # name the input that broke it
+                raise AssertionError(f"{path.name}: {type(error).__name__}: {error}") from error
+            slowest = max(slowest, time.perf_counter() - start)
+    assert slowest < SLOW
+
+
+def test_pathological_sizes_stay_fast():
+    """Long lines, many parts, deep nesting, huge headers: bounded regexes keep each parse quick."""
+    at = b"a" * 200_000 + b"@" + b"b." * 50_000
+    cases = [
+        b"From: MAILER-DAEMON@x\nSubject: failure\n\n" + at,
+        b"Subject: x\n" + b"X-H: " + b"=?utf-8?q?" + b"A" * 300_000 + b"?=\n\nbody",
+        b"Content-Type: multipart/mixed; boundary=b\n\n" + b"--b\nContent-Type: text/plain\n\nx\n" * 3000,
+        b"Content-Type: multipart/mixed; boundary=b0\n\n"
+        + b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1) for i in range(300)),
+        b"From: postmaster@x\nSubject: Undeliverable\n\n" + b"<a@b.example>: " * 20000,
+        b"Content-Type: message/delivery-status\n\n" + b"Final-Recipient: rfc822; a@b.example\n\n" * 5000,
+        b"From: MAILER-DAEMON@x\n\n" + b" " * 100_000 + b"x@y.z",
+        b"\n".join([b"From: MAILER-DAEMON@x", b"Subject: Delivery failure", b""] + [b"User unknown: " + b"x" * 70] * 4000),
+    ]
+    for raw in cases:
+        check(raw)
