@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -27,8 +28,9 @@ log = logging.getLogger("bounceproxy")
 class Service:
     """The running house. Usable from tests: `async with Service(config) as svc: ...`."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, worker: int = 0):
         self.config = config
+        self.worker = worker  # 0 runs everything; others (relay workers > 1) only the relay
         self.store = None
         self.upstream = None
         self.relay_handler: RelayHandler | None = None
@@ -112,7 +114,7 @@ class Service:
             except (ValueError, RuntimeError) as exc:
                 raise ConfigError(f"{cfg.source}: [preflight] resolvers: {exc}") from None
         await self._probe_upstream()
-        if cfg.inbound.enabled:
+        if cfg.inbound.enabled and self.worker == 0:
             await self._start_inbound()
         self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor, self.preflight)
         size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
@@ -129,10 +131,11 @@ class Service:
                 timeout=relay.session_timeout, ident="bounceproxy relay", limits=self.relay_limits,
             )
 
-        server = await self._listen(factory, relay.listen, "[relay] listen")
+        server = await self._listen(factory, relay.listen, "[relay] listen", reuse_port=relay.workers > 1)
         self.relay_address = server.sockets[0].getsockname()[:2]
-        log.info("relay listening on %s:%s -> upstream %s", *self.relay_address, self.upstream.name)
-        if cfg.api.enabled:
+        log.info("relay%s listening on %s:%s -> upstream %s", f" worker {self.worker}" if relay.workers > 1 else "",
+                 *self.relay_address, self.upstream.name)
+        if cfg.api.enabled and self.worker == 0:
             self.api_runner, self.api_address = await start_api(cfg, self.store, live_metrics=self._live_metrics)
             log.info("API and dashboard on http://%s:%s/", *self.api_address)
 
@@ -208,10 +211,11 @@ class Service:
             return
         await self.upstream.release(conn)
 
-    async def _listen(self, factory, address, key: str) -> asyncio.AbstractServer:
+    async def _listen(self, factory, address, key: str, reuse_port: bool = False) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(factory, host=address.host, port=address.port, reuse_address=True)
+            server = await loop.create_server(factory, host=address.host, port=address.port, reuse_address=True,
+                                              reuse_port=reuse_port or None, backlog=1024)
         except OSError as exc:
             raise ConfigError(f"{self.config.source}: {key} {address}: cannot listen ({exc.strerror or exc})") from None
         self.servers.append(server)
@@ -244,28 +248,76 @@ class Service:
             self.store = None
 
 
-async def serve(config: Config) -> None:
-    service = Service(config)
-    await service.start()
+async def serve(config: Config, worker: int = 0, children: list[int] | None = None) -> None:
+    service = Service(config, worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+    except BaseException:
+        _stop_children(children or [])
+        await service.stop()
+        raise
+    if worker > 0:
+        loop.create_task(_exit_with_parent(stop))
     await stop.wait()
-    log.info("shutting down: finishing open sessions")
+    log.info("shutting down%s: finishing open sessions", f" worker {worker}" if worker else "")
+    _stop_children(children or [])
     await service.stop()
+    for pid in children or []:
+        await loop.run_in_executor(None, _reap, pid)
+
+
+async def _exit_with_parent(stop: asyncio.Event) -> None:
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1)
+        if os.getppid() != parent:
+            stop.set()
+
+
+def _stop_children(children: list[int]) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def run(config: Config, verbose: bool = False) -> None:
+    """Run in the foreground; with [relay] workers > 1, fork relay workers that share the port
+    through SO_REUSEPORT (each with its own upstream pool) before any event loop exists."""
     logging.basicConfig(
         level=logging.INFO if not verbose else logging.DEBUG,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
     )
     if not verbose:
         logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-session lines
+    workers = config.relay.workers
+    if workers > 1 and config.relay.listen.port == 0:
+        raise ConfigError(f"{config.source}: [relay] workers > 1 needs a fixed port in [relay] listen")
+    children: list[int] = []
+    worker = 0
+    for index in range(1, workers):
+        pid = os.fork()
+        if pid == 0:
+            children, worker = [], index
+            break
+        children.append(pid)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, worker, children))
     else:
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, worker, children))
+    if worker > 0:
+        os._exit(0)

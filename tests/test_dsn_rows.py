@@ -117,3 +117,15 @@ def test_ses_message_id_from_amazonses_message_id():
     report = parse((SISIMAI / "lhost-amazonses-01.eml").read_bytes())
     assert report.original.message_id.endswith("@email.amazonses.com")
     assert report.original.ses_message_id == report.original.message_id.split("@")[0]
+
+
+def test_sieve_reject_is_a_bounce_and_a_read_receipt_is_not():
+    """An MDN whose disposition is "deleted" is Sieve's reject (RFC 5429); "displayed" is a receipt."""
+    raw = (SAMPLES / "flufl" / "simple_38.txt").read_bytes()
+    report = parse(raw)
+    assert (report.kind, report.format, [r.recipient for r in report.recipients]) == (
+        Kind.BOUNCE, "mdn", ["userx@example.com"])
+    assert report.original.message_id == "2ee7df1322121930966bcc2318379726@localhost"
+    receipt = raw.replace(b"automatic-action/MDN-sent-automatically; deleted", b"manual-action/MDN-sent-manually; displayed")
+    report = parse(receipt)
+    assert (report.kind, report.recipients) == (Kind.UNKNOWN, [])

@@ -23,8 +23,10 @@ class ParseError(ValueError):
 
 def parse(raw: bytes) -> Report:
     """Everything the mail says about delivery: kind, recipients, status, original headers."""
+    global parse
     from proxy.dsn.parser import parse as _parse
 
+    parse = _parse  # loaded once: later calls go straight to the parser
     return _parse(raw)
 
 

@@ -17,8 +17,8 @@ def detect(mail) -> Report | None:
     """An ARF report, wherever its feedback part sits (some wrap it in multipart/mixed)."""
     if mail.types.isdisjoint(_FEEDBACK_PARTS):
         return None
-    for part in mail.parts:
-        if content_type(part) in _FEEDBACK_PARTS:
+    for ctype, part in mail.typed:
+        if ctype in _FEEDBACK_PARTS:
             return _from_fields(mail, _fields(part))
     return None
 
@@ -71,8 +71,8 @@ def _from_fields(mail, fields: dict[str, list[str]]) -> Report:
 
 def _original_recipient(mail) -> str | None:
     """The complained-about recipient when the report does not name one: the returned mail's."""
-    for part in mail.parts:
-        if content_type(part) in ("message/rfc822", "message/global") and part is not mail.msg:
+    for ctype, part in mail.typed:
+        if ctype in ("message/rfc822", "message/global") and part is not mail.msg:
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
                 for name in _RECIPIENT_HEADERS:

@@ -110,7 +110,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
         (r"(?:scored|considered|classified|identified|detected|flagged|marked|tagged|rejected|blocked|refused|treated) (?:as |due to |because of |for )?(?:an? )?(?:probable |possible |likely |suspected )?spam\b|spam classification",
          "554 5.6.0 This message has been scored as spam with a probability of more than 90%"),
         (r"\bspam (?:message|content|detected|score|e-?mail|mail|check|points|rejection|refused|not accepted|blocked|complaints|filter)"
-         r"|suspicion of spam|(?:looks?|looked|appears?|seems?|thinks?|probably|likely|similar to) (?:\S+ ){0,3}?(?:like |to be )?(?:a |an )?spam\b|(?:probable|possible|suspected) spam\b|spam-like",
+         r"|suspicion of spam|(?:looks?|looked|appears?|seems?|thinks?|probably|likely|similar to) (?:\S{1,40} ){0,3}?(?:like |to be )?(?:a |an )?spam\b|(?:probable|possible|suspected) spam\b|spam-like",
          "554 5.7.1 Message rejected under suspicion of SPAM; https://ya.cc/1IrBc 1606381234-abCdEf1aBc"),
         (r"message content rejected|unsolicited bulk e-?mail|\bube\b|likely unsolicited mail|appears to be unsolicited|- spam\b|\bdt:spm\b|mail content denied"
          r"|spamassassin|spamprofiler|spambouncer|recurrent pattern detection|\buribl\b|antispam checks|bulk (?:e-?mail|mail)\b|unacceptable content|banned content|content filter",
@@ -133,7 +133,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     ("speeding", (
         (r"rate[- ]limit(?:ed|ing)?\b|throttl(?:ed|ing)\b|receiving mail (?:at )?a rate|(?:message|mail|sending) rate (?:limit )?exceeded|try again slower|sending too (?:fast|quickly)",
          "421-4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited."),
-        (r"too many (?:messages|mails|e-?mails)\b|reached (?:your|the) (?:daily|hourly) (?:\S+ )?(?:quota|limit)|(?:daily|hourly) (?:sending |message |relay )?(?:quota|limit) (?:exceeded|reached)",
+        (r"too many (?:messages|mails|e-?mails)\b|reached (?:your|the) (?:daily|hourly) (?:\S{1,40} )?(?:quota|limit)|(?:daily|hourly) (?:sending |message |relay )?(?:quota|limit) (?:exceeded|reached)",
          "554 neko-22.nyaan.r.example.net : CAT : neko22 : CAT : You've reached your daily relay quota - 203.0.113.0"),
     )),
     ("rejected", (
@@ -152,7 +152,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          "You are not a member of this mailing list <neko-nyaan@example.org>."),
     )),
     ("blocked", (
-        (r"blocked using |blocked by (?:\S+ )?(?:dnsbl|rbl|spamhaus|spamcop|sorbs|barracuda)",
+        (r"blocked using |blocked by (?:\S{1,40} )?(?:dnsbl|rbl|spamhaus|spamcop|sorbs|barracuda)",
          "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"),
         (r"\bspamhaus\b|\bspamcop\b|\bsorbs\b|\bdnsbl\b|\brbl\b|\buceprotect\b|barracudacentral|abuseat\.org",
          "553 http://www.spamhaus.org/query/bl?ip=192.0.2.222"),
@@ -160,7 +160,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3140)."),
         (r"client host (?:\[[^\]]{0,80}\] )?(?:rejected|blocked)|helo command rejected|sender ip address rejected|bad sender ip address",
          "554 5.7.1 <unknown[192.0.2.1]>: Client host rejected: Access denied"),
-        (r"(?:your|sending|sender'?s?|client|remote|access from) (?:ip|host|server|network|mta)(?: address)? (?:\S+ ){0,3}?(?:is |has been |was |are )?(?:blocked|blacklisted|banned|blocklisted)"
+        (r"(?:your|sending|sender'?s?|client|remote|access from) (?:ip|host|server|network|mta)(?: address)? (?:\S{1,40} ){0,3}?(?:is |has been |was |are )?(?:blocked|blacklisted|banned|blocklisted)"
          r"|(?:mail server|ip) \S{1,255} is blocked|spam ips blocked|too many spams from your ip|(?:you are|currently) sending spam|looks suspiciously like spammer",
          "421 4.7.1 Sorry, your IP is blocked"),
         # Microsoft banned IP / traffic refused; Cisco IronPort access rejected
@@ -196,14 +196,15 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
         (r"refused due to recipient preferences|due to (?:the )?recipient'?s? (?:policy|preferences|settings)|has a policy that prohibited the mail",
          "550 5.1.1 RCP-P2 http://postmaster.facebook.com/response_codes?ip=192.0.2.135#rcp Refused due to recipient preferences"),
         (r"only accepting mail from specific (?:e-?mail )?addresses|blocked by (?:the )?recipient|user refuses to (?:accept|receive)|recipient (?:has )?(?:refused|rejected) (?:your|this|the) (?:message|mail|e-?mail)"
-         r"|message rejected due to user rules|\bmessage filtered\b|account is protected by|refuse to receive mail|is not accepting any mail|has restricted sms e-?mail",
+         r"|message rejected due to user rules|\bmessage filtered\b|account is protected by|refuse to receive mail|is not accepting any mail|has restricted sms e-?mail"
+         r"|not accepting (?:e-?)?mail from",
          "554 5.7.1 This recipient is only accepting mail from specific email addresses"),
         # Exchange sender restrictions
         (r"resolver\.rst\.(?:notauthorized|deliverysendersrestricted|sendernotauthorized)",
          "550 5.7.1 RESOLVER.RST.NotAuthorized; not authorized"),
     )),
     ("policyviolation", (
-        (r"(?:policy|protocol) violation|not accepted for policy reasons|(?:rejected|blocked|refused|denied|bounced) (?:due to|by|because of|for) (?:\S+ ){0,3}?(?:polic(?:y|ies)|organizational settings)\b",
+        (r"(?:policy|protocol) violation|not accepted for policy reasons|(?:rejected|blocked|refused|denied|bounced) (?:due to|by|because of|for) (?:\S{1,40} ){0,3}?(?:polic(?:y|ies)|organizational settings)\b",
          "554 5.7.7 Email policy violation detected"),
         # Gmail: content judged a security issue; Mimecast: network not permitted by policy
         (r"content presents a potential|an illegal attachment|host network not allowed|does not allow external forwarding|members-only list|closed mailing list"
@@ -227,7 +228,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     ("notcompliantrfc", (
         (r"multiple addresses in from:|not rfc ?(?:2822|5322|822) compliant|rfc ?(?:2822|5322) (?:violation|error)|violates rfc|rfcmessagenoncompliant",
          "550-5.7.1 Messages with multiple addresses in From: header are not accepted."),
-        (r"duplicate header|illegal header|multiple \S{1,40} headers?\b|missing (?:required )?(?:from|date|message-id|subject|to) header|bare (?:<?lf>?|line ?feeds?)\b|barelinefeedsareillegal",
+        (r"duplicate header|illegal header|\bno [\w-]{1,30} (?:field|header) given|multiple \S{1,40} headers?\b|missing (?:required )?(?:from|date|message-id|subject|to) header|bare (?:<?lf>?|line ?feeds?)\b|barelinefeedsareillegal",
          "554 Transaction failed: Duplicate header 'DKIM-Signature'."),
     )),
     ("contenterror", (
@@ -241,23 +242,23 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          "452 4.3.1 Insufficient system storage"),
     )),
     ("mailboxfull", (
-        (r"mail ?(?:box|folder) (?:\S+ ){0,3}?(?:is )?(?:full|over|exceed(?:s|ed)?|would exceed)|inbox is (?:full|out of storage)|account is full|full mailbox|destinataire pleine",
+        (r"mail ?(?:box|folder) (?:\S{1,40} ){0,3}?(?:is )?(?:full|over|exceed(?:s|ed)?|would exceed)|inbox is (?:full|out of storage)|account is full|full mailbox|destinataire pleine",
          "550 5.2.2 <kijitora@example.jp>... Mailbox Full"),
-        (r"over (?:the )?(?:allowed |storage )?quota|overquota|quota (?:exceeded|violation)|exceeded (?:\S+ ){0,2}?(?:storage|quota)|(?:disk|storage|mailbox|maildir|user) quota",
+        (r"over (?:the )?(?:allowed |storage )?quota|overquota|quota (?:exceeded|violation)|exceed(?:s|ed|ing) (?:\S{1,40} ){0,2}?quota|exceeded (?:\S{1,40} ){0,2}?(?:storage|quota)|(?:disk|storage|mailbox|maildir|user) quota",
          "552 5.2.2 Over quota"),
         (r"out of storage|storage space|insufficient (?:user |disk )?(?:storage|space)|not (?:enough|sufficient) (?:storage|space|disk)|exceeds allowed size|no space left on device"
          r"|space has been used up|too many messages on the server|too much mail data",
          "The recipient's inbox is out of storage space and inactive. Please direct the recipient to https://support.google.com/mail/?p=OverQuotaPerm"),
     )),
     ("emailtoolarge", (
-        (r"(?:message|mail|e-?mail)(?: file)?s? (?:is |was )?too (?:large|big)|message (?:size|length) (?:\S+ ){0,2}?exceed|(?:message|mail|e-?mail) size limits?|size limit exceeded"
-         r"|exceeds? (?:the )?(?:fixed )?maximum (?:\S+ ){0,2}?size|exceeded (?:the )?maximum (?:inbound |incoming )?message size|max(?:imum)? message size exceeded",
+        (r"(?:message|mail|e-?mail)(?: file)?s? (?:is |was )?too (?:large|big)|message (?:size|length) (?:\S{1,40} ){0,2}?exceed|(?:message|mail|e-?mail) size limits?|size limit exceeded"
+         r"|exceeds? (?:the )?(?:fixed )?maximum (?:\S{1,40} ){0,2}?size|exceeded (?:the )?maximum (?:inbound |incoming )?message size|max(?:imum)? message size exceeded",
          "552 5.2.3 Message size exceeds fixed maximum message size (10485760)"),
         (r"recipsizelimit|too large for this recipient|exceeded mailsize limit|larger than (?:the )?(?:maximum|allowed|permitted)|line limit exceeded|taille limite du message",
          "#550 5.2.3 RESOLVER.RST.RecipSizeLimit; message too large for this recipient ##"),
     )),
     ("suspend", (
-        (r"account (?:\S+ ){0,2}?(?:has been |is |was )?(?:disabled|suspended|deactivated|inactive|locked|frozen|closed|terminated|discontinued)|inactive account|deactivated mailbox",
+        (r"account (?:\S{1,40} ){0,2}?(?:has been |is |was )?(?:disabled|suspended|deactivated|inactive|locked|frozen|closed|terminated|discontinued)|inactive account|deactivated mailbox",
          "554 delivery error: dd Sorry your message to kijitora@example.co.jp cannot be delivered. This account has been disabled or discontinued [#102]."),
         (r"(?:mail ?box|user|recipient|address|domain) (?:is |has been |currently )?(?:disabled|suspended|deactivated|inactive|frozen|locked|terminated)|disabled (?:recipient|mailbox|user|account)"
          r"|(?<!delivery )temporarily (?:disabled|suspended|deactivated|inactive|locked)|temporary locked|(?:is currently|has been) suspended|archived recipient|destinataire archivee|invalid/inactive user"
@@ -265,7 +266,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          "550 Mailbox is frozen."),
     )),
     ("hasmoved", (
-        (r"no longer on (?:this |the )?server|(?:mail ?box|address|user|recipient) has (?:been )?moved|has been replaced by|no longer (?:valid|in use|active|exists|with (?:us|the company)|employed)",
+        (r"no longer on (?:this |the )?server|(?:mail ?box|address|user|recipient) has (?:been )?moved|has been replaced by|(?<!wrong or )no longer (?:valid|in use|active|exists|with (?:us|the company)|employed)",
          "550 5.1.6 recipient no longer on server: kijitora@example.jp"),
         (r"user not local; please try",
          "551 User not local; please try <kijitora@example.org>"),
@@ -273,7 +274,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     ("notaccept", (
         (r"\bnull ?mx\b|rfc ?7505",
          "The domain libsisimai.org doesn't receive email according to the administrator: returned Null MX https://www.rfc-editor.org/info/rfc7505"),
-        (r"(?:does not|doesn't|do not) (?:accept|receive) (?:any )?(?:e-?)?mail|not accepting (?:network )?(?:messages|mail)\b|no mx record|mail receiving disabled|no route for current request",
+        (r"(?:does not|doesn't|do not) (?:accept|receive) (?:any )?(?:e-?)?mail|not accepting (?:network )?(?:messages|mail)\b(?! from)|no mx record|mail receiving disabled|no route for current request",
          "host/domain does not accept mail"),
     )),
     ("networkerror", (
@@ -304,7 +305,8 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
         (r"resolver\.adr\.(?:recipientnotfound|recipnotfound|exrecipnotfound|invalidsmtp)|recipient address rejected: access denied",
          "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"),
         # Postfix, Sendmail, Exim, Proofpoint, Japanese carriers, SES simulator
-        (r"\buser ?unknown|\bunknown (?:user|recipient|local[- ]part|mailbox|address(?! error)|addressee|e-?mail address)\b|\b(?:recipient|address|addressee) unknown\b|utilisateur inconnu",
+        (r"\buser ?unknown|\bunknown (?:user|recipient|local[- ]part|mailbox|address(?! error)|addressee|e-?mail address)\b|\b(?:recipient|address|addressee) unknown\b"
+         r"|(?:utilisateur|destinataire) inconnu|adresse (?:\S{1,40} ){0,6}?n'existe pas|(?:empf(?:ae|ä)nger|benutzer|adresse) (?:ist )?unbekannt|(?:usuario|utente|usu(?:a|á)rio) (?:desconocido|sconosciuto|desconhecido)",
          "550 5.1.1 <kijitora@example.jp>: Recipient address rejected: User unknown in local recipient table"),
         (r"\bno such (?:user|recipient|mailbox|account|address|person|local user)|\bno (?:account|mail ?box) (?:by that name|available for this user|found)|no one at this address"
          r"|no existe (?:dicha persona|ese usuario)|nessun utente simile",
@@ -319,7 +321,7 @@ PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
         (r"\b(?:invalid|not a valid|bad destination|bad) (?:recipient|mail ?box|user|e-?mail address|address)(?:es)?\b|\bbad[-_]recipient|badrcptto|badrecipientto|validrcptto"
          r"|is not (?:a known user|a valid (?:user|mailbox)|an active address)|not a (?:valid user|local address)|unknown or illegal alias|this user doesn't have an? \S{1,255} account"
          r"|\bno valid recipients?\b|can't accept user|destination addresses were unknown|destination server rejected recipients|recipient (?:is )?not (?:ok|local|accepted)"
-         r"|vdeliver: invalid or unknown virtual user|missing home directory|wrong or no longer valid|not email addresses",
+         r"|vdeliver: invalid or unknown virtual user|missing home directory|wrong or no longer valid|not email addresses|invalid final delivery userid",
          "554 delivery error: dd This user doesn't have a yahoo.com account (this-local-part-does-not-exist@yahoo.com) [0] - mta1061.mail.ne1.yahoo.com"),
     )),
     ("syntaxerror", (
@@ -476,7 +478,7 @@ REPLY_CODES: Final[dict[int, tuple[str, str]]] = {
 
 # Where in the SMTP dialogue the failure happened, as the usual MTAs write it.
 _STAGE_ROWS: Final[tuple[tuple[str, str], ...]] = (
-    ("RCPT", r"in reply to rcpt to command|after rcpt to:|did not like our rcpt to|does not like recipient"
+    ("RCPT", r"in reply to rcpt to command|after rcpt to:|did not like our rcpt to|does not like recipient|rcpt to generated|sent: rcpt to:"
              r"|>>> rcpt to|\[rcpt_to\]"),
     ("DATA", r"in reply to (?:end of )?data command|after (?:end of )?data\b|did not like our (?:final )?data"
              r"|failed after i sent the message|>>> data\b|\[(?:end_of_)?data\]"),

@@ -71,6 +71,9 @@ class Mail:
             raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         self.raw = raw
         self.msg = email.message_from_bytes(raw, policy=policy.compat32)
+        # The root's type from the header table built once (Message.get scans every header).
+        m = _CTYPE_RE.match(self.headers.get("content-type", "text/plain").strip().lower())
+        self.msg.__dict__["_bounceproxy_ctype"] = m.group(0) if m else "text/plain"
 
     def header(self, name: str, msg=None) -> str:
         """A header of the mail (or of `msg`), decoded; empty when absent."""
@@ -105,14 +108,15 @@ class Mail:
         return content_type(self.msg)
 
     @cached_property
-    def parts(self) -> list:
-        """Every part (the root included), depth first, without descending into attached messages."""
+    def typed(self) -> list[tuple[str, object]]:
+        """(content type, part) for every part, the root included, depth first, without
+        descending into attached messages; the types are computed once, here."""
         out = []
         stack = [self.msg]
         while stack and len(out) < 200:
             part = stack.pop()
-            out.append(part)
             ctype = content_type(part)
+            out.append((ctype, part))
             if ctype in _MESSAGE_TYPES:
                 continue
             payload = part._payload
@@ -125,18 +129,22 @@ class Mail:
         return out
 
     @cached_property
+    def parts(self) -> list:
+        return [part for _, part in self.typed]
+
+    @cached_property
     def types(self) -> frozenset[str]:
         """The content types present: a format checks for its part here before walking the parts."""
-        return frozenset(content_type(p) for p in self.parts)
+        return frozenset(ctype for ctype, _ in self.typed)
 
     def parts_of_type(self, *types: str) -> list:
-        return [p for p in self.parts if content_type(p) in types]
+        return [p for ctype, p in self.typed if ctype in types]
 
     @cached_property
     def text(self) -> str:
         """The human-readable body: text/plain parts outside attached messages, else HTML."""
-        plain = [p for p in self.parts if content_type(p) == "text/plain" and not p.is_multipart()]
-        if not plain and not self.msg.is_multipart() and self.msg.get_content_maintype() != "text":
+        plain = [p for ctype, p in self.typed if ctype == "text/plain" and not p.is_multipart()]
+        if not plain and not self.msg.is_multipart() and not self.content_type.startswith("text/"):
             plain = [self.msg]  # an unlabelled body is still text
         chunks = []
         size = 0
@@ -149,8 +157,8 @@ class Mail:
             if size >= TEXT_LIMIT:
                 break
         if not chunks or not any(c.strip() for c in chunks):
-            for part in self.parts:
-                if content_type(part) == "text/html" and not part.is_multipart():
+            for ctype, part in self.typed:
+                if ctype == "text/html" and not part.is_multipart():
                     chunks.append(html_to_text(part_text(part, TEXT_LIMIT * 2))[:TEXT_LIMIT])
                     break
         text = "\n".join(chunks)

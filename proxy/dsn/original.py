@@ -46,8 +46,7 @@ def extract(mail) -> OriginalMessage:
 def _candidates(mail):
     """Every place a copy of the original's headers may be, best first, parsed lazily."""
     types = mail.types
-    for part in mail.parts if not (types.isdisjoint(_ATTACHED) and types.isdisjoint(_HEADER_PARTS)) else ():
-        ctype = content_type(part)
+    for ctype, part in mail.typed if not (types.isdisjoint(_ATTACHED) and types.isdisjoint(_HEADER_PARTS)) else ():
         if ctype in _ATTACHED and part is not mail.msg:
             inner = part.get_payload()
             if isinstance(inner, list) and inner:
@@ -59,12 +58,12 @@ def _candidates(mail):
                 yield from_text_block(mail, _payload_text(part))
         elif ctype in _HEADER_PARTS:
             yield from_text_block(mail, _payload_text(part))
-    for part in mail.parts:  # a part whose own MIME headers are the original's (boundary then headers)
-        if part is not mail.msg and part.get("Message-ID") and content_type(part) not in _ATTACHED:
+    for ctype, part in mail.typed[1:]:  # a part whose own MIME headers are the original's (boundary then headers)
+        if ctype not in _ATTACHED and part.get("Message-ID"):
             yield from_headers(mail, part)
     yield from_free_text(mail, mail.text)
-    for part in mail.parts:  # headers sent as a text attachment ("mailheaders.txt")
-        if part is not mail.msg and content_type(part) == "text/plain" and not part.is_multipart():
+    for ctype, part in mail.typed[1:]:  # headers sent as a text attachment ("mailheaders.txt")
+        if ctype == "text/plain" and not part.is_multipart():
             disposition = str(part.get("Content-Disposition", "")).lower()
             if disposition.startswith("attachment"):
                 yield from_free_text(mail, _payload_text(part))
@@ -174,7 +173,13 @@ def _header_block(text: str, pos: int) -> list[list[str]]:
     """The fields from `pos` on: leading blanks skipped, quoting and indentation removed,
     continuation lines joined, up to a blank line or a line that is no field."""
     fields: list[list[str]] = []
-    for line in text[pos : pos + 32768].splitlines()[:300]:
+    while True:  # leading blank lines
+        nl = text.find("\n", pos, pos + 1024)
+        if nl < 0 or text[pos:nl].strip():
+            break
+        pos = nl + 1
+    end = text.find("\n\n", pos, pos + 32768)
+    for line in text[pos : end if end >= 0 else pos + 32768].splitlines()[:300]:
         if not line.strip():
             if fields:
                 break

@@ -5,7 +5,9 @@ means (reason, hard/soft) is decided here, once, by `classify`.
 """
 from __future__ import annotations
 
+from proxy.dsn import ParseError
 from proxy.dsn.classify import classify
+from proxy.dsn.detectors.registry import DETECTORS
 from proxy.dsn.mail import Mail
 from proxy.model import BounceType, Kind, OriginalMessage, Report, StatusSource
 
@@ -19,8 +21,6 @@ _CLASS_OF_ACTION = {"failed": "5.0.0", "delayed": "4.0.0"}
 
 
 def parse(raw: bytes) -> Report:
-    from proxy.dsn import ParseError
-
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise ParseError(f"expected bytes, got {type(raw).__name__}")
     raw = bytes(raw)
@@ -33,8 +33,6 @@ def parse(raw: bytes) -> Report:
 
 
 def detect(mail: Mail) -> Report:
-    from proxy.dsn.detectors.registry import DETECTORS
-
     for name, detector in DETECTORS:
         try:
             report = detector(mail)

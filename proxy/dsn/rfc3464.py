@@ -66,8 +66,8 @@ def _status_blocks(parts) -> list[dict[str, str]]:
 def _forwarded_report_parts(mail) -> list:
     """The parts of a report that a gateway wrapped in message/rfc822 (adding a disclaimer)."""
     out = []
-    for part in mail.parts:
-        if content_type(part) == "message/rfc822" and part is not mail.msg:
+    for ctype, part in mail.typed:
+        if ctype == "message/rfc822" and part is not mail.msg:
             inner = part.get_payload()
             if isinstance(inner, list) and inner and content_type(inner[0]) == "multipart/report":
                 out.extend(list(inner[0].walk())[:50])
@@ -214,11 +214,12 @@ def enrich_from_text(report: Report, text: str) -> None:
     missing = [rr for rr in report.recipients if not rr.diagnostic]
     if not missing:
         return
-    from proxy.dsn.detectors.base import address_paragraphs, before_original, reason_first_lines
+    from proxy.dsn.detectors.base import (address_paragraphs, before_original, lead_sentences, reason_first_lines,
+                                          section_reason)
 
     section = before_original(text)
     said: dict[str, str] = {}
-    for strategy in (address_paragraphs, reason_first_lines):
+    for strategy in (address_paragraphs, lead_sentences, reason_first_lines):
         for address, diagnostic in strategy(section):
             if diagnostic:
                 said.setdefault(address.lower(), diagnostic)
@@ -228,6 +229,11 @@ def enrich_from_text(report: Report, text: str) -> None:
             rr.diagnostic = diagnostic[:2000]
             rr.smtp_code = rr.smtp_code or any_code(diagnostic)
             rr.status = find_status(diagnostic) or rr.status
+        elif len(report.recipients) == 1 and section.strip():
+            # Said once for the only recipient ("554 ... Service unavailable" in the transcript):
+            # a reason to read, not a status to trust over the report's own.
+            rr.diagnostic = section_reason(section, {rr.recipient}) or None
+            rr.smtp_code = rr.smtp_code or any_code(rr.diagnostic)
 
 
 def kind_of(recipients: list[RecipientReport]) -> Kind:

@@ -124,15 +124,21 @@ class SqliteStore:
             self._db = None
 
     async def _migrate(self) -> None:
+        """Apply the missing migrations; each step re-reads the version inside its own
+        BEGIN IMMEDIATE, so several processes starting at once apply each step exactly once."""
         assert self._db is not None
         await self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        rows = await self._db.execute_fetchall("SELECT MAX(version) FROM schema_version")
-        current = rows[0][0] or 0
-        if current > len(MIGRATIONS):
-            raise StoreError(f"{self.path}: schema version {current} is newer than this bounceproxy ({len(MIGRATIONS)})")
-        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+        for version, sql in enumerate(MIGRATIONS, start=1):
             await self._db.execute("BEGIN IMMEDIATE")
             try:
+                rows = await self._db.execute_fetchall("SELECT MAX(version) FROM schema_version")
+                current = rows[0][0] or 0
+                if current > len(MIGRATIONS):
+                    raise StoreError(f"{self.path}: schema version {current} is newer than this bounceproxy "
+                                     f"({len(MIGRATIONS)})")
+                if current >= version:
+                    await self._db.execute("COMMIT")
+                    continue
                 for stmt in _split_sql(sql):
                     await self._db.execute(stmt)
                 await self._db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))

@@ -29,7 +29,7 @@ LEAD_PHRASES = (
     "did not reach the following recipient(s)", "failed to deliver to", "returned permanent errors",
     "your message to", "originally addressed to", "delivery to", "addressed to", "not be delivered to",
     "could not deliver the message to", "could not deliver message to", "local mailbox", "mailbox unavailable for",
-    "to which your message was addressed",
+    "to which your message was addressed", "wasn't delivered to", "was not delivered to",
 )
 _LEAD_PATTERN = (
     "(?:" + "|".join(re.escape(p).replace(r"\ ", r"\s{1,4}") for p in LEAD_PHRASES) + ")"
@@ -46,6 +46,8 @@ _NOT_A_REASON = frozenset(("to", "from", "cc", "bcc", "reply-to", "sender", "ret
                            "envelope-to", "x-envelope-to", "message-id", "in-reply-to", "references", "subject", "date",
                            "system contact", "contact", "postmaster", "original-recipient", "final-recipient",
                            "x-failed-recipients", "x-postfix-sender", "sent by", "from address"))
+# A line that is (or quotes) an SMTP reply: "550 5.1.1 ...", "550-5.7.1 ...", "said: 554 ...".
+_REPLY_LINE_RE = re.compile(r"(?:.{0,120}?(?:said|returned|reply|error)\W{1,4})?[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3})?", re.I)
 _REMOTE_HOST_RE = re.compile(r"\bhost[ \t]{1,4}([\w.-]{1,255}\.[A-Za-z]{2,63})[ \t]{0,4}\[", re.I)
 class _Found:
     __slots__ = ("_start",)
@@ -155,9 +157,12 @@ def lead_sentences(section: str, max_items: int = 50) -> list[tuple[str, str]]:
     matches = _LEAD_LOWER_RE.finditer(lower) if len(lower) == len(section) else _LEAD_RE.finditer(section)
     out = []
     for m in matches:
-        tail = section[m.end() : m.end() + 600]
+        tail = section[m.end() : m.end() + 600].lstrip(">\"')]. \t:,")
         blank = tail.find("\n\n")
-        out.append((section[m.start(1) : m.end(1)], squash(tail[: blank if blank >= 0 else None].lstrip(">\"')]. \t:,"))))
+        reason = squash(tail[: blank if blank >= 0 else None])
+        if not reason:  # the sentence ended with the address: the reason is the next paragraph
+            reason = squash(tail[:400])
+        out.append((section[m.start(1) : m.end(1)], reason))
         if len(out) >= max_items:
             break
     return out
@@ -190,14 +195,20 @@ def any_pairs(section: str) -> list[tuple[str, str]]:
 
 
 def section_reason(section: str, addresses) -> str:
-    """A whole section as one reason, minus the lines that only name addresses."""
-    keep = []
-    for line in section.split("\n")[:200]:
-        stripped = line.strip(" \t<>*-")
-        if not stripped or stripped in addresses:
-            continue
-        keep.append(line.strip())
-    return squash(" ".join(keep))[:1500]
+    """The reason a notice gives once for all its addresses: from the remote server's reply
+    when it quotes one (a line that starts with a reply code), else the notice's own words,
+    minus the lines that only name addresses. Kept short: it is a reason, not the notice."""
+    lines = [line.strip() for line in section.split("\n")[:200]]
+    for i, line in enumerate(lines):
+        if _REPLY_LINE_RE.match(line):
+            reply = []
+            for follow in lines[i : i + 6]:
+                if not follow:
+                    break
+                reply.append(follow)
+            return squash(" ".join(reply))[:600]
+    keep = [line for line in lines if line.strip(" \t<>*-") and line.strip(" \t<>*-") not in addresses]
+    return squash(" ".join(keep))[:600]
 
 
 def recipient(address: str, diagnostic: str | None = None, action: str = "failed",
@@ -259,12 +270,16 @@ def own_addresses(mail) -> set[str]:
 
     Unless the returned message was addressed to them too: a test mail to oneself.
     """
+    cached = mail.__dict__.get("_own_addresses")
+    if cached is not None:
+        return cached
     own = set()
     for value in (mail.header("To"), mail.header("Cc")):
         own.update(a.lower() for a in ADDR_RE.findall(value or ""))
     if mail.from_address:
         own.add(mail.from_address)
     own.difference_update(a.lower() for a in ADDR_RE.findall(mail.original.to or ""))
+    mail.__dict__["_own_addresses"] = own
     return own
 
 

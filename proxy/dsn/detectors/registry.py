@@ -7,7 +7,7 @@ Adding a format: one module in this package, one line here, one real sample in t
 """
 from __future__ import annotations
 
-from proxy.dsn import arf, autoreply, rfc3464
+from proxy.dsn import arf, autoreply, mdn, rfc3464
 from proxy.dsn.detectors import (aol, carriers, domino, dragonfly, exchange, exchange2007, exim, generic, gmail, japan,
                                  mailinglist, mimecast, opensmtpd,
                                  postfix, qmail, sendmail, ses, smtp32, zoho)
@@ -16,6 +16,7 @@ DETECTORS = [
     # standards and machine-readable notifications
     ("rfc3464", rfc3464.detect),
     ("arf", arf.detect),
+    ("mdn", mdn.detect),
     ("hotmail-jmrp", arf.detect_hotmail),
     ("apple-unsubscribe", arf.detect_unsubscribe),
     ("ses-json", ses.detect),

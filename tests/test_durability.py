@@ -1,0 +1,188 @@
+"""kill -9 under load: whatever a client or a peer was told `250` for is in the store, once.
+
+A real `bounceproxy serve` process relays to Postfix's smtp-sink while ten tracked client sessions
+(and smtp-source beside them) send mail and two peers deliver DSNs to the bounce MX. The process
+is killed with SIGKILL several times and restarted; afterwards every acknowledged message and DSN
+must be in the store exactly once, and every stored DSN parsed into exactly one event.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+
+from tests.conftest import ROOT
+
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+pytestmark = pytest.mark.skipif(not (os.path.exists(SMTP_SINK) and os.path.exists(SMTP_SOURCE)),
+                                reason="Postfix's smtp-sink/smtp-source are not installed (Debian package postfix)")
+DSN = (ROOT / "tests" / "data" / "lhost-postfix-06.eml").read_bytes()
+KILLS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+class Serve:
+    def __init__(self, tmp: Path, sink_port: int):
+        self.relay_port, self.mx_port = free_port(), free_port()
+        self.db = tmp / "bounceproxy.db"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("BOUNCEPROXY_")},
+            "PYTHONPATH": str(ROOT), "BOUNCEPROXY_VERP_KEY": "durability-key-0123456789",
+            "BOUNCEPROXY_STORE__PATH": str(self.db),
+            "BOUNCEPROXY_RELAY__LISTEN": f"127.0.0.1:{self.relay_port}",
+            "BOUNCEPROXY_INBOUND__LISTEN": f"127.0.0.1:{self.mx_port}",
+            "BOUNCEPROXY_INBOUND__BOUNCE_DOMAINS": "bounces.test",
+            "BOUNCEPROXY_INBOUND__PLAIN_ADDRESSES": "bounces@bounces.test",
+            "BOUNCEPROXY_API__ENABLED": "false",
+            "BOUNCEPROXY_UPSTREAM__PROFILE": "smtp", "BOUNCEPROXY_UPSTREAM__HOST": "127.0.0.1",
+            "BOUNCEPROXY_UPSTREAM__PORT": str(sink_port), "BOUNCEPROXY_UPSTREAM__TLS": "none",
+        }
+        self.log = open(tmp / "serve.log", "ab")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve"], env=self.env, stdout=self.log,
+                                     stderr=self.log)
+        wait_port(self.relay_port)
+        wait_port(self.mx_port)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def client(port_of, acked: set[str], tried: set[str], stop: asyncio.Event, worker: int) -> None:
+    n = 0
+    while not stop.is_set():
+        n += 1
+        msgid = f"w{worker}-{n}@durability.test"
+        tried.add(msgid)
+        body = f"Message-ID: <{msgid}>\r\nFrom: app@example.com\r\nSubject: {n}\r\n\r\nbody {n}\r\n".encode()
+        try:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(), start_tls=False, timeout=5)
+            await smtp.connect()
+            await smtp.sendmail("app@example.com", [f"user{worker}@example.net"], body)
+            acked.add(msgid)  # the client has seen the final 250
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            await asyncio.sleep(0.05)
+
+
+async def peer(port_of, acked: set[str], stop: asyncio.Event, worker: int) -> None:
+    n = 0
+    while not stop.is_set():
+        n += 1
+        marker = f"p{worker}-{n}"
+        raw = f"X-Durability-Seq: {marker}\r\n".encode() + DSN
+        try:
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(), start_tls=False, timeout=5)
+            await smtp.connect()
+            await smtp.sendmail("", ["bounces@bounces.test"], raw)
+            acked.add(marker)
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            await asyncio.sleep(0.05)
+
+
+async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
+    sink_port = free_port()
+    sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{sink_port}", "256"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_port(sink_port)
+    serve = Serve(tmp_path, sink_port)
+    serve.start()
+    acked_mail: set[str] = set()
+    tried_mail: set[str] = set()
+    acked_dsn: set[str] = set()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(client(lambda: serve.relay_port, acked_mail, tried_mail, stop, w)) for w in range(10)]
+    tasks += [asyncio.create_task(peer(lambda: serve.mx_port, acked_dsn, stop, w)) for w in range(2)]
+    sources = []
+    kills = 0
+    try:
+        for _ in range(KILLS):
+            sources.append(subprocess.Popen(
+                [SMTP_SOURCE, "-s", "10", "-m", "300", "-l", "2048", "-f", "load@example.com", "-t", "load@example.net",
+                 f"127.0.0.1:{serve.relay_port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            await asyncio.sleep(random.uniform(1.0, 2.0))
+            serve.kill()
+            kills += 1
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(serve.start)
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # the restarted process parses what the killed one stored
+            with sqlite3.connect(serve.db) as db:
+                if db.execute("SELECT COUNT(*) FROM inbound WHERE state = 'pending'").fetchone()[0] == 0:
+                    break
+            await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        serve.stop()
+        for proc in sources:
+            if proc.poll() is None:
+                proc.kill()
+        sink.kill()
+
+    db = sqlite3.connect(serve.db)
+    stored = {}
+    for msgid, n in db.execute("SELECT message_id, COUNT(*) FROM messages WHERE message_id LIKE '%@durability.test' "
+                               "AND status = 'sent' GROUP BY message_id"):
+        stored[msgid] = n
+    lost = acked_mail - set(stored)
+    duplicated = {m for m, n in stored.items() if n > 1}
+    raws = {}
+    for row_id, raw, state in db.execute("SELECT id, raw, state FROM inbound"):
+        marker = raw.split(b"\r\n", 1)[0].split(b": ", 1)[1].decode()
+        raws.setdefault(marker, []).append((row_id, state))
+    events_by_inbound = dict(db.execute("SELECT inbound_id, COUNT(*) FROM events WHERE source = 'async' GROUP BY inbound_id"))
+    db.close()
+    lost_dsn = acked_dsn - set(raws)
+    pending = [r for rows in raws.values() for r in rows if r[1] != "parsed"]
+    wrong_events = [rid for rows in raws.values() for rid, _ in rows if events_by_inbound.get(rid) != 1]
+    print(f"kills {kills}; messages acknowledged {len(acked_mail)} of {len(tried_mail)} tried, stored {len(stored)}; "
+          f"DSNs acknowledged {len(acked_dsn)}, stored {len(raws)}; lost {len(lost)}+{len(lost_dsn)}, "
+          f"duplicated {len(duplicated)}")
+    assert kills == KILLS and len(acked_mail) > 50 and len(acked_dsn) > 10
+    assert not lost and not duplicated and not lost_dsn
+    assert not pending and not wrong_events  # every stored DSN parsed, each into exactly one event
+    assert all(len(rows) == 1 for rows in raws.values())  # no DSN stored twice
+    assert set(stored) <= tried_mail
