@@ -113,6 +113,7 @@ class InboundConfig:
     max_message_size: int = 30 * 1024 * 1024
     session_timeout: float = 300.0
     max_session_seconds: float = 600.0
+    settle_seconds: float = 1.0
     max_connections: int = 200
     max_connections_per_ip: int = 20
 

@@ -143,7 +143,8 @@ def make_config(tmp_path: Path, upstream_port: int | None = None, **sections) ->
         up = UpstreamConfig(profile="smtp", host="127.0.0.1", port=upstream_port, tls="none",
                             command_timeout=5, connect_timeout=3, pool_size=4)
     relay = RelayConfig(listen=Address("127.0.0.1", 0), hostname="relay.test", message_id_domain="relay.test")
-    inbound = InboundConfig(listen=Address("127.0.0.1", 0), hostname="mx.test", bounce_domains=("bounces.test",))
+    inbound = InboundConfig(listen=Address("127.0.0.1", 0), hostname="mx.test", bounce_domains=("bounces.test",),
+                            settle_seconds=0.2)
     store = StoreConfig(path=str(tmp_path / "bounceproxy.db"), commit_interval_ms=1)
     base = {"relay": relay, "upstream": up, "inbound": inbound, "store": store,
             "api": ApiConfig(listen=Address("127.0.0.1", 0)), "preflight": PreflightConfig(),

@@ -84,25 +84,35 @@ class InboundSMTP(GuardedSMTP):
 
 
 class InboundWorker:
-    """Runs the pipeline after each 250, one mail at a time, and on pending rows at start."""
+    """Runs the pipeline after each 250, one mail at a time, and on pending rows at start.
 
-    def __init__(self, pipeline):
+    A fresh mail waits `settle` seconds first: an MTA on the same network can bounce faster
+    than the relay commits the message the bounce is about (the upstream has it before our
+    group commit does), and correlating too early would miss it.
+    """
+
+    def __init__(self, pipeline, settle: float = 1.0):
         self.pipeline = pipeline
-        self.queue: asyncio.Queue[int] = asyncio.Queue()
+        self.settle = settle
+        self.queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
-    def submit(self, inbound_id: int) -> None:
-        self.queue.put_nowait(inbound_id)
+    def submit(self, inbound_id: int, fresh: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self.queue.put_nowait((inbound_id, loop.time() + self.settle if fresh else 0.0))
 
     async def start(self, recover: bool = True) -> None:
         if recover:
             for inbound_id in await self.pipeline.store.inbound_ids(["pending"]):
-                self.submit(inbound_id)
+                self.submit(inbound_id, fresh=False)
         self.task = asyncio.get_running_loop().create_task(self._run(), name="inbound-worker")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            inbound_id = await self.queue.get()
+            inbound_id, not_before = await self.queue.get()
+            if not_before > loop.time():
+                await asyncio.sleep(not_before - loop.time())
             try:
                 await self.pipeline.process(inbound_id)
             except Exception:  # noqa: BLE001 - the row stays pending; reparse or the next start redoes it
