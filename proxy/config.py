@@ -160,6 +160,7 @@ class StoreConfig:
     backend: str = "sqlite"
     path: str = "bounceproxy.db"
     commit_interval_ms: float = 2.0
+    busy_timeout_ms: int = 5000
     correlation_window_days: float = 30.0
 
 

@@ -148,3 +148,37 @@ def test_serve_then_query_with_every_output_format(tmp_path):
     stats = json.loads(run("stats", "--json", cwd=tmp_path).stdout)
     assert stats["messages"] == 1 and stats["recipients"] == 2 and stats["hard_bounces"] == 1
     assert stats["bounce_rate"] == 0.5
+
+
+def test_serve_with_two_relay_workers_sharing_the_port(tmp_path):
+    import smtplib
+    import signal
+
+    port = _free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BOUNCEPROXY_")}
+    full_env.update(PYTHONPATH=str(ROOT), BOUNCEPROXY_RELAY__LISTEN=f"127.0.0.1:{port}", BOUNCEPROXY_RELAY__WORKERS="2",
+                    BOUNCEPROXY_INBOUND__LISTEN=f"127.0.0.1:{_free_port()}", BOUNCEPROXY_API__ENABLED="false")
+    proc = subprocess.Popen([*BOUNCEPROXY, "serve"], cwd=tmp_path, env=full_env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                smtplib.SMTP("127.0.0.1", port, timeout=5).quit()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "serve did not start"
+                time.sleep(0.1)
+        time.sleep(0.5)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1  # one forked relay worker beside the main process
+        for n in range(20):
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.sendmail("app@example.com", [f"user{n}@example.org"], b"Subject: w\r\n\r\nhi\r\n")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "relay worker 0 listening" in err and "relay worker 1 listening" in err
+    assert proc.returncode == 0
+    assert not Path(f"/proc/{children[0]}").exists()  # the worker went down with the main process
+    messages = [json.loads(line) for line in run("messages", "--json", "--limit", "100", cwd=tmp_path).stdout.splitlines()]
+    assert len(messages) == 20 and {m["status"] for m in messages} == {"sent"}

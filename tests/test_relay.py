@@ -385,3 +385,27 @@ async def test_simulator_answers_like_ses_mailbox_simulator(tmp_path):
         reasons = {r["recipient"]: (r["reason"], r["bounce_type"]) for r in rows(svc, "SELECT * FROM events")}
         assert reasons["bounce@simulator.amazonses.com"] == ("userunknown", "hard")
         assert reasons["suppressionlist@simulator.amazonses.com"][0] == "suppressed"
+
+
+async def test_locked_database_gives_451_430_then_recovers(tmp_path, upstream, caplog):
+    config = make_config(tmp_path, upstream.port, store={"busy_timeout_ms": 200})
+    async with Service(config) as svc:
+        blocker = sqlite3.connect(config.store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            for n in range(3):
+                smtp = await client(svc)
+                with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+                    await smtp.sendmail("app@example.com", [f"user{n}@example.net"], UNSIGNED)
+                assert refused.value.code == 451 and refused.value.message.startswith("4.3.0 ")
+                await smtp.quit()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        smtp = await client(svc)
+        await smtp.sendmail("app@example.com", ["after@example.net"], UNSIGNED)  # recovers by itself
+        await smtp.quit()
+        assert [r["status"] for r in rows(svc, "SELECT status FROM messages")] == ["sent"]
+    failing = [r for r in caplog.records if "writes failing" in r.getMessage()]
+    assert len(failing) == 1  # said once for the outage, not once per message
+    assert any("writable again" in r.getMessage() for r in caplog.records)

@@ -24,5 +24,5 @@ class Store(Protocol):
 
 
 async def open_store(store_config, readonly: bool = False) -> SqliteStore:
-    store = SqliteStore(store_config.path, store_config.commit_interval_ms)
+    store = SqliteStore(store_config.path, store_config.commit_interval_ms, store_config.busy_timeout_ms)
     return await store.open(readonly=readonly)

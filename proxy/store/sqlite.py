@@ -72,8 +72,11 @@ class _Batch:
 class SqliteStore:
     """Store protocol on aiosqlite (see proxy.store.Store)."""
 
-    def __init__(self, path: str, commit_interval_ms: float = 2.0):
+    def __init__(self, path: str, commit_interval_ms: float = 2.0, busy_timeout_ms: int = 5000):
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._failing_since: float | None = None
+        self.failed_batches = 0
         self.commit_interval = commit_interval_ms / 1000.0
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None  # reads never see a batch half-written
@@ -91,7 +94,7 @@ class SqliteStore:
             else:
                 self._db = await aiosqlite.connect(self.path, isolation_level=None)
             self._db.row_factory = sqlite3.Row
-            await self._db.execute("PRAGMA busy_timeout = 10000")
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not readonly:
                 await self._db.execute("PRAGMA journal_mode = WAL")
                 await self._db.execute("PRAGMA synchronous = FULL")
@@ -99,7 +102,7 @@ class SqliteStore:
                 await self._migrate()
                 self._reader = await aiosqlite.connect(self.path, isolation_level=None)
                 self._reader.row_factory = sqlite3.Row
-                await self._reader.execute("PRAGMA busy_timeout = 10000")
+                await self._reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
                 self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
             else:
                 await self._check_schema()
@@ -184,9 +187,16 @@ class SqliteStore:
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(error)
-                log.error("store write failed for %d transactions: %s", len(batch), exc)
+                self.failed_batches += 1
+                if self._failing_since is None:  # once per outage, not once per message
+                    self._failing_since = time.monotonic()
+                    log.error("store %s: writes failing (%s); clients get 451 4.3.0 until it recovers", self.path, exc)
             else:
                 self.commits += 1
+                if self._failing_since is not None:
+                    log.warning("store %s: writable again after %.0fs (%d batches refused)", self.path,
+                                time.monotonic() - self._failing_since, self.failed_batches)
+                    self._failing_since = None
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
