@@ -251,3 +251,32 @@ async def test_dns_preflight_in_the_relay(tmp_path, upstream):
             assert events["someone@nullmx.test"]["reason"] == "notaccept" and events["someone@nullmx.test"]["bounce_type"] == "hard"
             assert events["someone@nothere.test"]["remote_mta"] == "dns-preflight"
         assert not any(r.endswith(("nothere.test", "nullmx.test")) for m in upstream.handler.messages for r in m[1])
+
+
+async def test_forged_feedback_of_every_kind_suppresses_nobody(svc):
+    """Forgeries aimed at real customers: plain address with a real recipient, a quoted Message-ID
+    copied from a real message, a complaint, and tokens with a bad signature."""
+    from proxy.dsn import parse
+
+    real = await relay_one(svc, "kijitora@neko.example.jp",
+                           b"From: app@example.com\r\nMessage-ID: <real-1@example.com>\r\nSubject: x\r\n\r\nhi\r\n")
+    dsn = (DATA / "lhost-postfix-06.eml").read_bytes()
+    quoted = parse(dsn).original.message_id.strip("<>")
+    with_real_id = dsn.replace(quoted.encode(), b"real-1@example.com")
+    arf = (DATA / "arf-14.eml").read_bytes()
+    forged_token = real["verp_token"].replace(real["verp_token"].split("-")[-1].split("@")[0], "aaaaaaaaaa")
+    sent = refused = 0
+    for raw, rcpt in [(dsn, "bounces@bounces.test"), (with_real_id, "bounces@bounces.test"),
+                      (arf, "bounces@bounces.test"), (dsn, forged_token),
+                      (dsn, "bounce+" + "a" * 17 + "-bbbbbbbbbb@bounces.test")]:
+        sent += 1
+        try:
+            await deliver(svc, raw, rcpt)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            assert exc.code == 550
+            refused += 1
+    assert refused == 2  # the forged tokens never got past RCPT
+    events = rows(svc, "SELECT correlation FROM events WHERE source = 'async'")
+    assert {e["correlation"] for e in events} <= {"message_id", "recipient_window", "none"}
+    assert rows(svc, "SELECT * FROM suppressions") == []
+    assert (await rcpt_reply(svc, "kijitora@neko.example.jp")).code == 250
