@@ -17,6 +17,7 @@ bounceproxy and any worker processes) is printed at the end.
 
     bench/relay.py --quick            # about a minute
     bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions
+    bench/relay.py --repeat 3         # the median of 3 interleaved runs per cell (a shared machine is noisy)
     bench/relay.py --sizes 2048 --sessions 10 --count 5000 --profile /tmp/bp.svg   # py-spy flame graph
 
 Needs Postfix's smtp-source and smtp-sink (Debian package postfix); the Postfix column needs root.
@@ -121,7 +122,8 @@ class Bounceproxy:
             os.environ,
             BOUNCEPROXY_RELAY__LISTEN=f"127.0.0.1:{self.port}",
             BOUNCEPROXY_RELAY__HOSTNAME="relay.bench.test",
-            BOUNCEPROXY_INBOUND__ENABLED="false",
+            BOUNCEPROXY_INBOUND__ENABLED="false",  # the bounce MX plays no part in relaying
+            BOUNCEPROXY_API__LISTEN=f"127.0.0.1:{free_port()}",  # not the default 8025: runs may overlap
             BOUNCEPROXY_UPSTREAM__PROFILE="smtp",
             BOUNCEPROXY_UPSTREAM__HOST="127.0.0.1",
             BOUNCEPROXY_UPSTREAM__PORT=str(upstream_port),
@@ -147,6 +149,10 @@ class Bounceproxy:
 
     def pids(self) -> list[int]:
         return [self.proc.pid, *_descendants(self.proc.pid)]
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"bounceproxy exited ({self.proc.returncode}):\n{self.log_path.read_text()[-2000:]}")
 
     def peak_memory_kb(self) -> dict[int, int]:
         return {pid: kb for pid in self.pids() if (kb := _status_kb(pid, "VmHWM")) is not None}
@@ -237,6 +243,13 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def _status_kb(pid: int, key: str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -246,6 +259,15 @@ def _status_kb(pid: int, key: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _median(results: list[Result]) -> Result:
+    """The median rate of the runs that worked; the first error when none did."""
+    good = sorted((r for r in results if r.rate is not None), key=lambda r: r.rate)
+    if not good:
+        return results[0]
+    return good[(len(good) - 1) // 2] if len(good) % 2 else Result(
+        rate=(good[len(good) // 2 - 1].rate + good[len(good) // 2].rate) / 2)
 
 
 def _size_label(size: int) -> str:
@@ -286,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, help="messages per cell, every size (default 2000 for 2 KB, 300 for 100 KB)")
     ap.add_argument("--sizes", default="2048,102400", help="message payload sizes in bytes (smtp-source -l)")
     ap.add_argument("--sessions", default="1,10,50", help="concurrent sessions (smtp-source -s)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell and target, interleaved; the median is shown")
     ap.add_argument("--no-postfix", action="store_true", help="skip the stock Postfix relay column")
     ap.add_argument("--workers", type=int, default=1, help="bounceproxy [relay] workers (default 1)")
     ap.add_argument("--pool-size", type=int, help="bounceproxy [upstream] pool_size (default: its own default)")
@@ -332,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             pf = Postfix(workdir, sink.port)
         if args.profile:
             spy = _start_py_spy(bp, args.profile)
+        print(f"# load average at start: {_loadavg()}", flush=True)
         print(f"# {os.cpu_count()} CPUs; smtp-sink :{sink.port}; bounceproxy :{bp.port} (workers={args.workers})"
               + (f"; postfix :{pf.port}" if pf else "") + f"; work dir {workdir}", flush=True)
         for size in sizes:
@@ -339,17 +363,21 @@ def main(argv: list[str] | None = None) -> int:
                 count = count_for(size)
                 row = Row(size, n, count)
                 warm = min(count, max(2 * n, 20))
-                targets = [("direct", sink.port), ("bounceproxy", bp.port)]
-                for name, port in targets:
-                    smtp_source(port, warm, size, n, args.cell_timeout)
-                    row.results[name] = smtp_source(port, count, size, n, args.cell_timeout)
-                if pf:
-                    pf.run(warm, size, n, args.cell_timeout)
-                    row.results["postfix"] = pf.run(count, size, n, args.cell_timeout)
+                runs: dict[str, list[Result]] = {}
+                for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every target alike
+                    for name, port in (("direct", sink.port), ("bounceproxy", bp.port)):
+                        smtp_source(port, warm, size, n, args.cell_timeout)
+                        runs.setdefault(name, []).append(smtp_source(port, count, size, n, args.cell_timeout))
+                    bp.check_alive()
+                    if pf:
+                        pf.run(warm, size, n, args.cell_timeout)
+                        runs.setdefault("postfix", []).append(pf.run(count, size, n, args.cell_timeout))
+                row.results = {name: _median(results) for name, results in runs.items()}
                 rows.append(row)
                 r = row.results
                 print(f"  {_size_label(size)} × {n}: direct {r['direct'].cell()}, bounceproxy {r['bounceproxy'].cell()}"
                       + (f", postfix {r['postfix'].cell()}" if pf else "") + " msg/s", flush=True)
+        print(f"# load average at end: {_loadavg()}  (other work on the machine skews every column)", flush=True)
         memory = bp.peak_memory_kb()
         counts = bp.counts()
         if spy is not None:

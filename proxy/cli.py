@@ -5,16 +5,19 @@ mistakes, 1 for everything else. No tracebacks reach the user.
 """
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from proxy.config import Config
 
 DEFAULT_CONFIG = "config.toml"
 
@@ -25,6 +28,8 @@ class Failure(click.ClickException):
 
 def _load(config_path: str | None) -> Config:
     """The named config file, else ./config.toml when present, else defaults + environment."""
+    from proxy.config import load_config
+
     if config_path is None and Path(DEFAULT_CONFIG).is_file():
         config_path = DEFAULT_CONFIG
     return load_config(config_path)
@@ -48,6 +53,8 @@ def _since(text: str | None) -> float | None:
 
 
 def _run(coro):
+    import asyncio
+
     from proxy.store import StoreError
 
     try:
@@ -568,6 +575,8 @@ def check(config_path, address, sender, as_json) -> None:
     row = None
     if Path(config.store.path).exists():
         row = _run(_with_store(config, lambda s: s.get_suppression(scope, normalized)))
+    import asyncio
+
     verdict = asyncio.run(Preflight(config.preflight).check(normalized.rpartition("@")[2]))
     result = {
         "address": normalized,

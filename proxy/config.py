@@ -18,8 +18,7 @@ from pathlib import Path
 ENV_PREFIX = "BOUNCEPROXY_"
 
 
-class ConfigError(Exception):
-    """A configuration mistake; str() is the one line shown to the user."""
+from proxy.errors import ConfigError  # noqa: E402  (re-exported: proxy.config.ConfigError)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ def test_two_recipients_as_sent():
     assert report.recipients[0].diagnostic == "550 5.2.1 <kijitora@example.jp>... User Unknown"
     assert report.reporting_mta == "2jo.example.jp"
     assert report.envelope_sender == "root@2jo.example.jp"  # X-Postfix-Sender
+    assert report.queue_id == "CEEDB20C16"  # X-Postfix-Queue-ID: the upstream id when Postfix is the upstream
     assert report.arrival_date == "Fri, 13 Feb 2015 02:47:48 +0000 (UTC)"
     assert report.original.message_id == "20150213024748.CEEDB20C16@2jo.example.jp"
 

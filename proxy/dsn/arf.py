@@ -5,7 +5,6 @@ Removal-Recipient), and otherwise the returned message's To is the best evidence
 """
 from __future__ import annotations
 
-from proxy.dsn.mail import content_type
 from proxy.dsn.text import ADDR_RE, normalise_address, squash, strip_type
 from proxy.model import Kind, RecipientReport, Report
 

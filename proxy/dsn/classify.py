@@ -620,6 +620,28 @@ def _scan_forms(alt: str, budget: int = 32) -> list[str]:
     return [alt]
 
 
+class _Lazy:
+    """A pattern compiled on its first use: a table whose trigger strings never occur costs
+    nothing, which keeps the start-up of one-shot commands (`bounceproxy parse`) short."""
+
+    __slots__ = ("pattern", "_compiled")
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self._compiled: re.Pattern[str] | None = None
+
+    def _get(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern)
+        return self._compiled
+
+    def search(self, text: str, pos: int = 0):
+        return self._get().search(text, pos)
+
+    def match(self, text: str, pos: int = 0):
+        return self._get().match(text, pos)
+
+
 def _compile(tables: tuple[tuple[str, tuple[Row, ...]], ...]):
     out = []
     for reason, rows in tables:
@@ -627,8 +649,8 @@ def _compile(tables: tuple[tuple[str, tuple[Row, ...]], ...]):
             raise ValueError(f"{reason!r} is not in proxy.model.REASONS")
         # One non-capturing alternation finds the leftmost match fast (the engine can skip ahead on
         # the rows' first characters); the rows, tried at that position in order, name the one that matched.
-        scan = re.compile("|".join(f for rx, _example in rows for alt in _split_top(rx) for f in _scan_forms(alt)))
-        row_rxs = tuple(re.compile(rx) for rx, _example in rows)
+        scan = _Lazy("|".join(f for rx, _example in rows for alt in _split_top(rx) for f in _scan_forms(alt)))
+        row_rxs = tuple(_Lazy(rx) for rx, _example in rows)
         try:
             from re import _parser  # noqa: PLC0415
 

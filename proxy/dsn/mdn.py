@@ -5,7 +5,6 @@ Claimed here either way, so that a read receipt never reaches the generic text r
 """
 from __future__ import annotations
 
-from proxy.dsn.mail import content_type
 from proxy.dsn.rfc3464 import blocks_of_part
 from proxy.dsn.text import normalise_address, squash, strip_angle, strip_type
 from proxy.model import Kind, RecipientReport, Report

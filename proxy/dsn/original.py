@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.dsn.mail import content_type
-from proxy.dsn.text import decode_header, strip_angle
+from proxy.dsn.text import LineMarkers, decode_header, strip_angle
 from proxy.model import OriginalMessage
 
 _ATTACHED = ("message/rfc822", "message/global", "message/partial")
@@ -17,16 +16,12 @@ _HEADER_PARTS = ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-h
                  "message/global-headers")
 _FIELD_LINE_RE = re.compile(r"[ \t>]{0,12}([A-Za-z][\w-]{0,60})[ \t]{0,4}:(.{0,2000})")
 # Lines that announce a quoted copy of the returned message in free-form bounces.
-_MARKER_RE = re.compile(
-    r"^[ \t>-]{0,12}(?:"
-    r"original message|returned message|this is a copy of the message|"
-    r"below this line is a copy of the message|headers? of (?:the )?(?:original|returned) message|"
-    r"original message headers?|the original message was received|message headers follow|"
-    r"unsent message below|included is a copy of the message header|your message reads|"
-    r"the header of the original message|original mail header|the text you sent follows|"
-    r"content-type: message/rfc822|content-type: text/rfc822-headers|undelivered message headers"
-    r")",
-    re.M | re.I,
+_MARKERS = LineMarkers(
+    "original message", "returned message", "this is a copy of the message", "below this line is a copy of the message",
+    "header of the original message", "headers of the original message", "header of original message",
+    "headers of the returned message", "the original message was received", "message headers follow",
+    "unsent message below", "unsent message follows", "included is a copy of the message header", "your message reads",
+    "original mail header", "the text you sent follows", "undelivered message headers", "header of the source mail",
 )
 _IDS_RE = re.compile(r"<[^<>\s]{1,250}>")
 _SES_DOMAIN = "amazonses.com"
@@ -61,7 +56,7 @@ def _candidates(mail):
     for ctype, part in mail.typed[1:]:  # a part whose own MIME headers are the original's (boundary then headers)
         if ctype not in _ATTACHED and part.get("Message-ID"):
             yield from_headers(mail, part)
-    yield from_free_text(mail, mail.text)
+    yield from_free_text(mail, mail.text, mail.text_lower)
     for ctype, part in mail.typed[1:]:  # headers sent as a text attachment ("mailheaders.txt")
         if ctype == "text/plain" and not part.is_multipart():
             disposition = str(part.get("Content-Disposition", "")).lower()
@@ -124,18 +119,20 @@ def from_text_block(mail, text: str) -> OriginalMessage:
     return from_fields(_header_block(text, 0))
 
 
-def from_free_text(mail, text: str) -> OriginalMessage:
+def from_free_text(mail, text: str, lower: str | None = None) -> OriginalMessage:
     """A copy quoted somewhere in the body: find its Message-ID line, else its marker line."""
     if not text:
         return OriginalMessage()
-    pos = _msgid_line(text)
+    if lower is None or len(lower) != len(text):
+        lower = text.lower()
+    pos = _msgid_line(text, lower)
     if pos >= 0:
         found = from_fields(_header_block(text, _block_start(text, pos)))
         if found.message_id:
             return found
-    m = _MARKER_RE.search(text)
+    m = _MARKERS.search(text, lower)
     if m:
-        end = text.find("\n", m.end())
+        end = text.find("\n", m.start())
         if end >= 0:
             found = from_fields(_header_block(text, end + 1))
             if found.message_id or found.to or found.subject:
@@ -143,9 +140,8 @@ def from_free_text(mail, text: str) -> OriginalMessage:
     return OriginalMessage()
 
 
-def _msgid_line(text: str) -> int:
+def _msgid_line(text: str, lower: str) -> int:
     """Where the first line that is a Message-ID field starts (quoted or indented), or -1."""
-    lower = text.lower()
     pos = lower.find("message-id")
     while pos >= 0:
         line_start = lower.rfind("\n", 0, pos) + 1

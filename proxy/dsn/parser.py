@@ -26,7 +26,12 @@ def parse(raw: bytes) -> Report:
     raw = bytes(raw)
     if not raw.strip():
         raise ParseError("empty input is not a mail")
-    mail = Mail(raw)
+    try:
+        mail = Mail(raw)
+    except Exception as error:  # the stdlib parser itself gave up
+        if STRICT:
+            raise
+        raise ParseError(f"not readable as a mail: {type(error).__name__}") from error
     report = detect(mail)
     finish(mail, report)
     return report
@@ -49,6 +54,7 @@ def detect(mail: Mail) -> Report:
 def finish(mail: Mail, report: Report) -> None:
     """Fill what every report shares: the original's headers, the verdict per recipient."""
     report.subject = report.subject or mail.subject or None
+    report.sender_address = report.sender_address or mail.from_address or None
     try:
         original = mail.original
     except Exception:
@@ -62,9 +68,17 @@ def finish(mail: Mail, report: Report) -> None:
             rr.reason, rr.bounce_type = _FIXED_REASON[kind], BounceType.UNDETERMINED
             rr.status_source = StatusSource.DSN if rr.status else None
             continue
-        verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action)
-        rr.reason, rr.bounce_type, rr.evidence = verdict.reason, verdict.bounce_type, verdict.evidence
-        rr.status, rr.status_source = verdict.status, verdict.status_source
+        try:
+            verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action)
+        except Exception:
+            if STRICT:
+                raise
+            verdict = None  # no verdict is better than no report: reason stays "undefined"
+        if verdict is not None:
+            rr.reason, rr.bounce_type, rr.evidence = verdict.reason, verdict.bounce_type, verdict.evidence
+            rr.status, rr.status_source = verdict.status, verdict.status_source
+        elif rr.status:
+            rr.status_source = StatusSource.DSN
         if rr.status is None and rr.action in _CLASS_OF_ACTION:
             rr.status, rr.status_source = _CLASS_OF_ACTION[rr.action], StatusSource.ACTION
 

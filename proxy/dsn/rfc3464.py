@@ -22,7 +22,7 @@ ACTIONS = {
     "delivered": "delivered", "relayed": "relayed", "deliverable": "delivered", "expired": "failed",
 }
 _PER_MESSAGE_FIELDS = ("reporting-mta", "arrival-date", "x-postfix-sender", "x-original-sender",
-                       "original-envelope-id", "x-original-message-id")
+                       "original-envelope-id", "x-original-message-id", "x-postfix-queue-id")
 _ACTION_BY_CLASS = {"5": "failed", "4": "delayed", "2": "delivered"}
 _FIELD_RE = re.compile(r"([A-Za-z][\w-]{0,60})[ \t]{0,8}:[ \t]{0,8}(.{0,4000})")
 # Where fields pasted into a text body start.
@@ -31,21 +31,38 @@ _TEXT_DSN_RE = re.compile(r"^[> \t]{0,8}(?:Reporting-MTA|Final-Recipient|Origina
 
 
 def detect(mail) -> Report | None:
-    """A Report from the mail's delivery-status fields, or None when it has none usable."""
+    """A Report from the mail's delivery-status fields, or None when it has none usable.
+
+    Fields pasted into the text count only above the returned message here: a text bounce
+    may return a bounce. `detect_quoted`, late in the registry, reads the rest.
+    """
     blocks = None
     if not mail.types.isdisjoint(STATUS_PARTS):
         blocks = _status_blocks(mail.parts)
     if not blocks and "message/rfc822" in mail.types:
         blocks = _status_blocks(_forwarded_report_parts(mail))
-    fmt = "rfc3464"
-    if not blocks or not any(_is_recipient_block(b) for b in blocks):
-        lower = mail.text_lower
-        if "recipient" not in lower and "reporting-mta" not in lower:
-            return None
-        blocks = blocks_in_text(mail.text)
-        fmt = "rfc3464-text"
-        if not any(_is_recipient_block(b) for b in blocks):
-            return None
+    if blocks:
+        return _report(mail, blocks, "rfc3464")
+    from proxy.dsn.detectors.base import before_original
+
+    return _from_text(mail, before_original(mail.text, limit=65536))
+
+
+def detect_quoted(mail) -> Report | None:
+    """A whole report quoted in a text body (a relay forwarding the bounce it received),
+    once no format of its own has claimed the mail."""
+    return _from_text(mail, mail.text)
+
+
+def _from_text(mail, text: str) -> Report | None:
+    lower = mail.text_lower
+    if "recipient" not in lower and "reporting-mta" not in lower:
+        return None
+    blocks = blocks_in_text(text)
+    return _report(mail, blocks, "rfc3464-text") if any(_is_recipient_block(b) for b in blocks) else None
+
+
+def _report(mail, blocks, fmt: str) -> Report | None:
     report = from_blocks(blocks, fmt)
     if report is not None:
         enrich_from_text(report, mail.text)
@@ -197,6 +214,8 @@ def from_blocks(blocks: list[dict[str, str]], fmt: str = "rfc3464") -> Report | 
     sender = per_message.get("x-postfix-sender") or per_message.get("x-original-sender")
     report.envelope_sender = normalise_address(strip_type(sender)) if sender else None
     report.original_envelope_id = per_message.get("original-envelope-id") or None
+    # The reporting MTA's id of the failed message: Postfix's "queued as" when it is the upstream.
+    report.queue_id = per_message.get("x-postfix-queue-id", "").split(" ", 1)[0] or None
     quoted_id = per_message.get("x-original-message-id")
     if quoted_id:
         from proxy.dsn.text import strip_angle

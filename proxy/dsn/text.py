@@ -20,6 +20,43 @@ _TYPE_PREFIX_RE = re.compile(r"^\s{0,8}[A-Za-z][\w.-]{0,20}\s{0,4};\s{0,8}")
 
 _BRACKETED_RE = re.compile(r"<([^<>\s]{1,250})>")
 
+
+class _Found:
+    __slots__ = ("_start",)
+
+    def __init__(self, start: int):
+        self._start = start
+
+    def start(self) -> int:
+        return self._start
+
+
+class LineMarkers:
+    """Phrases that mark a line when they open it (after blanks, ">", "|", "=" or dashes),
+    found with str.find on lower-cased text: many times cheaper than a case-insensitive
+    regex alternation over a whole body. Quacks like a compiled pattern (`.search(text).start()`).
+    """
+
+    def __init__(self, *phrases: str):
+        self.phrases = tuple(p.lower() for p in phrases)
+
+    def search(self, text: str, lower: str | None = None) -> _Found | None:
+        """The start of the first marked line; `lower` is text.lower() when the caller has it."""
+        if lower is None:
+            lower = text.lower()
+        best = -1
+        for phrase in self.phrases:
+            pos = lower.find(phrase)
+            tries = 0
+            while pos >= 0 and tries < 50 and (best < 0 or pos < best):
+                line_start = lower.rfind("\n", 0, pos) + 1
+                if pos - line_start <= 80 and not lower[line_start:pos].strip(" \t>-|*="):
+                    best = line_start
+                    break
+                pos = lower.find(phrase, pos + 1)
+                tries += 1
+        return _Found(best) if best >= 0 else None
+
 TEXT_LIMIT = 64 * 1024  # how much of a text body a detector scans
 
 
@@ -83,21 +120,14 @@ def decode_bytes(data: bytes | str | None, charset: str | None = None) -> str:
             continue
         try:
             return data.decode(candidate)
-        except (LookupError, UnicodeDecodeError, ValueError):
-            continue
-    return data.decode(charset if _known(charset) else "latin-1", errors="replace")
-
-
-def _known(charset: str | None) -> bool:
-    if not charset:
-        return False
-    import codecs
-
-    try:
-        codecs.lookup(charset)
-        return True
-    except LookupError:
-        return False
+        except (LookupError, UnicodeError, ValueError, TypeError):
+            continue  # unknown label, lying label, or a bytes-to-bytes codec ("base64")
+    if charset:
+        try:
+            return data.decode(charset, errors="replace")
+        except (LookupError, UnicodeError, ValueError, TypeError):
+            pass
+    return data.decode("latin-1")  # every byte is a character: never fails
 
 
 def decode_header(value) -> str:
@@ -105,7 +135,10 @@ def decode_header(value) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        value = str(value)
+        try:
+            value = str(value)  # a compat32 Header for 8-bit garbage
+        except Exception:
+            return ""
     if "=?" not in value:
         if value.isascii():
             return squash(value)

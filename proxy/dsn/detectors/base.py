@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.dsn.text import ADDR, ADDR_RE, any_code, find_status, normalise_address, squash
+from proxy.dsn.text import ADDR, ADDR_RE, LineMarkers, any_code, normalise_address, squash
 from proxy.model import Kind, RecipientReport, Report
 
 # A line that names a recipient: the address first (maybe bulleted, bracketed or labelled),
@@ -36,8 +36,7 @@ _LEAD_PATTERN = (
     r"[ \t]{0,4}[:,]?[ \t\n]{0,8}(?:the following (?:recipient|user|address)(?:\(s\)|s)?[ \t]{0,4}:?[ \t\n]{0,8})?"
     r"['\"<\[(]{0,2}(?:smtp:)?(" + ADDR + r")"
 )
-_LEAD_RE = re.compile(_LEAD_PATTERN, re.I)
-_LEAD_LOWER_RE = re.compile(_LEAD_PATTERN)
+_LEAD_LOWER_RE = re.compile(_LEAD_PATTERN)  # for lower-cased text; the re.I twin is compiled on first need
 # A reason, a colon, the address: "User's mailbox is full: <a@b>".
 _REASON_FIRST_RE = re.compile(
     r"^[ \t]{0,8}([^:\n@<>]{3,80}?)[ \t]{0,4}:[ \t]{0,8}[<\[(\"']{0,2}(" + ADDR + r")[>\])\"']{0,2}[ \t.]{0,4}$", re.M
@@ -49,49 +48,14 @@ _NOT_A_REASON = frozenset(("to", "from", "cc", "bcc", "reply-to", "sender", "ret
 # A line that is (or quotes) an SMTP reply: "550 5.1.1 ...", "550-5.7.1 ...", "said: 554 ...".
 _REPLY_LINE_RE = re.compile(r"(?:.{0,120}?(?:said|returned|reply|error)\W{1,4})?[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3})?", re.I)
 _REMOTE_HOST_RE = re.compile(r"\bhost[ \t]{1,4}([\w.-]{1,255}\.[A-Za-z]{2,63})[ \t]{0,4}\[", re.I)
-class _Found:
-    __slots__ = ("_start",)
-
-    def __init__(self, start: int):
-        self._start = start
-
-    def start(self) -> int:
-        return self._start
-
-
-class LineMarkers:
-    """Phrases that mark a line when they open it (after blanks, ">" or dashes), found with
-    str.find on lower-cased text: many times cheaper than a case-insensitive regex
-    alternation over a whole body. Quacks like a compiled pattern (`.search(text).start()`).
-    """
-
-    def __init__(self, *phrases: str):
-        self.phrases = tuple(p.lower() for p in phrases)
-
-    def search(self, text: str) -> _Found | None:
-        lower = text.lower()
-        best = -1
-        for phrase in self.phrases:
-            pos = lower.find(phrase)
-            tries = 0
-            while pos >= 0 and tries < 50 and (best < 0 or pos < best):
-                line_start = lower.rfind("\n", 0, pos) + 1
-                if pos - line_start <= 80 and not lower[line_start:pos].strip(" \t>-|*="):
-                    best = line_start
-                    break
-                pos = lower.find(phrase, pos + 1)
-                tries += 1
-        return _Found(best) if best >= 0 else None
-
-
 # Where the returned message starts in a text bounce: nothing after it is about delivery.
-ORIGINAL_MARKER_RE = LineMarkers(
+ORIGINAL_MARKERS = LineMarkers(
     "this is a copy of the message", "original message", "returned message", "below this line is a copy of the message",
     "header of the original message", "headers of the original message", "header of original message",
     "headers of the returned message", "undelivered message", "message headers follow", "unsent message below",
     "unsent message follows", "the original message headers", "content-type: message/rfc822",
     "content-type: text/rfc822-headers", "your message reads", "start of returned message",
-    "enclosed is a copy of the message", "message text follows", "original mail header", "header of the source mail",
+    "enclosed is a copy of the message", "enclosed are the original headers", "message text follows", "original mail header", "header of the source mail",
     # a quoted header block starts: whatever it is, it is the returned mail
     "received: from", "return-path:",
 )
@@ -99,7 +63,7 @@ MAILER_DAEMON_RE = re.compile(r"mailer-daemon|postmaster|mail delivery|mail-daem
                               r"mdaemon|bounce|mail system|system administrator|mailadmin|nobody@", re.I)
 
 
-def between(text: str, start: re.Pattern, end: re.Pattern | LineMarkers | None = ORIGINAL_MARKER_RE,
+def between(text: str, start: re.Pattern, end: re.Pattern | LineMarkers | None = ORIGINAL_MARKERS,
             limit: int = 16384) -> str | None:
     """The text after what `start` matches, up to `end` (or `limit` characters)."""
     m = start.search(text)
@@ -116,7 +80,7 @@ def between(text: str, start: re.Pattern, end: re.Pattern | LineMarkers | None =
 def before_original(text: str, limit: int = 16384) -> str:
     """The part of a text bounce that talks about delivery, not the returned mail."""
     chunk = text[:limit]
-    m = ORIGINAL_MARKER_RE.search(chunk)
+    m = ORIGINAL_MARKERS.search(chunk)
     return chunk[: m.start()] if m else chunk
 
 
@@ -154,7 +118,10 @@ def lead_sentences(section: str, max_items: int = 50) -> list[tuple[str, str]]:
     lower = section.lower()
     # Matched case-sensitively on the lower-cased text (much faster), offsets mapped back:
     # unless lower-casing changed the length (a few non-ASCII letters do).
-    matches = _LEAD_LOWER_RE.finditer(lower) if len(lower) == len(section) else _LEAD_RE.finditer(section)
+    if len(lower) == len(section):
+        matches = _LEAD_LOWER_RE.finditer(lower)
+    else:
+        matches = re.compile(_LEAD_PATTERN, re.I).finditer(section)  # rare; the re module caches it
     out = []
     for m in matches:
         tail = section[m.end() : m.end() + 600].lstrip(">\"')]. \t:,")
@@ -185,15 +152,6 @@ def reason_first_lines(section: str, max_items: int = 50) -> list[tuple[str, str
     return out
 
 
-def any_pairs(section: str) -> list[tuple[str, str]]:
-    """Every shape a free-form bounce uses, most precise first; the first that finds wins."""
-    for strategy in (address_paragraphs, lead_sentences, reason_first_lines):
-        pairs = strategy(section)
-        if pairs:
-            return pairs
-    return []
-
-
 def section_reason(section: str, addresses) -> str:
     """The reason a notice gives once for all its addresses: from the remote server's reply
     when it quotes one (a line that starts with a reply code), else the notice's own words,
@@ -211,12 +169,11 @@ def section_reason(section: str, addresses) -> str:
     return squash(" ".join(keep))[:600]
 
 
-def recipient(address: str, diagnostic: str | None = None, action: str = "failed",
-              status: str | None = None) -> RecipientReport | None:
+def recipient(address: str, diagnostic: str | None = None, action: str = "failed") -> RecipientReport | None:
     """A RecipientReport from what a text bounce says about one address.
 
-    `status` is only for a status the format gives as a field; one inside the text is the
-    classifier's to find, so that its source reads "text".
+    No status: one inside the text is the classifier's to find, so that its source reads
+    "text" (a text bounce has no Status field to trust).
     """
     normal = normalise_address(address)
     if not normal:
@@ -226,7 +183,6 @@ def recipient(address: str, diagnostic: str | None = None, action: str = "failed
     return RecipientReport(
         recipient=normal,
         action=action,
-        status=status,
         smtp_code=any_code(diagnostic),
         diagnostic=diagnostic,
         remote_mta=host.group(1).lower() if host else None,
@@ -283,30 +239,42 @@ def own_addresses(mail) -> set[str]:
     return own
 
 
+_ALL_LITERALS: set[str] = set()  # every TextFormat's signature literals, looked for once per mail
+
+
+def present_signs(mail) -> frozenset[str]:
+    """Which signature literals the mail's head holds: one scan for all formats."""
+    found = mail.__dict__.get("_present_signs")
+    if found is None:
+        head = mail.head_lower
+        found = mail.__dict__["_present_signs"] = frozenset(lit for lit in _ALL_LITERALS if lit in head)
+    return found
+
+
 class TextFormat:
     """A plain-text bounce format, declared: how it signs, where its list is, how it reads.
 
-    `sign` (literals, lower case, or a regex) is looked for in the From header, the Subject
-    and the first 8 KB of text; the
-    list is the text between `start` and `end`; `strategies` read it, the first that
-    finds addresses wins; lacking any, X-Failed-Recipients or (if `original_to`) the
-    returned message's To name the recipient.
+    `sign` (lower-case literals, or a regex) is looked for in the From header, the Subject
+    and the first 3 KB of text (Mail.head); the list is the text between `start` and `end`;
+    `strategies` read it, the first that finds addresses wins; lacking any,
+    X-Failed-Recipients or (if `original_to`) the returned message's To name the recipient.
     """
 
     def __init__(self, name: str, sign: tuple[str, ...] | re.Pattern, start: re.Pattern | None = None,
-                 end: re.Pattern | LineMarkers | None = ORIGINAL_MARKER_RE, delay: bool = True,
+                 end: re.Pattern | LineMarkers | None = ORIGINAL_MARKERS, delay: bool = True,
                  strategies=None, original_to: bool = False, exclude_own: bool = True):
         self.name, self.start, self.end, self.delay = name, start, end, delay
         # Literal signatures are matched against the lower-cased head: far cheaper than a regex.
-        self.literals = tuple(s.lower() for s in sign) if isinstance(sign, (tuple, list)) else None
+        self.literals = frozenset(s.lower() for s in sign) if isinstance(sign, (tuple, list)) else None
         self.sign = None if self.literals is not None else sign
+        if self.literals and "" not in self.literals:
+            _ALL_LITERALS.update(self.literals)
         self.strategies = strategies or (address_paragraphs, lead_sentences, reason_first_lines)
         self.original_to, self.exclude_own = original_to, exclude_own
 
     def __call__(self, mail) -> Report | None:
         if self.literals is not None:
-            head = mail.head_lower
-            if not any(literal in head for literal in self.literals):
+            if "" not in self.literals and present_signs(mail).isdisjoint(self.literals):
                 return None
         elif not self.sign.search(mail.head):
             return None
@@ -356,12 +324,8 @@ def failed_recipients_header(mail) -> list[str]:
     return [m.group(0) for m in ADDR_RE.finditer(value)] if value else []
 
 
-def is_from_daemon(mail) -> bool:
-    return bool(MAILER_DAEMON_RE.search(mail.from_header))
-
-
 __all__ = [
-    "ADDR", "ADDR_RE", "says_delay", "Kind", "LineMarkers", "ORIGINAL_MARKER_RE", "TextFormat", "address_paragraphs", "any_pairs",
-    "before_original", "between", "failed_recipients_header", "find_status", "is_from_daemon", "lead_sentences",
-    "own_addresses", "reason_first_lines", "recipient", "report", "section_reason", "squash",
+    "ADDR", "ADDR_RE", "DELAY_PHRASES", "Kind", "LineMarkers", "MAILER_DAEMON_RE", "ORIGINAL_MARKERS", "TextFormat",
+    "address_paragraphs", "before_original", "between", "failed_recipients_header", "lead_sentences", "own_addresses",
+    "reason_first_lines", "recipient", "report", "says_delay", "section_reason",
 ]

@@ -8,8 +8,8 @@ import re
 
 from proxy.dsn.detectors.base import ADDR, TextFormat, address_paragraphs
 
-_END = re.compile(r"^-{2,}\s*(?:Below this line is a copy|Enclosed is a copy|Original message follows|"
-                  r"Below this line is the original)", re.I | re.M)
+_END = re.compile(r"^-{2,}\s*(?:Below this line is a copy|Enclosed is a copy|Enclosed are the original headers|"
+                  r"Original message follows|Below this line is the original)", re.I | re.M)
 _TO_LINE_RE = re.compile(r"^To:[ \t]{0,8}<?(" + ADDR + r")>?[ \t]*$", re.M | re.I)
 
 detect = TextFormat(

@@ -42,6 +42,8 @@ DETECTORS = [
     ("smtp32", smtp32.detect),
     ("verizon", carriers.detect_verizon),
     ("au", japan.detect_au),
+    # a report quoted whole in a text body (a relay forwarding the bounce it got)
+    ("rfc3464-text", rfc3464.detect_quoted),
     # not a bounce at all
     ("autoreply", autoreply.detect),
     # anything else that reads like a bounce

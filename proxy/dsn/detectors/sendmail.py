@@ -24,6 +24,9 @@ _REASON_RE = re.compile(r"^\s*\(reason:\s*(.{0,500}?)\)?\s*$", re.M | re.I)
 
 
 def detect(mail):
+    lower = mail.head_lower
+    if "transcript of session follows" not in lower and "the following addresses had" not in lower:
+        return None
     text = mail.text[:65536]
     if not _SIGN_RE.search(text[:16384]):
         return None
