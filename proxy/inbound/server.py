@@ -91,11 +91,12 @@ class InboundWorker:
     group commit does), and correlating too early would miss it.
     """
 
-    def __init__(self, pipeline, settle: float = 1.0):
+    def __init__(self, pipeline, settle: float = 1.0, concurrency: int = 8):
         self.pipeline = pipeline
         self.settle = settle
+        self.concurrency = concurrency  # mails in flight at once, so that their commits are grouped
         self.queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
-        self.task: asyncio.Task | None = None
+        self.tasks: list[asyncio.Task] = []
 
     def submit(self, inbound_id: int, fresh: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -105,7 +106,8 @@ class InboundWorker:
         if recover:
             for inbound_id in await self.pipeline.store.inbound_ids(["pending"]):
                 self.submit(inbound_id, fresh=False)
-        self.task = asyncio.get_running_loop().create_task(self._run(), name="inbound-worker")
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._run(), name=f"inbound-worker-{n}") for n in range(self.concurrency)]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -129,9 +131,7 @@ class InboundWorker:
 
     async def stop(self) -> None:
         await self.drain()
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
