@@ -13,7 +13,7 @@ import pytest
 
 from proxy.app import Service
 from proxy.store import SqliteStore
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, make_config, rows
 
 DATA = ROOT / "tests" / "data"  # real bounces from sisimai/set-of-emails (tests/data/LICENSE.sisimai)
 KEY = "test-verp-key-0123456789"
@@ -27,13 +27,6 @@ def on_the_wire(raw: bytes) -> bytes:
     return wire if wire.endswith(b"\r\n") else wire + b"\r\n"
 
 
-def rows(svc: Service, sql: str, params=()) -> list[sqlite3.Row]:
-    db = sqlite3.connect(svc.config.store.path)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 @pytest.fixture

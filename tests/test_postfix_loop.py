@@ -10,7 +10,7 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from tests.conftest import make_config
+from tests.conftest import make_config, rows
 from tests.postfix import PrivatePostfix, available, free_port
 from tests.test_postfix_instance import Sink
 
@@ -21,13 +21,6 @@ if reason:
 REFUSAL = "550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
 
 
-def rows(svc: Service, sql: str, params=()) -> list[sqlite3.Row]:
-    db = sqlite3.connect(svc.config.store.path)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 async def send(svc: Service, recipients: list[str], subject: str) -> dict:

@@ -11,7 +11,7 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from tests.conftest import ScriptedUpstream, make_config, start_upstream
+from tests.conftest import ScriptedUpstream, make_config, rows, start_upstream
 
 # A real DKIM-signed message shape: signature header, folded headers, a body with a leading dot
 # and trailing whitespace that any re-serialisation would disturb.
@@ -34,14 +34,6 @@ SIGNED = (
 UNSIGNED = b"From: app@example.com\r\nTo: user@example.net\r\nSubject: no id\r\n\r\nHello\r\n"
 
 
-def rows(svc: Service, sql: str, params=()) -> list[sqlite3.Row]:
-    """Read the store through a separate connection: what is there is committed."""
-    db = sqlite3.connect(svc.config.store.path)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 async def client(svc: Service) -> aiosmtplib.SMTP:
