@@ -15,8 +15,8 @@ with synchronous=FULL, pool of 16 upstream connections, one worker), the Postfix
 apart from what makes it a private loopback relay (tests/postfix.py). Its peak memory (VmHWM of
 bounceproxy and any worker processes) is printed at the end.
 
-    bench/relay.py --quick            # about a minute
-    bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions
+    bench/relay.py --quick            # about 20 seconds
+    bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions; about a minute
     bench/relay.py --repeat 3         # the median of 3 interleaved runs per cell (a shared machine is noisy)
     bench/relay.py --sizes 2048 --sessions 10 --count 5000 --profile /tmp/bp.svg   # py-spy flame graph
 

@@ -158,7 +158,7 @@ class SuppressionConfig:
 class StoreConfig:
     backend: str = "sqlite"
     path: str = "bounceproxy.db"
-    commit_interval_ms: float = 2.0
+    commit_interval_ms: float = 0.0
     busy_timeout_ms: int = 5000
     correlation_window_days: float = 30.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -25,6 +26,17 @@ class Limits:
 
 
 _SMTP_NAMES: dict[type, list[str]] = {}
+# `<local@domain> params` in its plain, everyday form; anything else takes aiosmtpd's full parser.
+_PLAIN_PATH = re.compile(r"<((?![.])(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|\.(?![.@])){1,64}@[A-Za-z0-9][A-Za-z0-9.-]{0,252})>[ \t]*(.*)",
+                         re.DOTALL)
+
+
+def handler_dir(obj) -> list[str]:
+    """The hook names aiosmtpd collects from a handler at every connection, computed once a class."""
+    names = _SMTP_NAMES.get(type(obj))
+    if names is None:
+        names = _SMTP_NAMES[type(obj)] = [n for n in object.__dir__(obj) if n.startswith(("handle_", "auth_"))]
+    return names
 
 
 class GuardedSMTP(SMTP):
@@ -44,6 +56,16 @@ class GuardedSMTP(SMTP):
         self._limits = limits
         self._peer_ip: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
+
+    def _getaddr(self, arg: str):
+        """aiosmtpd's address parser (email._header_value_parser) was a fifth of the relay's time;
+        plain `<local@domain>` paths are read by one regex with the same result."""
+        if arg.startswith("<>"):
+            return "<>", arg[2:]
+        m = _PLAIN_PATH.fullmatch(arg)
+        if m:
+            return m.group(1), m.group(2)
+        return super()._getaddr(arg)
 
     def connection_made(self, transport) -> None:
         if self._peer_ip is not None:  # STARTTLS calls this again for the TLS transport

@@ -187,3 +187,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("arg", [
+    "<>", "<> SIZE=10", "<a@b.c>", "<a@b.c> SIZE=100 BODY=8BITMIME", "a@b.c", '<"q x"@b.c>', "<@r:a@b.c>",
+    "<a@[1.2.3.4]>", "<User.Name+tag@Example.COM>", "<.a@b.c>", "<a.@b.c>", "<a..b@c.d>", "<a@b.c", "<a b@c.d>",
+    "<bücher@example.com>", "<a@bücher.example>", "<" + "x" * 65 + "@b.c>", "<a@b.c>\tSIZE=1", "<a(comment)@b.c>",
+])
+def test_fast_address_path_agrees_with_aiosmtpd(arg):
+    """The relay's fast path for MAIL/RCPT arguments gives exactly aiosmtpd's answer."""
+    from aiosmtpd.smtp import SMTP
+
+    from proxy.smtp_guard import GuardedSMTP, Limits
+
+    class Handler:
+        pass
+
+    fast = GuardedSMTP(Handler(), limits=Limits(1, 1, 1))
+    slow = SMTP(Handler())
+    assert fast._getaddr(arg) == slow._getaddr(arg)

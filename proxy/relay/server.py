@@ -23,7 +23,7 @@ from proxy.model import (
 from proxy.relay.failures import send_failure
 from proxy.relay.headers import new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
-from proxy.smtp_guard import AuthThrottle, GuardedSMTP
+from proxy.smtp_guard import AuthThrottle, GuardedSMTP, handler_dir
 from proxy.store import StoreError
 from proxy.suppression import refusal
 
@@ -63,6 +63,9 @@ class Transaction:
 
 class RelayHandler:
     """aiosmtpd handler hooks; one instance serves every session of a listener."""
+
+    def __dir__(self):
+        return handler_dir(self)  # aiosmtpd lists a handler's hooks at every connection
 
     def __init__(self, config, store, upstream, verp=None, suppressor=None, preflight=None):
         self.config = config

@@ -51,6 +51,10 @@ _INSERT_EVENT = (
 )
 
 
+_GROUPABLE = frozenset({_INSERT_MESSAGE, _INSERT_RECIPIENT, _INSERT_EVENT,
+                        "INSERT OR REPLACE INTO outbox (message_id, raw) VALUES (?, ?)"})
+
+
 class StoreError(Exception):
     """The store could not do what was asked (disk full, locked, corrupt)."""
 
@@ -72,7 +76,7 @@ class _Batch:
 class SqliteStore:
     """Store protocol on aiosqlite (see proxy.store.Store)."""
 
-    def __init__(self, path: str, commit_interval_ms: float = 2.0, busy_timeout_ms: int = 5000):
+    def __init__(self, path: str, commit_interval_ms: float = 0.0, busy_timeout_ms: int = 5000):
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._failing_since: float | None = None
@@ -204,17 +208,22 @@ class SqliteStore:
     async def _commit(self, batch: list[tuple[list[Statement], asyncio.Future]]) -> None:
         db = self._db
         assert db is not None
-        # Consecutive statements with the same SQL (and no row id wanted) share one executemany.
-        grouped: list[tuple[str, list[Sequence], list | None]] = []
+        # The hot path's inserts (messages, recipients, events, outbox) go through one executemany per
+        # statement for the whole batch; everything else runs after them, in the order it came.
+        grouped: dict[str, list[Sequence]] = {}
+        ordered: list[tuple[str, list[Sequence], list | None]] = []
         for statements, _ in batch:
             for sql, params, *sink in statements:
-                if not sink and grouped and grouped[-1][0] == sql and grouped[-1][2] is None:
-                    grouped[-1][1].append(params)
+                if not sink and sql in _GROUPABLE:
+                    grouped.setdefault(sql, []).append(params)
+                elif not sink and ordered and ordered[-1][0] == sql and ordered[-1][2] is None:
+                    ordered[-1][1].append(params)
                 else:
-                    grouped.append((sql, [params], sink[0] if sink else None))
+                    ordered.append((sql, [params], sink[0] if sink else None))
+        grouped_list = [(sql, rows, None) for sql, rows in grouped.items()] + ordered
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, rows, sink in grouped:
+            for sql, rows, sink in grouped_list:
                 if len(rows) == 1:
                     cursor = await db.execute(sql, rows[0])
                     if sink is not None:
