@@ -182,3 +182,25 @@ def test_serve_with_two_relay_workers_sharing_the_port(tmp_path):
     assert not Path(f"/proc/{children[0]}").exists()  # the worker went down with the main process
     messages = [json.loads(line) for line in run("messages", "--json", "--limit", "100", cwd=tmp_path).stdout.splitlines()]
     assert len(messages) == 20 and {m["status"] for m in messages} == {"sent"}
+
+
+def test_parse_many_files_in_parallel_keeps_their_order(tmp_path):
+    import shutil as sh
+
+    originals = sorted((ROOT / "tests" / "data").glob("*.eml"))
+    names = []
+    for n in range(140):  # enough for one worker per core
+        src = originals[n % len(originals)]
+        dst = tmp_path / f"{n:03d}-{src.name}"
+        sh.copy(src, dst)
+        names.append(dst.name)
+    alone = {}
+    for src in originals:  # each distinct mail parsed on its own, serially
+        one = run("parse", "--json", str(src), cwd=tmp_path)
+        assert one.returncode == 0
+        alone[src.name] = [json.loads(line) for line in one.stdout.splitlines()]
+    expected = [json.dumps({**row, "file": name}, ensure_ascii=False)
+                for name in names for row in alone[name.split("-", 1)[1]]]
+    together = run("parse", "--json", *names, cwd=tmp_path)
+    assert together.returncode == 0 and together.stdout.splitlines() == expected
+    assert [json.loads(line)["file"] for line in expected][:3] == names[:3]
