@@ -50,6 +50,7 @@ class ScriptedUpstream:
         self.mail_from: list[str] = []
         self.connections = 0
         self.auth_logins: list[str] = []
+        self.rcpt_replies: dict[str, str] = {}  # local part -> the reply RCPT gets, verbatim
 
     async def handle_MAIL(self, server, session, envelope, address, options):
         self.mail_from.append(address)
@@ -65,6 +66,8 @@ class ScriptedUpstream:
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         local = address.split("@")[0].lower()
+        if local in self.rcpt_replies:
+            return self.rcpt_replies[local]
         if local.startswith("unknown"):
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in virtual mailbox table"
         if local.startswith("greylist"):

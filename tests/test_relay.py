@@ -401,3 +401,56 @@ async def test_locked_database_gives_451_430_then_recovers(tmp_path, upstream, c
     failing = [r for r in caplog.records if "writes failing" in r.getMessage()]
     assert len(failing) == 1  # said once for the outage, not once per message
     assert any("writable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_no_sender_side_refusal_marks_a_recipient_hard(service, upstream):
+    """Every sender-side reason, each with the real reply line of its classifier table, refused
+    at RCPT through the relay: none may make the recipient a hard bounce."""
+    from proxy.dsn.classify import PHRASES
+    from proxy.model import SENDER_SIDE_REASONS
+
+    cases = {}
+    for reason, table in PHRASES:
+        if reason in SENDER_SIDE_REASONS:
+            for n, (_rx, example) in enumerate(table):
+                if example[:3].isdigit() and example[0] in "45":
+                    cases[f"says-{reason}-{n}"] = f"{example[:3]} {example[4:]}"
+    assert {k.split("-")[1] for k in cases} == set(SENDER_SIDE_REASONS)
+    upstream.handler.rcpt_replies.update(cases)
+    for local in cases:
+        smtp = await client(service)
+        await smtp.ehlo()
+        await smtp.mail("app@example.com")
+        reply = await smtp.execute_command(b"RCPT", f"TO:<{local}@example.net>".encode())
+        assert reply.code == int(cases[local][:3])
+        if smtp.is_connected:
+            await smtp.quit()
+    hard = rows(service, "SELECT recipient, reason FROM events WHERE bounce_type = 'hard'")
+    assert hard == []
+    assert len(rows(service, "SELECT * FROM events")) >= len(SENDER_SIDE_REASONS) - 3  # 421s are send failures
+    assert rows(service, "SELECT * FROM suppressions") == []
+
+
+async def test_upstream_that_refuses_tls_or_talks_garbage_gives_451_and_recovers(tmp_path):
+    plain = await start_upstream()  # offers no STARTTLS while the relay requires it
+
+    async def garbage(reader, writer):
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n\x00\xff\xfe not smtp\r\n")
+        await writer.drain()
+        writer.close()
+
+    junk = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    try:
+        for port, words in ((plain.port, "STARTTLS"), (junk.sockets[0].getsockname()[1], "upstream")):
+            config = make_config(tmp_path, port, upstream={"tls": "starttls" if port == plain.port else "none"})
+            async with Service(config) as svc:
+                for _ in range(2):  # keeps answering, message after message
+                    smtp = await client(svc)
+                    await smtp.ehlo()
+                    reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
+                    assert reply.code == 451 and reply.message.startswith("4.4.1 ") and words in reply.message
+                    await smtp.quit()
+                assert rows(svc, "SELECT * FROM messages") == []
+    finally:
+        plain.server.close()
+        junk.close()
