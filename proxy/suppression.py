@@ -67,8 +67,15 @@ class SuppressionIndex:
         return len(self._sorted) + len(self._recent)
 
     def load(self, keys: list[tuple[str, str]]) -> None:
-        self._sorted = array.array("q", sorted({_key(s, a) for s, a in keys}))
+        self.load_hashes(array.array("q", (_key(s, a) for s, a in keys)))
+
+    def load_hashes(self, hashes: array.array) -> None:
+        self._sorted = array.array("q", sorted(hashes))
         self._recent = set()
+
+    @staticmethod
+    def hashes(keys: list[tuple[str, str]]):
+        return (_key(s, a) for s, a in keys)
 
     def add(self, scope: str, address: str) -> None:
         self._recent.add(_key(scope, address))
@@ -148,10 +155,13 @@ class Suppressor:
         self.observed = 0
 
     async def start(self) -> None:
-        keys, self._seq = await self.store.suppression_keys()
-        self.index.load(keys)
+        self._seq = await self.store.suppression_seq()
+        hashes = array.array("q")
+        async for chunk in self.store.suppression_keys():
+            hashes.extend(SuppressionIndex.hashes(chunk))
+        self.index.load_hashes(hashes)
         self.paused = await self.store.paused_identities()
-        log.info("suppression list: %d addresses loaded", len(keys))
+        log.info("suppression list: %d addresses loaded", len(hashes))
         self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="suppression-refresh")
 
     async def stop(self) -> None:

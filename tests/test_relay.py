@@ -454,3 +454,19 @@ async def test_upstream_that_refuses_tls_or_talks_garbage_gives_451_and_recovers
     finally:
         plain.server.close()
         junk.close()
+
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(SMTP_SOURCE), reason="Postfix's smtp-source is not installed")
+async def test_helo_only_mta_client_smtp_source(service, upstream):
+    """Postfix's smtp-source speaks plain HELO (no ESMTP): 10 messages over 2 sessions."""
+    proc = await asyncio.create_subprocess_exec(
+        SMTP_SOURCE, "-s", "2", "-m", "10", "-l", "2048", "-f", "app@example.com", "-t", "user@example.net",
+        f"127.0.0.1:{service.relay_address[1]}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert len(upstream.handler.messages) == 10
+    assert all(m[1] == ["user@example.net"] for m in upstream.handler.messages)
+    assert [r["n"] for r in rows(service, "SELECT COUNT(*) AS n FROM messages WHERE status = 'sent'")] == [10]

@@ -388,13 +388,17 @@ class SqliteStore:
         return [r["id"] for r in rows]
 
     # -- suppression list and reputation (proxy.suppression) ---------------------------------------
-    async def suppression_keys(self) -> tuple[list[tuple[str, str]], int]:
+    async def suppression_keys(self, chunk: int = 20_000):
+        """(scope, address) of every suppression, in chunks, so a million never sit in memory at once."""
         db = self._reader or self._db
         assert db is not None
         async with db.execute("SELECT scope, address FROM suppressions") as cursor:
-            keys = [(r[0], r[1]) async for r in cursor]
+            while rows := await cursor.fetchmany(chunk):
+                yield [(r[0], r[1]) for r in rows]
+
+    async def suppression_seq(self) -> int:
         rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) AS seq FROM suppressions")
-        return keys, rows[0]["seq"]
+        return rows[0]["seq"]
 
     async def suppressions_after(self, seq: int) -> list[tuple[str, str, int]]:
         rows = await self._fetch("SELECT scope, address, seq FROM suppressions WHERE seq > ? ORDER BY seq", (seq,))
