@@ -612,7 +612,10 @@ def check(config_path, address, sender, as_json) -> None:
         row = _run(_with_store(config, lambda s: s.get_suppression(scope, normalized)))
     import asyncio
 
-    verdict = asyncio.run(Preflight(config.preflight).check(normalized.rpartition("@")[2]))
+    import dataclasses
+
+    lookups = dataclasses.replace(config.preflight, enabled=True)  # asked for: look even when the relay doesn't
+    verdict = asyncio.run(Preflight(lookups).check(normalized.rpartition("@")[2]))
     result = {
         "address": normalized,
         "suppressed": bool(row),

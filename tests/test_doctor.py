@@ -51,3 +51,27 @@ async def test_doctor_flags_a_missing_key_and_a_dead_upstream(tmp_path, monkeypa
     assert checks["VERP key"].status == doctor.FAIL
     upstream = await doctor.check_upstream(config)
     assert upstream.status == doctor.FAIL and "cannot connect" in upstream.detail
+
+
+async def test_check_command_reports_suppression_and_dns(tmp_path):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    async with DNSServer({"dead.test": ["600 MX 0 ."], "live.test": ["300 MX 10 mx.live.test."],
+                          "mx.live.test": ["A 127.0.0.1"]}) as dns:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("BOUNCEPROXY_")},
+               "PYTHONPATH": str(ROOT), "BOUNCEPROXY_PREFLIGHT__RESOLVERS": dns.address,
+               "BOUNCEPROXY_STORE__PATH": str(tmp_path / "b.db")}
+
+        def check(address):
+            return subprocess.run([sys.executable, "-m", "proxy", "check", address], env=env, capture_output=True,
+                                  text=True, cwd=tmp_path)
+
+        dead = await asyncio.to_thread(check, "someone@dead.test")
+        live = await asyncio.to_thread(check, "someone@live.test")
+    assert dead.returncode == 0 and "not suppressed" in dead.stdout and "dns: null_mx" in dead.stdout
+    assert "dns: ok" in live.stdout
