@@ -470,3 +470,14 @@ async def test_helo_only_mta_client_smtp_source(service, upstream):
     assert len(upstream.handler.messages) == 10
     assert all(m[1] == ["user@example.net"] for m in upstream.handler.messages)
     assert [r["n"] for r in rows(service, "SELECT COUNT(*) AS n FROM messages WHERE status = 'sent'")] == [10]
+
+
+async def test_null_sender_passes_as_null_and_gets_no_return_path(tmp_path, upstream, monkeypatch):
+    monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", "k" * 32)
+    async with Service(make_config(tmp_path, upstream.port)) as svc:
+        smtp = await client(svc)
+        await smtp.sendmail("", ["user@example.net"], UNSIGNED)
+        await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
+        await smtp.quit()
+    assert upstream.handler.mail_from[0] == "<>"  # as aiosmtpd spells the null sender
+    assert upstream.handler.mail_from[1].startswith("bounce+")

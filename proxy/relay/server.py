@@ -124,8 +124,9 @@ class RelayHandler:
             return REPLY_UPSTREAM_DOWN.format(why=exc)
         tx = Transaction(message, conn)
         session.tx = tx
-        envelope_sender = address
-        if self.verp is not None and not self.is_ses:
+        null_sender = address in ("", "<>")  # a notification itself: it must never be bounced to
+        envelope_sender = "" if null_sender else address
+        if self.verp is not None and not self.is_ses and not null_sender:
             # Recipients are not known yet at MAIL: this token names the message only.
             envelope_sender = message.verp_token = self.verp.address(message.id)
         try:
@@ -227,7 +228,7 @@ class RelayHandler:
             return REPLY_SMUGGLING
         facts = read_headers(content)
         added: list[tuple[str, str]] = []
-        if self.is_ses and self.verp is not None:
+        if self.is_ses and self.verp is not None and tx.message.sender not in ("", "<>"):
             # SES replaces the envelope sender but sends bounces and complaints to Return-Path.
             index = None
             if len(accepted) == 1:
