@@ -116,6 +116,7 @@ async def soak(args) -> int:
         wait_port(sink_port)
         wait_port(relay_port)
         wait_port(mx_port)
+        idle_fds_before = fds(serve.pid)
         stop = asyncio.Event()
         mail_lat: list[float] = []
         dsn_lat: list[float] = []
@@ -144,6 +145,8 @@ async def soak(args) -> int:
                   flush=True)
         stop.set()
         await asyncio.gather(*tasks)
+        await asyncio.sleep(3)  # sessions closed, pooled upstream connections still open
+        idle_fds_after = fds(serve.pid)
     finally:
         serve.send_signal(signal.SIGTERM)
         try:
@@ -155,15 +158,16 @@ async def soak(args) -> int:
     quarter = max(1, len(warm) // 4)
     rss_start, rss_end = warm[0][1], warm[-1][1]
     growth = (rss_end - rss_start) / rss_start if rss_start else 0.0
-    fd_start, fd_end = warm[0][2], warm[-1][2]
+    fd_start, fd_end = idle_fds_before, idle_fds_after
     lat_first = statistics.median(s[4] for s in warm[:quarter])
     lat_last = statistics.median(s[4] for s in warm[-quarter:])
     print(f"\nmessages {len(mail_lat)}, DSNs {len(dsn_lat)}, errors {len(errors)} "
           f"({', '.join(sorted(set(errors))) or 'none'})")
     print(f"RSS after warm-up {rss_start:.1f} MB -> end {rss_end:.1f} MB: growth {growth:+.1%} (bar < 10 %)")
-    print(f"open fds after warm-up {fd_start} -> end {fd_end} (bar: no leak)")
+    print(f"open fds idle before the load {fd_start} -> idle after it {fd_end} (bar: no leak; the upstream pool "
+          f"keeps up to its size open)")
     print(f"median latency first quarter {lat_first:.1f} ms -> last quarter {lat_last:.1f} ms (bar: no growth)")
-    ok = growth < 0.10 and fd_end <= fd_start + 10 and lat_last <= max(lat_first * 1.5, lat_first + 5)
+    ok = growth < 0.10 and fd_end <= fd_start + 20 and lat_last <= max(lat_first * 1.5, lat_first + 5)
     print("verdict:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -101,4 +101,10 @@ MIGRATIONS: list[str] = [
         why       TEXT NOT NULL
     );
     """,
+    # 3: addresses are looked up case-insensitively (correlation by recipient, CLI and API filters):
+    # without these, every such lookup scanned the whole table
+    """
+    CREATE INDEX recipients_address_nocase ON recipients(address COLLATE NOCASE);
+    CREATE INDEX events_recipient_nocase ON events(recipient COLLATE NOCASE);
+    """,
 ]
