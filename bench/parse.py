@@ -10,6 +10,7 @@ reports the slowest parse (the bar is < 50 ms on any input).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -113,6 +114,9 @@ def main() -> None:
     baseline, ours = rates([lambda raw: email.message_from_bytes(raw, policy=policy.compat32), dsn.parse],
                            corpus, args.rounds)
     print(f"samples: {len(corpus)}  import proxy.dsn: {import_s * 1000:.1f} ms")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores / 2:  # the rounds alternate, but a busy machine still blurs the ratio
+        print(f"note: load average {load:.1f} on {cores} cores: re-measure when the machine is idle")
     print(f"email.message_from_bytes: {baseline:8.0f} files/s")
     print(f"proxy.dsn.parse:          {ours:8.0f} files/s")
     print(f"ratio: {ours / baseline:.2f}  (bar >= 0.5)")

@@ -10,9 +10,10 @@ How a verdict is reached (each step only when the ones before it found nothing):
 2. PHRASES: the diagnostic text against one table per reason, tables in a fixed order (the
    order matters where phrases overlap: an RBL listing that says "blocked using" is
    ``blocked`` before anything else can call it ``userunknown``). Each table is a list of
-   ``(regex, real example line)`` rows. A table is skipped at once when none of the strings
-   its rows cannot match without occurs in the text; otherwise one alternation finds the
-   leftmost match and the rows, tried there in order, name the one the evidence cites.
+   ``(regex, real example line)`` rows. The first table that matches wins: at its leftmost
+   match, the first row in order, as one alternation of the table would (the evidence cites
+   it). Only the rows' alternatives whose necessary strings all occur in the text are ever
+   searched (see "The fast search" below).
 3. The SMTP stage the text names ("in reply to RCPT TO command", "after end of data",
    "refused to talk to me"...), or the ``command`` argument: a refusal before RCPT cannot
    be about the recipient, and a "user unknown" after DATA for an address that RCPT
@@ -486,11 +487,11 @@ _STAGE_ROWS: Final[tuple[tuple[str, str], ...]] = (
     ("HELO", r"in reply to (?:ehlo|helo) command|after (?:ehlo|helo)\b|my name was rejected|\[(?:ehlo|helo)\]"),
     ("CONN", r"refused to talk to me|after initial connection|in reply to (?:the )?initial greeting"),
 )
-_STAGE_RE: Final = re.compile("|".join(f"(?P<{name}>{rx})" for name, rx in _STAGE_ROWS))
 
 _COMMAND_STAGE: Final = {"RCPT": "RCPT", "DATA": "DATA", "BDAT": "DATA", "MAIL": "MAIL", "HELO": "HELO",
                          "EHLO": "HELO", "CONN": "CONN", "CONNECT": "CONN"}
 # Reasons about the recipient address, which a refusal at an earlier stage cannot be.
+_FIXED_REASON: Final = {Kind.COMPLAINT: "feedback", Kind.AUTOREPLY: "vacation", Kind.DELIVERED: "delivered"}
 _ADDRESS_REASONS: Final = frozenset({"userunknown", "filtered", "suspend", "hostunknown"})
 
 # The userunknown phrases that filters reuse (KDDI, docomo, many gateways say "user unknown" after
@@ -500,171 +501,303 @@ _GENERIC_USERUNKNOWN: Final = re.compile(r"user ?unknown|unknown user|mail ?box 
 _STATUS_RE: Final = re.compile(r"([245])(?<![\w.][245])\.([0-7])\.(\d{1,3})(?![\d.])")
 _REPLY_RE: Final = re.compile(r"([245])(?<![\w.:-][245])([0-5]\d)(?=[ \-:]|$)")
 _LEADING_REPLY_RE: Final = re.compile(r"^\s*(?:[a-z][\w.-]{0,20};\s*)?[#(\[]?([245][0-5]\d)(?:[ \-:)\]]|$)", re.I)
-_WS_RE: Final = re.compile(r"\s+")
 _BROKEN_RE: Final = re.compile(r"reset|closed|lost|dropped")  # a connection made, then broken: not a retry story
 _MULTILINE_RE: Final = re.compile(r"([245])(?<![\w.][245])([0-5]\d)-#?[245]\.\d{1,3}\.\d{1,3} ")
 
 
-def _necessary(data) -> frozenset[str] | None:
-    """Strings one of which every match of this parsed regex must contain (None: no such set).
+# --------------------------------------------------------------------------------------------
+# The fast search. Every row is split into its top-level alternatives and, for each, the strings
+# one of which every match must contain are read from the pattern text (by a small tokenizer,
+# not the stdlib's regex parser: this runs at import, on every start-up of a one-shot command).
+# A text is looked at once: its 4-character substrings, against an index of those strings, name
+# the few alternatives that can match anywhere in it; only those whose strings are all there are
+# searched, a plain string with str.find, a pattern compiled on first use. A call costs a handful
+# of small searches, and a command compiles only what its mails need, not every table.
+# --------------------------------------------------------------------------------------------
+_TOKEN_RE: Final = re.compile(
+    r"\\.|\[\^?\]?(?:\\.|[^\]\\])*\]|\(\?<?[=!]|\(\?:|[()|]|[?*+]\??|\{\d*(?:,\d*)?\}\??|[^\\\[\]()|?*+{.^$]+|.", re.S
+)
+_SPECIAL: Final = frozenset("\\[(|)?*+{.^$")  # the characters that open a token other than plain text
+_KEY_LEN: Final = 4  # the index holds 4-character substrings of the necessary strings
+_KEY_STEP: Final = 2  # a text is read at every other position (see _build_index)
 
-    Used only to skip a table cheaply when none of its strings occurs in the text; a pattern it
-    cannot analyse gets None and is always searched, so the shortcut never changes an answer."""
-    from re import _constants as c  # noqa: PLC0415 (stdlib internals, read at import time only)
 
-    candidates: list[frozenset[str]] = []
-    run: set[str] = {""}
-
-    def close_run() -> None:
-        nonlocal run
-        if run and min(map(len, run)) > 0:
-            candidates.append(frozenset(run))
-        run = {""}
-
-    for op, av in data:
-        if op is c.LITERAL:
-            run = {r + chr(av) for r in run}
-        elif op is c.IN and 0 < len(av) <= 4 and all(o is c.LITERAL for o, _ in av) and len(run) * len(av) <= 16:
-            run = {r + chr(v) for r in run for _o, v in av}
-        elif op in (c.AT, c.ASSERT, c.ASSERT_NOT):
-            continue  # zero width: the text on either side is contiguous
+def _atoms(tokens: list[str], i: int = 0) -> tuple[list[list[tuple]], int]:
+    """The branches of a (sub)pattern, from tokens[i] to the ")" that closes it, as atoms:
+    ("str", text), ("set", chars), ("any",), ("zero",), ("group", branches), ("rep", atom, least)."""
+    branches: list[list[tuple]] = []
+    seq: list[tuple] = []
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        first = tok[0]
+        if tok == ")":
+            break
+        if tok == "|":
+            branches.append(seq)
+            seq = []
+        elif first in "?*+" or (first == "{" and len(tok) > 1):
+            least = 1 if first == "+" else int(tok[1:].split(",")[0].rstrip("}?") or 0) if first == "{" else 0
+            atom = seq.pop()
+            if atom[0] == "str" and len(atom[1]) > 1:  # a quantifier binds the last character only
+                seq.append(("str", atom[1][:-1]))
+                atom = ("str", atom[1][-1])
+            seq.append(("rep", atom, least))
+        elif tok in ("(?:", "("):
+            sub, i = _atoms(tokens, i)
+            seq.append(("group", sub))
+        elif tok.startswith("(?"):  # a look-around: zero width, what it looks at is no part of the match
+            _sub, i = _atoms(tokens, i)
+            seq.append(("zero",))
+        elif first == "\\":
+            escaped = tok[1]
+            if escaped in "bBAZ":
+                seq.append(("zero",))
+            elif escaped.isalnum():  # \d \s \w ..., or an escape this reader does not know: not a literal
+                seq.append(("any",))
+            else:
+                seq.append(("str", escaped))
+        elif first == "[":
+            chars = _class_chars(tok)
+            seq.append(("set", chars) if chars else ("any",))
+        elif tok in ("^", "$"):
+            seq.append(("zero",))
+        elif tok == ".":
+            seq.append(("any",))
         else:
-            close_run()
-            sub: frozenset[str] | None = None
-            if op is c.SUBPATTERN:
-                sub = _necessary(av[-1])
-            elif op is c.BRANCH:
-                parts = [_necessary(alt) for alt in av[1]]
-                sub = None if any(p is None for p in parts) else frozenset().union(*parts)
-            elif op in (c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", None)) and av[0] >= 1:
-                sub = _necessary(av[2])
-            elif op is getattr(c, "ATOMIC_GROUP", None):
-                sub = _necessary(av)
-            if sub:
-                candidates.append(sub)
-    close_run()
-    if not candidates:
+            seq.append(("str", tok))
+    branches.append(seq)
+    return branches, i
+
+
+def _class_chars(tok: str) -> frozenset[str] | None:
+    """The characters of a class that only lists characters ("[- ]", "[#(\\[]"); else None."""
+    body, chars, i = tok[1:-1], set(), 0
+    if body.startswith("^"):
         return None
-    return max(candidates, key=lambda s: (min(map(len, s)), -len(s)))
-
-
-def _split_top(rx: str) -> list[str]:
-    """The top-level alternatives of a pattern (no parsing beyond parentheses, classes, escapes)."""
-    parts, depth, start, i, in_class = [], 0, 0, 0, False
-    while i < len(rx):
-        c = rx[i]
+    while i < len(body):
+        c = body[i]
         if c == "\\":
+            if body[i + 1].isalnum():
+                return None
+            chars.add(body[i + 1])
             i += 2
             continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            parts.append(rx[start:i])
-            start = i + 1
+        if c == "-" and 0 < i < len(body) - 1:
+            return None  # a range
+        chars.add(c)
         i += 1
-    parts.append(rx[start:])
+    return frozenset(chars)
+
+
+def _needed(branches: list[list[tuple]]) -> frozenset[str] | None:
+    """Strings one of which every match of these branches contains (None: no such set found).
+
+    Used only to skip what cannot match: what it cannot analyse gets None and is always
+    searched, so the shortcut never changes an answer."""
+    found = [_best(_required(seq)) for seq in branches]
+    return None if any(f is None for f in found) else frozenset().union(*found)
+
+
+def _best(sets: list[frozenset[str]]) -> frozenset[str] | None:
+    """The most telling of several such sets: the longest strings, then the fewest."""
+    return max(sets, key=lambda s: (min(map(len, s)), -len(s))) if sets else None
+
+
+def _required(seq: list[tuple]) -> list[frozenset[str]]:
+    """Sets of strings that every match of this sequence contains one of, each set on its own."""
+    found: list[frozenset[str]] = []
+    run = {""}  # the literal text that must appear here, in each of its possible spellings
+    for atom in seq:
+        kind = atom[0]
+        if kind == "zero":
+            continue  # zero width: the text on either side is contiguous
+        if kind == "str":
+            run = {r + atom[1] for r in run}
+            continue
+        if kind == "set" and len(run) * len(atom[1]) <= 16:
+            run = {r + c for r in run for c in atom[1]}
+            continue
+        if min(map(len, run)) > 0:  # anything else ends the run of literal text
+            found.append(frozenset(run))
+        run = {""}
+        if kind == "rep":
+            if atom[2] < 1:
+                continue  # optional: requires nothing
+            atom = atom[1]
+            kind = atom[0]
+        sub = (_needed(atom[1]) if kind == "group" else frozenset((atom[1],)) if kind == "str"
+               else atom[1] if kind == "set" else None)
+        if sub:
+            found.append(sub)
+    if min(map(len, run)) > 0:
+        found.append(frozenset(run))
+    return found
+
+
+def _split_top(tokens: list[str]) -> list[list[str]]:
+    """The top-level alternatives of a tokenized pattern."""
+    parts: list[list[str]] = [[]]
+    depth = 0
+    for tok in tokens:
+        if tok == "|" and depth == 0:
+            parts.append([])
+            continue
+        if tok[0] == "(":
+            depth += 1
+        elif tok == ")":
+            depth -= 1
+        parts[-1].append(tok)
     return parts
 
 
-def _group_end(rx: str, i: int) -> int:
-    """Index just past the group that opens at rx[i] == '('."""
-    depth, in_class = 0, False
-    while i < len(rx):
-        c = rx[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    raise ValueError(f"unbalanced pattern {rx!r}")
+class _Alt:
+    """One top-level alternative of a row. `triggers`: strings one of which each of its matches
+    contains (None: not known, always searched), the ones the index knows it by; `requires`: more
+    such sets, each also needed; `needs`: all of them, checked before it is searched. A plain
+    string (half of them) is looked for with str.find; a pattern is compiled on first use."""
 
+    __slots__ = ("pattern", "table", "reason", "row", "triggers", "requires", "needs", "literal", "_compiled")
 
-def _scan_forms(alt: str, budget: int = 32) -> list[str]:
-    """Looser forms of one alternative whose union matches wherever it does, written to start
-    with a literal: a leading \\b or look-behind dropped, a leading (?:a|b) group spread out.
-    They only find where to look; the row itself then decides (see match_phrase)."""
-    while True:
-        if alt.startswith("\\b"):
-            alt = alt[2:]
-        elif alt.startswith(("(?<!", "(?<=")):
-            alt = alt[_group_end(alt, 0):]
-        else:
-            break
-    if alt.startswith("(?:"):
-        end = _group_end(alt, 0)
-        rest, inner = alt[end:], alt[3:end - 1]
-        if rest[:1] in ("*", "+", "{"):
-            return [alt]
-        optional = rest[:1] == "?"
-        rest = rest[1:] if optional else rest
-        forms = [f + rest for f in _split_top(inner)] + ([rest] if optional else [])
-        out: list[str] = []
-        for f in forms:
-            out.extend(_scan_forms(f, budget // max(len(forms), 1)) if budget > 1 else [f])
-        return out if len(out) <= budget else [alt]
-    return [alt]
-
-
-class _Lazy:
-    """A pattern compiled on its first use: a table whose trigger strings never occur costs
-    nothing, which keeps the start-up of one-shot commands (`bounceproxy parse`) short."""
-
-    __slots__ = ("pattern", "_compiled")
-
-    def __init__(self, pattern: str):
-        self.pattern = pattern
+    def __init__(self, tokens: list[str], table: int, reason: str, row: int):
+        self.pattern, self.table, self.reason, self.row = "".join(tokens), table, reason, row
         self._compiled: re.Pattern[str] | None = None
+        if all(tok[0] not in _SPECIAL or (tok[0] == "\\" and not tok[1].isalnum()) for tok in tokens):
+            # A plain string: its only need is itself, which finding it checks.
+            self.literal = "".join(tok if tok[0] != "\\" else tok[1] for tok in tokens)
+            self.triggers, self.requires, self.needs = (self.literal,), (), ()
+            return
+        self.literal = None
+        branches = _atoms(tokens)[0]
+        sets = _required(branches[0]) if len(branches) == 1 else [s for s in (_needed(branches),) if s]
+        best = _best(sets)
+        self.triggers = tuple(sorted(best)) if best else None
+        # (short strings are in nearly every text: checking them would cost more than it saves)
+        self.requires = tuple(tuple(sorted(s)) for s in sets if s is not best and min(map(len, s)) >= 3)
+        self.needs = ((self.triggers,) if self.triggers else ()) + self.requires
 
-    def _get(self) -> re.Pattern[str]:
+    def find(self, text: str) -> tuple[int, str] | None:
+        """(start, matched text) of its leftmost match in `text`, or None."""
+        if self.literal is not None:
+            at = text.find(self.literal)
+            return (at, self.literal) if at >= 0 else None
         if self._compiled is None:
             self._compiled = re.compile(self.pattern)
-        return self._compiled
-
-    def search(self, text: str, pos: int = 0):
-        return self._get().search(text, pos)
-
-    def match(self, text: str, pos: int = 0):
-        return self._get().match(text, pos)
+        m = self._compiled.search(text)
+        return (m.start(), m.group(0)) if m is not None else None
 
 
-def _compile(tables: tuple[tuple[str, tuple[Row, ...]], ...]):
+_ALTS: list[_Alt] = []  # every alternative of every table, in table then row order: an id is an index here
+
+
+def _tables(tables: tuple[tuple[str, tuple[Row, ...]], ...]):
+    """(reason, alternatives, rows, triggers) per table, and the range of its tables' ids in _ALTS.
+    `triggers`: strings one of which every match in the table contains (None: not known)."""
     out = []
+    first = len(_ALTS)
     for reason, rows in tables:
-        if reason not in REASONS:
-            raise ValueError(f"{reason!r} is not in proxy.model.REASONS")
-        # One non-capturing alternation finds the leftmost match fast (the engine can skip ahead on
-        # the rows' first characters); the rows, tried at that position in order, name the one that matched.
-        scan = _Lazy("|".join(f for rx, _example in rows for alt in _split_top(rx) for f in _scan_forms(alt)))
-        row_rxs = tuple(_Lazy(rx) for rx, _example in rows)
-        try:
-            from re import _parser  # noqa: PLC0415
-
-            needs = [_necessary(_parser.parse(rx).data) for rx, _example in rows]
-            triggers = None if any(n is None for n in needs) else tuple(sorted(frozenset().union(*needs)))
-        except Exception:  # an interpreter whose internals differ: search every time
-            triggers = None
-        out.append((reason, scan, row_rxs, triggers))
-    return tuple(out)
+        table = _ALTS[-1].table + 1 if _ALTS else 0
+        alts = tuple(
+            _Alt(tokens, table, reason, row)
+            for row, (rx, _example) in enumerate(rows) for tokens in _split_top(_TOKEN_RE.findall(rx))
+        )
+        _ALTS.extend(alts)
+        known = all(a.triggers is not None for a in alts)
+        triggers = tuple(sorted({t for a in alts for t in a.triggers})) if known else None
+        out.append((reason, alts, rows, triggers))
+    return tuple(out), range(first, len(_ALTS))
 
 
-_PHRASES: Final = _compile(PHRASES)
-_STAGE_TRIGGERS: Final = _compile((("undefined", tuple((rx, "") for _name, rx in _STAGE_ROWS)),))[0][3] or ("",)
-_WEAK: Final = _compile(WEAK_PHRASES)
+for _reason, _rows in PHRASES + WEAK_PHRASES:
+    if _reason not in REASONS:
+        raise ValueError(f"{_reason!r} is not in proxy.model.REASONS")
+_PHRASES, _PHRASE_IDS = _tables(PHRASES)
+_WEAK, _WEAK_IDS = _tables(WEAK_PHRASES)
+_STAGE, _STAGE_IDS = _tables((("stage", tuple((rx, name) for name, rx in _STAGE_ROWS)),))
+
+
+def _build_index() -> tuple[dict[str, int], int, tuple[str, ...]]:
+    """key -> the alternatives with a necessary string holding that key (one bit per alternative,
+    bit i for _ALTS[i]); the alternatives without any; and the keys to look for whole.
+
+    A text is read in 4-character substrings at every other position only (half the work), so
+    a string is indexed by two consecutive substrings of its own, one of which that reading
+    meets wherever the string sits: the pair that the fewest strings share (a rare key names
+    few alternatives for nothing). A string too short for two is its own key, looked for whole.
+    """
+    strings = {t for alt in _ALTS for t in alt.triggers or ()}
+    grams = {t: [t[i : i + _KEY_LEN] for i in range(len(t) - _KEY_LEN + 1)] for t in strings}
+    shared: dict[str, int] = {}
+    get = shared.get
+    for keys in grams.values():
+        for gram in set(keys):
+            shared[gram] = get(gram, 0) + 1
+    keys_of: dict[str, tuple[str, ...]] = {}
+    whole = []
+    for t, keys in grams.items():
+        if len(keys) < _KEY_STEP:
+            keys_of[t] = (t,)
+            whole.append(t)
+            continue
+        costs = list(map(shared.__getitem__, keys))
+        pairs = list(map(int.__add__, costs, costs[1:]))
+        at = pairs.index(min(pairs))
+        keys_of[t] = (keys[at], keys[at + 1])
+    by_key: dict[str, int] = {}
+    always = 0
+    for i, alt in enumerate(_ALTS):
+        if alt.triggers is None:
+            always |= 1 << i
+        for key in {key for t in alt.triggers or () for key in keys_of[t]}:
+            by_key[key] = by_key.get(key, 0) | 1 << i
+    return by_key, always, tuple(sorted(whole))
+
+
+_BY_KEY, _ALWAYS, _WHOLE_KEYS = _build_index()
+_KEYS: Final = frozenset(key for key in _BY_KEY if len(key) == _KEY_LEN)
+_PHRASE_BITS: Final = (1 << _PHRASE_IDS.stop) - (1 << _PHRASE_IDS.start)
+_WEAK_BITS: Final = (1 << _WEAK_IDS.stop) - (1 << _WEAK_IDS.start)
+_STAGE_BITS: Final = (1 << _STAGE_IDS.stop) - (1 << _STAGE_IDS.start)
+
+
+def _candidates(text: str) -> int:
+    """The alternatives that may match somewhere in `text` (bit i for _ALTS[i]): those with a
+    necessary string whose key occurs in it. One pass over the text serves every table."""
+    found = _ALWAYS
+    for key in _KEYS.intersection([text[i : i + _KEY_LEN] for i in range(0, len(text) - _KEY_LEN + 1, _KEY_STEP)]):
+        found |= _BY_KEY[key]
+    for key in filter(text.__contains__, _WHOLE_KEYS):
+        found |= _BY_KEY[key]
+    return found
+
+
+def _first_match(text: str, candidates: int, tables: int) -> tuple[str, int, str] | None:
+    """(reason, row, matched text) of the first table among `tables` (bits of their alternatives)
+    that matches `text`: at its leftmost match, the first row (alternative) in order, as one
+    alternation of the table would."""
+    contains = text.__contains__
+    best = None
+    table = -1
+    bits = candidates & tables
+    while bits:
+        low = bits & -bits  # the lowest bit: alternatives are tried in order
+        bits ^= low
+        alt = _ALTS[low.bit_length() - 1]
+        if alt.table != table:
+            if best is not None:
+                break  # an earlier table matched
+            table = alt.table
+        for strings in alt.needs:
+            if not any(map(contains, strings)):
+                break  # a string it needs is missing: it cannot match
+        else:
+            found = alt.find(text)
+            if found is not None and (best is None or found[0] < best[0][0]):
+                best = (found, alt)
+    if best is None:
+        return None
+    (_start, matched), alt = best
+    return alt.reason, alt.row, matched
 
 
 def normalise(text: str | None) -> str:
@@ -673,7 +806,7 @@ def normalise(text: str | None) -> str:
     kept only once, so that a phrase broken over two lines reads whole again."""
     if not text:
         return ""
-    text = _WS_RE.sub(" ", text.replace("\u2019", "'")).strip().lower()
+    text = " ".join(text.replace("\u2019", "'").split()).lower()  # = \s+ -> " ", stripped
     m = _MULTILINE_RE.search(text)
     if m:
         again = re.compile(rf" {m.group(1)}{m.group(2)}[ -](?:#?[245]\.\d{{1,3}}\.\d{{1,3}} )?")
@@ -681,21 +814,12 @@ def normalise(text: str | None) -> str:
     return text
 
 
-def match_phrase(text: str, weak: bool = False) -> tuple[str, int, str] | None:
-    """First table (in order) with a row matching normalised `text`: (reason, row number, matched text)."""
-    contains = text.__contains__
-    for reason, scan, row_rxs, triggers in (_WEAK if weak else _PHRASES):
-        if triggers is not None and not any(map(contains, triggers)):
-            continue
-        m = scan.search(text)
-        while m:
-            start = m.start()
-            for i, row in enumerate(row_rxs):
-                hit = row.match(text, start)
-                if hit:
-                    return reason, i, hit.group(0)
-            m = scan.search(text, start + 1)  # the looser scan form matched where no row does
-    return None
+def match_phrase(text: str, weak: bool = False, candidates: int | None = None) -> tuple[str, int, str] | None:
+    """First table (in order) with a row matching normalised `text`: (reason, row number, matched text).
+    `candidates`: what `_candidates(text)` gives, when the caller has it already."""
+    if candidates is None:
+        candidates = _candidates(text)
+    return _first_match(text, candidates, _WEAK_BITS if weak else _PHRASE_BITS)
 
 
 def parse_status(value: str | None) -> str | None:
@@ -805,7 +929,7 @@ def classify(
         evidence.append(f"text code {reason_status} informs the reason{_meaning(reason_status, ': ')}")
 
     # --- fixed kinds ------------------------------------------------------------------------
-    fixed = {Kind.COMPLAINT: "feedback", Kind.AUTOREPLY: "vacation", Kind.DELIVERED: "delivered"}.get(kind)
+    fixed = _FIXED_REASON.get(kind)
     if fixed is None and out_status and out_status.startswith("2") and kind is Kind.BOUNCE and action_l not in ("failed", "delayed"):
         fixed = "delivered"
     if fixed:
@@ -814,16 +938,17 @@ def classify(
 
     # --- reason -------------------------------------------------------------------------------
     reason = None
+    candidates = _candidates(text) if text else 0  # what may match, for every table below
     stage = _COMMAND_STAGE.get((command or "").strip().upper())
     if stage:
         evidence.append(f"command {command.strip().upper()}")
-    elif text and any(map(text.__contains__, _STAGE_TRIGGERS)):
-        sm = _STAGE_RE.search(text)
+    elif text:
+        sm = _first_match(text, candidates, _STAGE_BITS)
         if sm:
-            stage = sm.lastgroup
-            evidence.append(f'stage {stage} ("{sm.group(0)}")')
+            stage = _STAGE_ROWS[sm[1]][0]
+            evidence.append(f'stage {stage} ("{sm[2]}")')
 
-    hit = match_phrase(text) if text else None
+    hit = match_phrase(text, candidates=candidates) if text else None
     if hit:
         reason = hit[0]
         evidence.insert(0, _row_evidence("table", reason, hit[1], hit[2]))
@@ -839,7 +964,7 @@ def classify(
             evidence.append(f"reason from status {reason_status}: {found[0]}")
             reason = _by_stage(reason, stage, reason_status, evidence)
     if reason is None and text:
-        weak = match_phrase(text, weak=True)
+        weak = match_phrase(text, weak=True, candidates=candidates)
         if weak:
             reason = weak[0]
             evidence.insert(0, _row_evidence("weak table", reason, weak[1], weak[2]))

@@ -26,9 +26,43 @@ def content_type(part) -> str:
     """The part's MIME type, clean even when a header lacks its ";" ("text/plain charset=...")."""
     cached = part.__dict__.get("_bounceproxy_ctype")
     if cached is None:
-        m = _CTYPE_RE.match(part.get_content_type())
+        m = _CTYPE_RE.match(_declared_type(part))
         cached = part.__dict__["_bounceproxy_ctype"] = m.group(0) if m else "text/plain"
     return cached
+
+
+def _declared_type(part) -> str:
+    """part.get_content_type() (compat32), read straight from the header list when the value is
+    plain ASCII text: what the stdlib returns then, without its per-header policy calls."""
+    for name, value in part._headers:
+        if name.lower() == "content-type":
+            if type(value) is not str or not value.isascii():  # a Header object, or 8-bit: the stdlib's way
+                return part.get_content_type()
+            ctype = value.partition(";")[0].strip().lower()
+            return ctype if ctype.count("/") == 1 else "text/plain"
+    return part.get_default_type()
+
+
+def _charset(part) -> str | None:
+    """part.get_content_charset() (compat32), read straight from a Content-Type value with no
+    backslash, no RFC 2231 parameter and no quoted ";": for such a value the stdlib's parameter
+    parsing comes down to this. Anything else goes to the stdlib."""
+    for name, value in part._headers:
+        if name.lower() == "content-type":
+            if type(value) is not str or not value.isascii() or "\\" in value or "*" in value:
+                break
+            segments = value.split(";")
+            if any(segment.count('"') % 2 for segment in segments):
+                break  # a quoted ";"
+            for segment in segments:
+                key, _, found = segment.partition("=")
+                if key.strip().lower() == "charset":
+                    found = found.strip()
+                    if len(found) > 1 and (found[0] + found[-1] == '""' or found[0] + found[-1] == "<>"):
+                        found = found[1:-1]  # email.utils.unquote
+                    return found.lower()
+            return None
+    return part.get_content_charset()
 
 
 def html_to_text(html: str) -> str:
@@ -49,7 +83,7 @@ def part_text(part, limit: int = TEXT_LIMIT) -> str:
         return ""
     charset = None
     try:
-        charset = part.get_content_charset()
+        charset = _charset(part)
     except Exception:
         pass
     if isinstance(payload, bytes):
@@ -77,7 +111,7 @@ class Mail:
 
     def __init__(self, raw: bytes):
         import email
-        from email import policy
+        from email._policybase import compat32  # = email.policy.compat32, without the modern policies' imports
 
         raw = raw[:RAW_LIMIT]
         if b"\r" in raw:
@@ -92,13 +126,13 @@ class Mail:
         self.flat = raw.count(b"oundary=") > NESTING_LIMIT or raw.count(b"OUNDARY=") > NESTING_LIMIT
         if not self.flat:
             try:
-                self.msg = email.message_from_bytes(raw, policy=policy.compat32)
+                self.msg = email.message_from_bytes(raw, policy=compat32)
             except RecursionError:
                 self.flat = True
         if self.flat:
             from email.parser import BytesParser
 
-            self.msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+            self.msg = BytesParser(policy=compat32).parsebytes(raw, headersonly=True)
         # The root's type from the header table built once (Message.get scans every header).
         m = _CTYPE_RE.match(self.headers.get("content-type", "text/plain").strip().lower())
         self.msg.__dict__["_bounceproxy_ctype"] = m.group(0) if m else "text/plain"
@@ -174,7 +208,7 @@ class Mail:
         chunks = []
         size = 0
         for part in plain:
-            if str(part.get("Content-Disposition", "")).lower().startswith("attachment") and chunks:
+            if chunks and str(part.get("Content-Disposition", "")).lower().startswith("attachment"):
                 continue
             chunk = part_text(part, TEXT_LIMIT - size)
             chunks.append(chunk)
@@ -231,12 +265,12 @@ def _repair_multipart(part) -> list | None:
     if not m:
         return None
     import email
-    from email import policy
+    from email._policybase import compat32
 
     boundary = m.group(1)
     try:
         repaired = email.message_from_string(
-            f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n' + payload, policy=policy.compat32
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n' + payload, policy=compat32
         )
     except RecursionError:
         return None

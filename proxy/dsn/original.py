@@ -97,8 +97,11 @@ def from_fields(pairs) -> OriginalMessage:
         name = name.strip().lower()
         if name in _WANTED and name not in fields:
             fields[name] = value if isinstance(value, str) else str(value)
-    get = lambda name: decode_header(fields[name]) if name in fields else ""  # noqa: E731 - one-line accessor
+    if not fields:
+        return OriginalMessage()
+    get = {name: decode_header(value) for name, value in fields.items()}.get  # decoded, None when absent
     message_id = strip_angle(get("message-id"))
+    references = get("references")
     original = OriginalMessage(
         message_id=message_id,
         to=get("to") or None,
@@ -107,7 +110,7 @@ def from_fields(pairs) -> OriginalMessage:
         date=get("date") or None,
         return_path=strip_angle(get("return-path")) or None,
         in_reply_to=strip_angle(get("in-reply-to")),
-        references=[i[1:-1] for i in _IDS_RE.findall(get("references"))][:50],
+        references=[i[1:-1] for i in _IDS_RE.findall(references)][:50] if references else [],
     )
     if message_id and message_id.lower().endswith(_SES_DOMAIN):
         original.ses_message_id = message_id.partition("@")[0]
@@ -159,7 +162,7 @@ def _block_start(text: str, pos: int) -> int:
             break
         prev = text.rfind("\n", 0, start - 1) + 1
         line = text[prev : start - 1]
-        if not line.strip() or not (_FIELD_LINE_RE.fullmatch(line) or line[:1] in " \t"):
+        if not line.strip() or not (line[:1] in " \t" or (":" in line and _FIELD_LINE_RE.fullmatch(line))):
             break
         start = prev
     return start
@@ -180,7 +183,7 @@ def _header_block(text: str, pos: int) -> list[list[str]]:
             if fields:
                 break
             continue
-        m = _FIELD_LINE_RE.fullmatch(line)
+        m = _FIELD_LINE_RE.fullmatch(line) if ":" in line else None  # (a field has its colon)
         if m:
             fields.append([m.group(1), m.group(2)])
         elif fields and line[:1] in " \t>":

@@ -24,7 +24,7 @@ def parse(raw: bytes) -> Report:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise ParseError(f"expected bytes, got {type(raw).__name__}")
     raw = bytes(raw)
-    if not raw.strip():
+    if not raw or raw.isspace():  # = not raw.strip(), without copying the mail
         raise ParseError("empty input is not a mail")
     try:
         mail = Mail(raw)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from proxy.dsn.mail import content_type
-from proxy.dsn.text import any_code, find_status, leading_code, normalise_address, squash, strip_type
+from proxy.dsn.text import any_code, find_status, leading_code, normalise_address, strip_type
 from proxy.model import Kind, RecipientReport, Report
 
 STATUS_PARTS = ("message/delivery-status", "message/global-delivery-status", "text/delivery-status")
@@ -26,7 +26,6 @@ _PER_MESSAGE_FIELDS = ("reporting-mta", "arrival-date", "x-postfix-sender", "x-o
 _ACTION_BY_CLASS = {"5": "failed", "4": "delayed", "2": "delivered"}
 _FIELD_RE = re.compile(r"([A-Za-z][\w-]{0,60})[ \t]{0,8}:[ \t]{0,8}(.{0,4000})")
 # Where fields pasted into a text body start.
-_QUOTE_RE = re.compile(r"^>[ \t]?")
 _TEXT_DSN_RE = re.compile(r"^[> \t]{0,8}(?:Reporting-MTA|Final-Recipient|Original-Recipient)[ \t]{0,4}:", re.M | re.I)
 
 
@@ -43,9 +42,9 @@ def detect(mail) -> Report | None:
         blocks = _status_blocks(_forwarded_report_parts(mail))
     if blocks:
         return _report(mail, blocks, "rfc3464")
-    from proxy.dsn.detectors.base import before_original
+    from proxy.dsn.detectors.base import text_before_original
 
-    return _from_text(mail, before_original(mail.text, limit=65536))
+    return _from_text(mail, text_before_original(mail, limit=65536))
 
 
 def detect_quoted(mail) -> Report | None:
@@ -59,13 +58,13 @@ def _from_text(mail, text: str) -> Report | None:
     if "recipient" not in lower and "reporting-mta" not in lower:
         return None
     blocks = blocks_in_text(text)
-    return _report(mail, blocks, "rfc3464-text") if any(_is_recipient_block(b) for b in blocks) else None
+    return _report(mail, blocks, "rfc3464-text") if any(map(_is_recipient_block, blocks)) else None
 
 
 def _report(mail, blocks, fmt: str) -> Report | None:
     report = from_blocks(blocks, fmt)
     if report is not None:
-        enrich_from_text(report, mail.text)
+        enrich_from_text(report, mail=mail)
     return report
 
 
@@ -75,7 +74,7 @@ def _status_blocks(parts) -> list[dict[str, str]]:
     for part in parts:
         if content_type(part) in STATUS_PARTS:
             blocks = blocks_of_part(part)
-            if any(_is_recipient_block(b) for b in blocks):
+            if any(map(_is_recipient_block, blocks)):
                 out.extend(blocks)
     return out
 
@@ -99,7 +98,9 @@ def blocks_of_part(part) -> list[dict[str, str]]:
     if isinstance(payload, list):
         blocks = []
         for block in payload:
-            blocks.extend(split_groups([(name, _unfold(value)) for name, value in block.raw_items()]))
+            # each value unfolded: one line, single spaces (squash, inlined: this runs for every field)
+            blocks.extend(split_groups([(name, " ".join(str(value).split()) if value is not None else "")
+                                        for name, value in block.raw_items()]))
             body = block.get_payload()
             if isinstance(body, str) and body.strip():  # a line that was no field cut the block
                 blocks.extend(blocks_in_text(body, start_anywhere=True))
@@ -143,7 +144,8 @@ def blocks_in_text(text: str, start_anywhere: bool = False) -> list[dict[str, st
     blocks: list[dict[str, str]] = []
     items: list[list[str]] = []
     for line in text.split("\n")[:2000]:
-        line = _QUOTE_RE.sub("", line, count=1)
+        if line[:1] == ">":  # quoted: the ">" and one blank after it go
+            line = line[2:] if line[1:2] in (" ", "\t") else line[1:]
         if not line.strip():
             blocks.extend(split_groups([(n, v) for n, v in items]))
             items = []
@@ -151,19 +153,16 @@ def blocks_in_text(text: str, start_anywhere: bool = False) -> list[dict[str, st
         if line[:1] in " \t" and items:
             items[-1][1] += " " + line.strip()
             continue
-        m = _FIELD_RE.fullmatch(line.strip())
+        m = _FIELD_RE.fullmatch(line.strip()) if ":" in line else None  # (a field has its colon)
         if m:
             items.append([m.group(1), m.group(2).strip()])
     blocks.extend(split_groups([(n, v) for n, v in items]))
     return blocks
 
 
-def _unfold(value) -> str:
-    return squash(str(value)) if value is not None else ""
-
-
 def _is_recipient_block(fields: dict[str, str]) -> bool:
-    return any(fields.get(name) for name in _RECIPIENT_FIELDS)
+    get = fields.get  # one of _RECIPIENT_FIELDS, not empty
+    return bool(get("original-recipient") or get("final-recipient") or get("x-actual-recipient"))
 
 
 def recipient_of(fields: dict[str, str]) -> RecipientReport | None:
@@ -224,19 +223,20 @@ def from_blocks(blocks: list[dict[str, str]], fmt: str = "rfc3464") -> Report | 
     return report
 
 
-def enrich_from_text(report: Report, text: str) -> None:
+def enrich_from_text(report: Report, text: str | None = None, mail=None) -> None:
     """A recipient without Diagnostic-Code: what the human-readable part says about it.
 
     Many MTAs (OpenSMTPD, Postfix on local errors) leave the field out and write the
-    remote server's reply only in the text.
+    remote server's reply only in the text. Given the `mail` rather than its text, the text
+    is decoded only when a recipient lacks a diagnostic (most DSNs have them all).
     """
     missing = [rr for rr in report.recipients if not rr.diagnostic]
     if not missing:
         return
     from proxy.dsn.detectors.base import (address_paragraphs, before_original, lead_sentences, reason_first_lines,
-                                          section_reason)
+                                          section_reason, text_before_original)
 
-    section = before_original(text)
+    section = text_before_original(mail) if mail is not None else before_original(text or "")
     said: dict[str, str] = {}
     for strategy in (address_paragraphs, lead_sentences, reason_first_lines):
         for address, diagnostic in strategy(section):

@@ -33,27 +33,52 @@ class _Found:
 
 class LineMarkers:
     """Phrases that mark a line when they open it (after blanks, ">", "|", "=" or dashes),
-    found with str.find on lower-cased text: many times cheaper than a case-insensitive
-    regex alternation over a whole body. Quacks like a compiled pattern (`.search(text).start()`).
+    found in lower-cased text: many times cheaper than a case-insensitive regex alternation
+    over a whole body. Quacks like a compiled pattern (`.search(text).start()`).
     """
 
     def __init__(self, *phrases: str):
         self.phrases = tuple(p.lower() for p in phrases)
+        self._line_re: re.Pattern | None = None  # compiled on first use
 
     def search(self, text: str, lower: str | None = None) -> _Found | None:
         """The start of the first marked line; `lower` is text.lower() when the caller has it."""
         if lower is None:
             lower = text.lower()
+        if self._line_re is None:
+            self._line_re = re.compile(r"^[ \t>\-|*=]{0,80}(" + "|".join(map(re.escape, self.phrases)) + ")", re.M)
+        # One pass finds the first line a phrase opens. The scan in _search (the definition) also
+        # gives up on a phrase after 50 occurrences in the middle of lines: so this line is the
+        # answer if its phrase occurs fewer times before it, and the scan decides otherwise.
+        m = self._line_re.search(lower)
+        if m is None:
+            return None
+        phrase, pos = m.group(1), m.start(1)
+        earlier = 0
+        found = lower.find(phrase)
+        while found != pos:
+            earlier += 1
+            if earlier >= 50:
+                return self._search(lower)
+            found = lower.find(phrase, found + 1)
+        return _Found(m.start())
+
+    def _search(self, lower: str) -> _Found | None:
+        """The definition, phrase by phrase: its first occurrence that opens a line, among its
+        first 50, and the earliest such line of all the phrases."""
         best = -1
         for phrase in self.phrases:
-            pos = lower.find(phrase)
+            # Only an occurrence that starts before the best line so far can improve on it:
+            # the search stops there instead of reading the rest of the text.
+            end = len(lower) if best < 0 else best - 1 + len(phrase)
+            pos = lower.find(phrase, 0, end)
             tries = 0
-            while pos >= 0 and tries < 50 and (best < 0 or pos < best):
+            while pos >= 0 and tries < 50:
                 line_start = lower.rfind("\n", 0, pos) + 1
                 if pos - line_start <= 80 and not lower[line_start:pos].strip(" \t>-|*="):
                     best = line_start
                     break
-                pos = lower.find(phrase, pos + 1)
+                pos = lower.find(phrase, pos + 1, end)
                 tries += 1
         return _Found(best) if best >= 0 else None
 
@@ -69,7 +94,8 @@ def strip_type(value: str | None) -> str:
     """`rfc822; a@b` -> `a@b`, `dns; mx.example` -> `mx.example`, `smtp; 550 ...` -> `550 ...`."""
     if not value:
         return ""
-    return _TYPE_PREFIX_RE.sub("", squash(value), count=1)
+    value = squash(value)
+    return _TYPE_PREFIX_RE.sub("", value, count=1) if ";" in value else value  # (a type ends in ";")
 
 
 def normalise_address(value: str | None) -> str | None:

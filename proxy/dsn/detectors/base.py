@@ -84,6 +84,22 @@ def before_original(text: str, limit: int = 16384) -> str:
     return chunk[: m.start()] if m else chunk
 
 
+def text_before_original(mail, limit: int = 16384) -> str:
+    """before_original(mail.text, limit), once per mail and limit (several formats ask), read in
+    the mail's lower-cased text instead of lower-casing it again."""
+    text = mail.text
+    limit = min(limit, len(text))  # a short text reads the same under any limit
+    key = f"_before_original_{limit}"
+    found = mail.__dict__.get(key)
+    if found is None:
+        lower = mail.text_lower
+        chunk = text[:limit]
+        # Offsets in the lower-cased text are the text's own unless lower-casing changed the length.
+        m = ORIGINAL_MARKERS.search(chunk, lower[:limit] if len(lower) == len(text) else None)
+        found = mail.__dict__[key] = chunk[: m.start()] if m else chunk
+    return found
+
+
 def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, str]]:
     """(address, reason) for every paragraph opened by a line that starts with an address.
 
@@ -98,7 +114,7 @@ def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, st
         if not line.strip():
             current = None
             continue
-        m = _ADDRESS_LINE_RE.match(line)
+        m = _ADDRESS_LINE_RE.match(line) if "@" in line else None  # (an address has its @)
         if m and (depth is None or len(m.group(1).expandtabs(8)) <= depth):
             if depth is None:
                 depth = len(m.group(1).expandtabs(8))
@@ -158,7 +174,7 @@ def section_reason(section: str, addresses) -> str:
     minus the lines that only name addresses. Kept short: it is a reason, not the notice."""
     lines = [line.strip() for line in section.split("\n")[:200]]
     for i, line in enumerate(lines):
-        if _REPLY_LINE_RE.match(line):
+        if ("4" in line or "5" in line) and _REPLY_LINE_RE.match(line):  # (a reply code has its 4 or 5)
             reply = []
             for follow in lines[i : i + 6]:
                 if not follow:
@@ -216,7 +232,7 @@ DELAY_PHRASES = (
 
 def says_delay(lead_lower: str) -> bool:
     """Whether a notice calls itself a warning: a phrase above, or Exim's "Warning: message X delayed"."""
-    if any(phrase in lead_lower for phrase in DELAY_PHRASES):
+    if any(map(lead_lower.__contains__, DELAY_PHRASES)):
         return True
     return lead_lower.startswith("warning: message") and "delayed" in lead_lower[:120]
 
@@ -239,16 +255,19 @@ def own_addresses(mail) -> set[str]:
     return own
 
 
-_ALL_LITERALS: set[str] = set()  # every TextFormat's signature literals, looked for once per mail
-
-
-def present_signs(mail) -> frozenset[str]:
-    """Which signature literals the mail's head holds: one scan for all formats."""
-    found = mail.__dict__.get("_present_signs")
-    if found is None:
-        head = mail.head_lower
-        found = mail.__dict__["_present_signs"] = frozenset(lit for lit in _ALL_LITERALS if lit in head)
-    return found
+def signed(mail, literals) -> bool:
+    """Whether the mail's head holds one of these signature literals. Each literal is looked for
+    once per mail, and only when a format asks: a mail an early format claims reads few."""
+    seen = mail.__dict__.get("_signs")
+    if seen is None:
+        seen = mail.__dict__["_signs"] = {}
+    for literal in literals:
+        hit = seen.get(literal)
+        if hit is None:
+            hit = seen[literal] = literal in mail.head_lower
+        if hit:
+            return True
+    return False
 
 
 class TextFormat:
@@ -267,14 +286,12 @@ class TextFormat:
         # Literal signatures are matched against the lower-cased head: far cheaper than a regex.
         self.literals = frozenset(s.lower() for s in sign) if isinstance(sign, (tuple, list)) else None
         self.sign = None if self.literals is not None else sign
-        if self.literals and "" not in self.literals:
-            _ALL_LITERALS.update(self.literals)
         self.strategies = strategies or (address_paragraphs, lead_sentences, reason_first_lines)
         self.original_to, self.exclude_own = original_to, exclude_own
 
     def __call__(self, mail) -> Report | None:
         if self.literals is not None:
-            if "" not in self.literals and present_signs(mail).isdisjoint(self.literals):
+            if "" not in self.literals and not signed(mail, self.literals):
                 return None
         elif not self.sign.search(mail.head):
             return None
@@ -296,6 +313,8 @@ class TextFormat:
 
     def section(self, mail) -> str | None:
         if self.start is None:
+            if self.end is ORIGINAL_MARKERS:
+                return text_before_original(mail)
             text = mail.text[:16384]
             m = self.end.search(text) if self.end is not None else None
             return text[: m.start()] if m else text

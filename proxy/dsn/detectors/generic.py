@@ -27,7 +27,7 @@ class _Generic(TextFormat):
             if not _SUBJECT_RE.search(mail.subject):
                 return None
             head = mail.head_lower
-            if not any(phrase in head for phrase in _DELIVERY_PHRASES):
+            if not any(map(head.__contains__, _DELIVERY_PHRASES)):
                 return None
         return super().__call__(mail)
 
