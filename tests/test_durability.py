@@ -23,6 +23,7 @@ import aiosmtplib
 import pytest
 
 from tests.conftest import ROOT
+from tests.postfix import free_port
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -30,12 +31,6 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(SMTP_SINK) and os.path.exist
                                 reason="Postfix's smtp-sink/smtp-source are not installed (Debian package postfix)")
 DSN = (ROOT / "tests" / "data" / "lhost-postfix-06.eml").read_bytes()
 KILLS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
