@@ -166,7 +166,7 @@ def test_serve_with_two_relay_workers_sharing_the_port(tmp_path):
                 smtplib.SMTP("127.0.0.1", port, timeout=5).quit()
                 break
             except OSError:
-                assert time.time() < deadline and proc.poll() is None, "serve did not start"
+                assert time.time() < deadline and proc.poll() is None, f"serve did not start: {proc.poll() is not None and proc.stderr.read()}"
                 time.sleep(0.1)
         time.sleep(0.5)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()

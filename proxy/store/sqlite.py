@@ -100,10 +100,10 @@ class SqliteStore:
             self._db.row_factory = sqlite3.Row
             await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             if not readonly:
-                await self._db.execute("PRAGMA journal_mode = WAL")
+                await self._while_locked(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
                 await self._db.execute("PRAGMA synchronous = FULL")
                 await self._db.execute("PRAGMA foreign_keys = OFF")
-                await self._migrate()
+                await self._while_locked(self._migrate)
                 self._reader = await aiosqlite.connect(self.path, isolation_level=None)
                 self._reader.row_factory = sqlite3.Row
                 await self._reader.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
@@ -116,6 +116,18 @@ class SqliteStore:
                 self._db = None
             raise StoreError(f"{self.path}: {exc}") from None
         return self
+
+    async def _while_locked(self, step, attempts: int = 100) -> None:
+        """Retry a start-up step that several processes (relay workers) may race for: switching a
+        new database to WAL and migrating it take locks that SQLite's busy handler doesn't wait for."""
+        for attempt in range(attempts):
+            try:
+                await step()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         self._closing = True
