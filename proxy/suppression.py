@@ -247,7 +247,8 @@ class Suppressor:
             return
         identity = normalize_address(sender).rpartition("@")[2]
         since = self.clock() - self.cfg.rate_window_hours * 3600
-        rates = await self.store.identity_rates(identity, since)
+        found = await self.store.identity_stats(since, identity)
+        rates = found[0] if found else {"recipients": 0, "hard_bounces": 0, "complaints": 0}
         if rates["recipients"] < self.cfg.rate_min_recipients:
             return
         bounce_rate = rates["hard_bounces"] / rates["recipients"]

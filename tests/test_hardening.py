@@ -171,6 +171,8 @@ async def test_tls_below_1_2_is_refused(tmp_path, upstream, server_cert):
     server_cert.private_key_pem.write_to_path(str(key))
     config = make_config(tmp_path, upstream.port, relay={"tls_cert": str(cert), "tls_key": str(key)})
     async with Service(config) as svc:
+        # this client's OpenSSL may refuse TLS 1.1 by itself, so check the relay's own floor too
+        assert svc._client_tls().minimum_version == ssl.TLSVersion.TLSv1_2
         old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
         old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED

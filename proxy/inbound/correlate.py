@@ -58,9 +58,9 @@ def message_id_candidates(report: Report) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-async def correlate(store, report: Report, tokens: list[VerpToken], recipient: str | None,
-                    window_start: float) -> Match:
-    """The best evidence tying this report (and recipient) to a message we sent."""
+async def correlate_report(store, report: Report, tokens: list[VerpToken]) -> Match:
+    """The evidence the whole report carries (VERP, upstream id, Message-ID): looked up once,
+    whatever the number of recipients."""
     for token in tokens:
         message = await store.get_message(token.message_id)
         if message is not None:
@@ -78,8 +78,14 @@ async def correlate(store, report: Report, tokens: list[VerpToken], recipient: s
         message = await store.find_message_by_message_id(message_id)
         if message is not None:
             return Match(Correlation.MESSAGE_ID, message)
-    if recipient:
-        message = await store.find_latest_message_to(recipient, window_start)
-        if message is not None:
-            return Match(Correlation.RECIPIENT_WINDOW, message)
     return Match(Correlation.NONE)
+
+
+async def correlate_recipient(store, report_match: Match, recipient: str | None, window_start: float) -> Match:
+    """The report's own evidence when it has some, else the recipient's latest message in the window."""
+    if report_match.correlation != Correlation.NONE or not recipient:
+        return report_match
+    message = await store.find_latest_message_to(recipient, window_start)
+    if message is not None:
+        return Match(Correlation.RECIPIENT_WINDOW, message)
+    return report_match

@@ -14,7 +14,7 @@ import logging
 from proxy.dsn import PARSER_VERSION as _PARSER, parse
 from proxy.dsn.classify import PARSER_CLASSIFIER_VERSION, classify
 from proxy.dsn.parser import recipient_kind
-from proxy.inbound.correlate import Match, correlate, verp_tokens
+from proxy.inbound.correlate import Match, correlate_recipient, correlate_report, verp_tokens
 from proxy.model import BounceEvent, BounceType, Kind, ParseState, Report, Source
 from proxy.relay.verp import VerpSigner
 
@@ -70,9 +70,10 @@ class Pipeline:
         tokens = verp_tokens(rcpt_tos, self.signer, self.bounce_domains)
         window_start = received_at - self.window
         events: list[BounceEvent] = []
+        report_match = await correlate_report(self.store, report, tokens)
         if report.recipients:
             for rr in report.recipients:
-                match = await correlate(self.store, report, tokens, rr.recipient, window_start)
+                match = await correlate_recipient(self.store, report_match, rr.recipient, window_start)
                 kind = recipient_kind(report, rr)
                 events.append(BounceEvent(
                     at=received_at, source=Source.ASYNC, kind=kind, recipient=rr.recipient.lower(),
@@ -85,12 +86,10 @@ class Pipeline:
             return events
         # A report that names nobody (an auto-reply, an unreadable bounce): the recipient is the
         # one the VERP token names, else the sender of an auto-reply, else nobody; kept either way.
-        match = await correlate(self.store, report, tokens, None, window_start)
-        recipient = match.recipient
+        recipient = report_match.recipient
         if recipient is None and report.kind == Kind.AUTOREPLY:
             recipient = report.sender_address
-        if match.correlation.value == "none" and recipient:
-            match = await correlate(self.store, report, tokens, recipient, window_start)
+        match = await correlate_recipient(self.store, report_match, recipient, window_start)
         reason = {Kind.AUTOREPLY: "vacation", Kind.COMPLAINT: "feedback", Kind.DELIVERED: "delivered"}.get(report.kind, "undefined")
         events.append(BounceEvent(
             at=received_at, source=Source.ASYNC, kind=report.kind, recipient=recipient.lower() if recipient else None,

@@ -474,29 +474,20 @@ class SqliteStore:
                 (event.message_id, event.recipient, event.source))
         return rows[0]["id"] if rows else None
 
-    async def identity_rates(self, identity: str, since: float) -> dict:
-        like = f"%@{identity}"
-        rcpts = await self._fetch(
-            "SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.message_id "
-            "WHERE m.created_at >= ? AND m.sender LIKE ?", (since, like))
-        events = await self._fetch(
-            "SELECT SUM(e.kind = 'bounce' AND e.bounce_type = 'hard') AS hard, SUM(e.kind = 'complaint') AS complaints "
-            "FROM events e JOIN messages m ON m.id = e.message_id WHERE e.at >= ? AND m.sender LIKE ?", (since, like))
-        return {"recipients": rcpts[0]["n"], "hard_bounces": events[0]["hard"] or 0,
-                "complaints": events[0]["complaints"] or 0}
-
-    async def identity_stats(self, since: float) -> list[dict]:
-        """Per sending identity (sender domain): recipients, hard bounces, complaints."""
+    async def identity_stats(self, since: float, identity: str | None = None) -> list[dict]:
+        """Per sending identity (sender domain), or for one: recipients, hard bounces, complaints of
+        the messages sent since `since`."""
+        only = "WHERE identity = ?" if identity else ""
         return await self._fetch(
-            "WITH m AS (SELECT id, lower(substr(sender, instr(sender, '@') + 1)) AS identity FROM messages "
-            "WHERE created_at >= ?), "
+            "WITH m AS (SELECT * FROM (SELECT id, lower(substr(sender, instr(sender, '@') + 1)) AS identity "
+            f"FROM messages WHERE created_at >= ?) {only}), "
             "r AS (SELECT m.identity, COUNT(*) AS n FROM recipients JOIN m ON m.id = recipients.message_id "
             "GROUP BY m.identity), "
             "e AS (SELECT m.identity, SUM(kind = 'bounce' AND bounce_type = 'hard') AS hard, "
             "SUM(kind = 'complaint') AS complaints FROM events JOIN m ON m.id = events.message_id GROUP BY m.identity) "
             "SELECT r.identity, r.n AS recipients, COALESCE(e.hard, 0) AS hard_bounces, "
             "COALESCE(e.complaints, 0) AS complaints FROM r LEFT JOIN e USING (identity) ORDER BY recipients DESC",
-            (since,),
+            (since, identity) if identity else (since,),
         )
 
     async def pause_identity(self, identity: str, at: float, why: str) -> None:
