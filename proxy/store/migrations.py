@@ -107,4 +107,9 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recipients_address_nocase ON recipients(address COLLATE NOCASE);
     CREATE INDEX events_recipient_nocase ON events(recipient COLLATE NOCASE);
     """,
+    # 4: soft suppression (issue 10, section 5): an MTA's retries of one message count once; a retry
+    # without a Message-ID gets a new one from the relay each time, so the client's bytes are hashed
+    """
+    ALTER TABLE messages ADD COLUMN content_sha256 TEXT;
+    """,
 ]
