@@ -19,6 +19,7 @@ ENV_PREFIX = "BOUNCEPROXY_"
 
 
 from proxy.errors import ConfigError  # noqa: E402  (re-exported: proxy.config.ConfigError)
+from proxy.model import NEVER_ACTS, Correlation  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class SuppressionConfig:
     act_on_correlations: tuple[str, ...] = ("verp", "upstream_id")
     soft_threshold: int = 3
     soft_window_days: float = 14.0
+    soft_count_period_hours: float = 24.0  # at most one soft bounce counts per address per period
     soft_suppress_days: float = 7.0
     hard_expiry_days: float = 0.0  # 0: never expires
     complaint_expiry_days: float = 0.0
@@ -329,8 +331,17 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{src}: [relay] tls_cert and tls_key must be set together")
     if relay.workers < 1:
         raise ConfigError(f"{src}: [relay] workers must be at least 1")
-    known = {"verp", "upstream_id", "message_id", "recipient_window", "none"}
+    known = {c.value for c in Correlation} - NEVER_ACTS
+    sup = config.suppression
+    if sup.soft_threshold < 1:
+        raise ConfigError(f"{src}: [suppression] soft_threshold must be at least 1 (got {sup.soft_threshold})")
+    for name in ("soft_window_days", "soft_suppress_days", "soft_count_period_hours"):
+        if not getattr(sup, name) >= 0:  # NaN too
+            raise ConfigError(f"{src}: [suppression] {name} must be a number of at least 0 (got {getattr(sup, name)})")
     for name in config.suppression.act_on_correlations:
+        if name in NEVER_ACTS:
+            raise ConfigError(f"{src}: [suppression] act_on_correlations: {name!r} can never act: the report's "
+                              "evidence named another message's recipients, not this address")
         if name not in known:
             raise ConfigError(f"{src}: [suppression] act_on_correlations: {name!r} is not one of {', '.join(sorted(known))}")
     if not config.inbound.bounce_domains and config.inbound.enabled:

@@ -42,19 +42,58 @@ class StatusSource(StrEnum):
 
 
 class Correlation(StrEnum):
+    """Which evidence tied a late report to a message (DESIGN.md, Correlation), strongest first.
+
+    FOREIGN_RECIPIENT: the report's evidence identified a message, but this address was not one of
+    that message's recipients (or not the one its VERP token names). Evidence vouches only for the
+    message's own recipients, so such an event is kept, linked to the message it abused, counted
+    and shown, and can never act (suppress, count in rates), whatever the configuration says.
+    """
+
     VERP = "verp"
     UPSTREAM_ID = "upstream_id"
     MESSAGE_ID = "message_id"
     RECIPIENT_WINDOW = "recipient_window"
+    FOREIGN_RECIPIENT = "foreign_recipient"
     NONE = "none"
 
 
+# Correlations no configuration may act on (`[suppression] act_on_correlations`).
+NEVER_ACTS = frozenset({Correlation.FOREIGN_RECIPIENT})
+
+
 class MessageStatus(StrEnum):
-    PENDING = "pending"  # in flight: recorded before the upstream's final reply
+    """What became of a relayed message: one meaning each, decided by `settle_status` (README, Message status).
+
+    PENDING        in flight: committed just before the end of data goes upstream, so that a crash
+                   between the upstream's 250 and the final commit cannot leave a delivery out of the log.
+    SENT           the upstream answered 250 to the end of data and accepted every recipient.
+    PARTIAL        the upstream answered 250 to the end of data for some recipients; others were refused
+                   (5xx), deferred (4xx) or suppressed. One accepted and one answered 454 is partial.
+    REJECTED       nothing was sent and retrying the same will not help: the upstream refused the message
+                   itself permanently (5xx to the end of data), or every recipient was refused permanently
+                   (5xx at RCPT, a DNS preflight refusal, a hard suppression: a 5xx reply).
+    FAILED         nothing was sent for a temporary reason a retry may overcome: a 4xx reply (a deferred
+                   or softly suppressed recipient among the refused ones, a 4xx to the end of data), a send
+                   failure (throttling, sender not verified, the relay's credentials refused), the upstream
+                   unreachable (the client got 451 4.4.1), or the client gave up before DATA.
+    POSSIBLY_SENT  the upstream may have the message but bounceproxy never learned its answer: the
+                   process died after the in-flight commit (found at the next start), or the upstream
+                   connection was lost after the body went out. The client was not told 250, so it may
+                   send the message again: see `duplicates` in stats.
+    """
+
+    PENDING = "pending"
     SENT = "sent"
     PARTIAL = "partial"
     REJECTED = "rejected"
     FAILED = "failed"
+    POSSIBLY_SENT = "possibly_sent"
+
+
+# Statuses of a message that recipients may have received: a second one with the same Message-ID
+# and a shared recipient is a duplicate.
+MAY_HAVE_GONE_OUT = (MessageStatus.SENT, MessageStatus.PARTIAL, MessageStatus.POSSIBLY_SENT)
 
 
 class RecipientStatus(StrEnum):
@@ -94,6 +133,11 @@ class Verdict:
     status: str | None  # enhanced status, honest: only what the evidence supports
     status_source: StatusSource | None
     evidence: str  # e.g. "text: 'user unknown' (userunknown table)"
+    # What decided it (issue 11): the classifier step ("provider", "text", "status", ...) and its rule,
+    # the SMTP stage the verdict took into account (RCPT, DATA, MAIL, HELO, CONN), and the steps taken.
+    decided_by: str | None = None  # e.g. 'text: userunknown row 3 "user unknown" (Postfix ...)'
+    stage: str | None = None
+    steps: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -127,6 +171,8 @@ class RecipientReport:
     reason: str = "undefined"
     bounce_type: BounceType = BounceType.UNDETERMINED
     evidence: str = ""
+    command: str | None = None  # the SMTP command the failure answered, where the report states it
+    decided_by: str | None = None  # the classifier step and rule that gave the reason
 
 
 @dataclass(slots=True)
@@ -146,6 +192,7 @@ class Report:
     original_envelope_id: str | None = None
     queue_id: str | None = None  # the reporting MTA's id of the original (X-Postfix-Queue-ID)
     sender_address: str | None = None  # From of the report itself (who is on vacation, for auto-replies)
+    truncated: list[str] = field(default_factory=list)  # each parse limit the mail reached, "what: N of M"
 
 
 @dataclass(slots=True)
@@ -155,6 +202,32 @@ class RecipientRecord:
     address: str
     status: RecipientStatus
     reply: str = ""
+
+
+def settle_status(recipients: list[RecipientRecord], data_code: int | None, send_failure: str | None) -> MessageStatus:
+    """A message's final status (see MessageStatus) from its recipients' replies, the upstream's code to
+    the end of data (None when the transaction never got there) and its send failure, if any."""
+    if data_code is not None and 200 <= data_code < 300:
+        if all(r.status == RecipientStatus.ACCEPTED for r in recipients):
+            return MessageStatus.SENT
+        return MessageStatus.PARTIAL
+    if send_failure:
+        return MessageStatus.FAILED
+    if data_code is not None:
+        return MessageStatus.REJECTED if data_code >= 500 else MessageStatus.FAILED
+    if recipients and all(_permanent(r) for r in recipients):
+        return MessageStatus.REJECTED
+    return MessageStatus.FAILED
+
+
+def _permanent(r: RecipientRecord) -> bool:
+    """A recipient refused for good: a 5xx reply (a suppression says 4xx when it is soft)."""
+    if r.status == RecipientStatus.ACCEPTED:
+        return False
+    code = r.reply[:1]
+    if code in ("4", "5"):
+        return code == "5"
+    return r.status == RecipientStatus.REJECTED
 
 
 @dataclass(slots=True)
@@ -175,6 +248,7 @@ class MessageRecord:
     status: MessageStatus = MessageStatus.PENDING
     upstream_reply: str = ""
     send_failure: str | None = None  # an account-level refusal (throttling, not verified, auth)
+    content_sha256: str | None = None  # of the client's bytes: ties an MTA's retries of one message
     recipients: list[RecipientRecord] = field(default_factory=list)
 
 
@@ -201,3 +275,7 @@ class BounceEvent:
     feedback_type: str | None = None
     parser_version: str | None = None
     id: int | None = None
+    # What the verdict was made from, so that `reparse --classify-only` can make it again (issue 11):
+    smtp_command: str | None = None  # the SMTP stage the verdict took into account (RCPT, DATA, MAIL...)
+    action: str | None = None  # the DSN's Action (failed, delayed)
+    decided_by: str | None = None  # the classifier step and rule that gave the reason

@@ -20,13 +20,46 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from proxy.model import SENDER_SIDE_REASONS, BounceEvent, BounceType, Correlation, Kind, Source
+from proxy.model import NEVER_ACTS, SENDER_SIDE_REASONS, BounceEvent, BounceType, Correlation, Kind, Source
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
 SOFT_COUNTING_REASONS_EXCLUDED = SENDER_SIDE_REASONS | {"vacation", "feedback", "delivered", "undefined", "onhold",
                                                         "suppressed"}
+# SES's mailbox simulator: SES never suppresses these addresses nor counts them, so neither do we, and
+# a test run can be repeated and still see the simulator's own replies.
+SES_SIMULATOR_DOMAIN = "simulator.amazonses.com"
+# What ties an MTA's retries of one message together: the relay's id (several reports of one send),
+# the client's Message-ID (Postfix keeps it), the client's bytes (no Message-ID: the relay adds a new
+# one each time) and the VERP return path.
+RETRY_KEYS = ("relay_id", "header_id", "content_sha256", "verp_token")
+# A soft suppression answers RCPT with a temporary reply that says what it is: reason -> code,
+# enhanced status (RFC 3463) and what the address keeps doing.
+SOFT_REPLIES = {
+    "mailboxfull": (452, "4.2.2", "mailbox repeatedly full"),
+    "systemfull": (452, "4.3.1", "mail system repeatedly full"),
+    "emailtoolarge": (452, "4.3.4", "messages repeatedly refused as too large"),
+    "suspend": (450, "4.2.1", "mailbox repeatedly disabled"),
+    "userunknown": (450, "4.1.1", "mailbox repeatedly reported unavailable"),
+    "hasmoved": (450, "4.1.6", "mailbox repeatedly reported moved"),
+    "hostunknown": (451, "4.1.2", "mail domain repeatedly not found"),
+    "expired": (451, "4.4.7", "delivery repeatedly timed out"),
+    "networkerror": (451, "4.4.1", "mail host repeatedly unreachable"),
+    "systemerror": (451, "4.3.0", "mail system repeatedly failing"),
+    "mailererror": (451, "4.3.0", "mail system repeatedly failing"),
+}
+SOFT_REPLY_OTHER = (450, "4.2.0", "mail repeatedly not accepted")
+
+
+def is_simulator(address: str) -> bool:
+    return normalize_address(address).rpartition("@")[2] == SES_SIMULATOR_DOMAIN
+
+
+def content_digest(content: bytes) -> str:
+    """SHA-256 of a message as the client sent it: an MTA's retry of a message without a Message-ID
+    gets a new one from the relay each time, but its bytes stay the same."""
+    return hashlib.sha256(content).hexdigest()
 
 
 def normalize_address(address: str) -> str:
@@ -103,7 +136,7 @@ class Policy:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.trusted = {Correlation(c) for c in cfg.act_on_correlations}
+        self.trusted = {Correlation(c) for c in cfg.act_on_correlations} - NEVER_ACTS
 
     def acts_on(self, event: BounceEvent) -> bool:
         return event.recipient is not None and (event.source == Source.SYNC or event.correlation in self.trusted)
@@ -121,6 +154,25 @@ class Policy:
         return (event.kind == Kind.BOUNCE and event.bounce_type == BounceType.SOFT
                 and event.reason not in SOFT_COUNTING_REASONS_EXCLUDED)
 
+    def soft_count(self, bounces: list[dict]) -> int:
+        """How many of these soft bounces (oldest first, as `Store.soft_bounces` gives them) count.
+
+        A bounce sharing any RETRY_KEYS value with an earlier one is a retry of that message and adds
+        nothing (Postfix retries a 452 three times a minute, and for days). Of the rest, one counts
+        per `soft_count_period_hours` at most (as Mailman scores bounces per day): a mailbox full now
+        and again a minute later is one bad day, not a pattern."""
+        period = self.cfg.soft_count_period_hours * 3600
+        seen: set[tuple[str, str]] = set()
+        count, last = 0, None
+        for bounce in bounces:
+            keys = {(name, bounce[name]) for name in RETRY_KEYS if bounce.get(name)}
+            retry = bool(keys & seen)
+            seen |= keys
+            if retry or (last is not None and bounce["at"] - last < period):
+                continue
+            count, last = count + 1, bounce["at"]
+        return count
+
     def soft(self, event: BounceEvent, soft_count: int, now: float) -> Decision | None:
         if soft_count >= self.cfg.soft_threshold:
             return Decision("soft", event.reason, now + self.cfg.soft_suppress_days * DAY)
@@ -128,14 +180,27 @@ class Policy:
 
 
 def refusal(row: dict, address: str, style: str) -> str:
-    """The RCPT reply for a suppressed address."""
+    """The RCPT reply for a suppressed address: permanent for a hard bounce, a complaint or an
+    operator's entry; temporary for a soft suppression (it expires, and the sending MTA must keep the
+    message queued rather than bounce it for good), with the reason's own enhanced status."""
+    when = _date(row["created_at"])
+    if row["kind"] == "soft":
+        code, status, what = SOFT_REPLIES.get(row["reason"], SOFT_REPLY_OTHER)
+        until = f" until {_date(row['expires_at'])}" if row.get("expires_at") else ""
+        if style == "ses":
+            return (f"{code} {status} Amazon SES did not send the message to this address because it is "
+                    f"temporarily on the suppression list for your account ({what}{until}).")
+        return f"{code} {status} <{address}>: {what} since {when} (soft suppression{until}, {row['reason']})"
     if style == "ses":
         return ("550 5.1.1 Amazon SES did not send the message to this address because it is on the "
                 "suppression list for your account.")
-    when = datetime.fromtimestamp(row["created_at"], timezone.utc).strftime("%Y-%m-%d")
-    what = {"hard": "hard bounce", "complaint": "complaint", "soft": "repeated soft bounces",
+    what = {"hard": "hard bounce", "complaint": "complaint",
             "manual": "added by an operator", "import": "imported"}.get(row["kind"], row["kind"])
     return f"550 5.1.1 <{address}>: address is on the suppression list ({what} {when}, {row['reason']})"
+
+
+def _date(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d")
 
 
 class Suppressor:
@@ -192,7 +257,7 @@ class Suppressor:
         """The active suppression for this recipient (in this sender's scope), or None."""
         scope = sender_scope(sender, self.cfg.scope)
         address = normalize_address(recipient)
-        if not self.index.maybe(scope, address):
+        if address.rpartition("@")[2] == SES_SIMULATOR_DOMAIN or not self.index.maybe(scope, address):
             return None
         row = await self.store.get_suppression(scope, address)
         if row is None or (row["expires_at"] is not None and row["expires_at"] <= self.clock()):
@@ -213,13 +278,14 @@ class Suppressor:
         added = []
         now = self.clock()
         for event in events:
-            if not self.policy.acts_on(event):
+            if not self.policy.acts_on(event) or is_simulator(event.recipient):
                 continue
             decision = self.policy.immediate(event, now)
             if decision is None and self.policy.counts_as_soft(event):
                 since = now - self.cfg.soft_window_days * DAY
-                count = await self.store.soft_bounce_count(event.recipient, since, SOFT_COUNTING_REASONS_EXCLUDED)
-                decision = self.policy.soft(event, count, now)
+                bounces = await self.store.soft_bounces(event.recipient, since, SOFT_COUNTING_REASONS_EXCLUDED,
+                                                        self.policy.trusted)
+                decision = self.policy.soft(event, self.policy.soft_count(bounces), now)
             if decision is None:
                 continue
             scope_sender = sender or (await self._message_sender(event))

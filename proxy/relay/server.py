@@ -25,7 +25,7 @@ from proxy.relay.headers import new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
 from proxy.smtp_guard import AuthThrottle, GuardedSMTP, handler_dir
 from proxy.store import StoreError
-from proxy.suppression import refusal
+from proxy.suppression import content_digest, refusal
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,7 @@ class RelayHandler:
             facts.message_id = new_message_id(self.message_id_domain)
             added.append(("Message-ID", f"<{facts.message_id}>"))
         message.message_id, message.header_from, message.subject = facts.message_id, facts.header_from, facts.subject
+        message.content_sha256 = content_digest(content)  # the client's bytes: the same on each retry
         body = prepend_headers(content, added)
         message.size = len(body)
         try:

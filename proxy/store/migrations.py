@@ -112,4 +112,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN content_sha256 TEXT;
     """,
+    # issue 10: nothing silent about a hostile report. How many addresses it named that the message its
+    # evidence identified was never sent to (foreign_recipients), a sentence saying so (flag), and
+    # which parse limit cut the mail, at N of M (truncated)
+    """
+    ALTER TABLE inbound ADD COLUMN foreign_recipients INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbound ADD COLUMN flag TEXT;
+    ALTER TABLE inbound ADD COLUMN truncated TEXT;
+    """,
 ]

@@ -27,7 +27,7 @@ Statement = tuple
 
 MESSAGE_COLUMNS = (
     "id created_at client_peer client_user sender header_from message_id subject upstream_id "
-    "verp_token size status upstream_reply send_failure"
+    "verp_token size status upstream_reply send_failure content_sha256"
 ).split()
 EVENT_COLUMNS = (
     "at message_id recipient source kind bounce_type reason status status_source smtp_code "
@@ -277,11 +277,13 @@ class SqliteStore:
     async def record_inbound_result(
         self, inbound_id: int, state: ParseState, parser_version: str | None, kind: str | None,
         fmt: str | None, error: str | None, events: Iterable[BounceEvent],
+        foreign_recipients: int = 0, flag: str | None = None, truncated: str | None = None,
     ) -> None:
         statements: list[Statement] = [(_INSERT_EVENT, event_row(e)) for e in events]
         statements.append((
-            "UPDATE inbound SET state=?, parser_version=?, kind=?, format=?, error=? WHERE id=?",
-            (state, parser_version, kind, fmt, error, inbound_id),
+            "UPDATE inbound SET state=?, parser_version=?, kind=?, format=?, error=?, foreign_recipients=?, flag=?, "
+            "truncated=? WHERE id=?",
+            (state, parser_version, kind, fmt, error, foreign_recipients, flag, truncated, inbound_id),
         ))
         await self._submit(statements)
 
@@ -359,17 +361,25 @@ class SqliteStore:
         )
         events = await self._fetch(
             "SELECT source, kind, bounce_type, reason, COUNT(*) AS n FROM events WHERE at >= ? "
+            "AND correlation != 'foreign_recipient' "  # addresses never sent to are no bounce rate of ours
             "GROUP BY source, kind, bounce_type, reason ORDER BY n DESC",
+            (since,),
+        )
+        correlations = await self._fetch(
+            "SELECT correlation, COUNT(*) AS n FROM events WHERE at >= ? AND source = 'async' GROUP BY correlation",
             (since,),
         )
         return {
             "messages": {r["status"]: r["n"] for r in msgs},
             "recipients": rcpts[0]["n"] if rcpts else 0,
             "events": events,
+            "correlations": {r["correlation"]: r["n"] for r in correlations},  # of late reports
         }
 
-    async def list_inbound(self, state: str | None, since: float | None, limit: int) -> list[dict]:
+    async def list_inbound(self, state: str | None, since: float | None, limit: int, flagged: bool = False) -> list[dict]:
         clauses, params = [], []
+        if flagged:  # named addresses its message never went to, or cut by a parse limit
+            clauses.append("(flag IS NOT NULL OR truncated IS NOT NULL)")
         if state:
             clauses.append("state = ?")
             params.append(state)
@@ -379,7 +389,8 @@ class SqliteStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return await self._fetch(
             "SELECT id, received_at, peer, mail_from, rcpt_tos, length(raw) AS size, sha256, state, "
-            f"parser_version, kind, format, error FROM inbound {where} ORDER BY id DESC LIMIT ?",
+            f"parser_version, kind, format, error, foreign_recipients, flag, truncated FROM inbound {where} "
+            "ORDER BY id DESC LIMIT ?",
             (*params, limit),
         )
 
@@ -452,17 +463,23 @@ class SqliteStore:
         return await self._fetch(f"SELECT * FROM suppressions {where} ORDER BY created_at DESC {limit_sql}",
                                  (*params, *([limit] if limit else [])))
 
-    async def soft_bounce_count(self, address: str, since: float, excluded_reasons) -> int:
-        """Soft bounces counting against the address since `since` and its last delivery."""
+    async def soft_bounces(self, address: str, since: float, excluded_reasons, trusted_correlations) -> list[dict]:
+        """The soft bounces that may count against the address: since `since` and its last delivery,
+        only those that could act (synchronous, or correlated by trusted evidence), oldest first, each
+        with what ties an MTA's retries of one message together (proxy.suppression.Policy.soft_count)."""
         excluded = sorted(excluded_reasons)
-        marks = ", ".join("?" * len(excluded))
-        rows = await self._fetch(
-            "SELECT COUNT(*) AS n FROM events WHERE recipient = ? AND kind = 'bounce' AND bounce_type = 'soft' "
-            f"AND reason NOT IN ({marks}) AND at >= MAX(?, COALESCE((SELECT MAX(at) FROM events "
-            "WHERE recipient = ? AND kind = 'delivered'), 0))",
-            (address, *excluded, since, address),
+        trusted = sorted(trusted_correlations)
+        return await self._fetch(
+            "SELECT e.at, e.message_id AS relay_id, m.message_id AS header_id, m.content_sha256, m.verp_token "
+            "FROM events e LEFT JOIN messages m ON m.id = e.message_id "
+            "WHERE e.recipient = ? COLLATE NOCASE AND e.kind = 'bounce' AND e.bounce_type = 'soft' "
+            f"AND e.reason NOT IN ({', '.join('?' * len(excluded))}) "
+            f"AND (e.source = 'sync' OR e.correlation IN ({', '.join('?' * len(trusted)) or 'NULL'})) "
+            "AND e.at >= MAX(?, COALESCE((SELECT MAX(at) FROM events WHERE recipient = ? COLLATE NOCASE "
+            "AND kind = 'delivered'), 0)) "
+            "ORDER BY e.at, e.id",
+            (address, *excluded, *trusted, since, address),
         )
-        return rows[0]["n"]
 
     async def event_id_for(self, event: BounceEvent) -> int | None:
         if event.inbound_id is not None:
@@ -484,7 +501,8 @@ class SqliteStore:
             "r AS (SELECT m.identity, COUNT(*) AS n FROM recipients JOIN m ON m.id = recipients.message_id "
             "GROUP BY m.identity), "
             "e AS (SELECT m.identity, SUM(kind = 'bounce' AND bounce_type = 'hard') AS hard, "
-            "SUM(kind = 'complaint') AS complaints FROM events JOIN m ON m.id = events.message_id GROUP BY m.identity) "
+            "SUM(kind = 'complaint') AS complaints FROM events JOIN m ON m.id = events.message_id "
+            "WHERE events.correlation != 'foreign_recipient' GROUP BY m.identity) "  # never counts against a sender
             "SELECT r.identity, r.n AS recipients, COALESCE(e.hard, 0) AS hard_bounces, "
             "COALESCE(e.complaints, 0) AS complaints FROM r LEFT JOIN e USING (identity) ORDER BY recipients DESC",
             (since, identity) if identity else (since,),
