@@ -1,6 +1,8 @@
 """Acting on bounces: the suppression list and the reputation guard.
 
-A hard bounce or a complaint suppresses the address at once; soft bounces count with decay;
+A hard bounce or a complaint suppresses the address at once (the relay then answers 550); soft
+bounces count with decay, an MTA's retries of one message once, and at most one per period, and
+suppress for a while (the relay then answers 4xx: the sending MTA keeps the message queued);
 sender-side refusals and auto-replies never count against a recipient. Only events whose
 correlation is trusted (synchronous ones always; late ones per `act_on_correlations`) act, so a
 forged DSN can never suppress anyone.
