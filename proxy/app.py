@@ -7,6 +7,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 
 import secrets
 
@@ -14,9 +15,10 @@ from proxy.api import api_token, start_api
 from proxy.config import Config, ConfigError
 from proxy.inbound.pipeline import Pipeline
 from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
+from proxy.relay.health import UpstreamHealth, failure_reason, probe_loop
 from proxy.relay.server import Authenticator, RelayHandler, RelaySMTP, parse_users
 from proxy.relay.simulator import SimulatorUpstream
-from proxy.relay.upstream import UpstreamPool
+from proxy.relay.upstream import UpstreamAuthFailed, UpstreamPool
 from proxy.relay.verp import VerpSigner
 from proxy.smtp_guard import Limits
 from proxy.store import StoreError, open_store
@@ -44,6 +46,8 @@ class Service:
         self.api_runner = None
         self.api_address: tuple[str, int] | None = None
         self.inbound_worker: InboundWorker | None = None
+        self.health: UpstreamHealth | None = None  # the upstream's state, for /healthz and /metrics
+        self._probe: asyncio.Task | None = None
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -97,11 +101,18 @@ class Service:
             )
         if cfg.api.enabled:
             api_token(cfg)  # beyond loopback without a token: refuse before anything listens
+        started = time.time()
         try:
             self.store = await open_store(cfg.store)
         except StoreError as exc:
             raise ConfigError(f"{cfg.source}: [store] path: {exc}") from None
+        if self.worker == 0:
+            left = await self.store.mark_possibly_sent(before=started)
+            if left:
+                log.warning("%d message(s) were in flight when bounceproxy last stopped: marked possibly_sent "
+                            "(`bounceproxy messages --status possibly_sent`)", left)
         self.upstream = self._upstream()
+        self.health = UpstreamHealth(self.upstream.name)
         self.signer = self._verp_signer()
         if cfg.suppression.enabled:
             self.suppressor = Suppressor(cfg.suppression, self.store)
@@ -114,9 +125,13 @@ class Service:
             except (ValueError, RuntimeError) as exc:
                 raise ConfigError(f"{cfg.source}: [preflight] resolvers: {exc}") from None
         await self._probe_upstream()
+        if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:
+            self._probe = asyncio.get_running_loop().create_task(
+                probe_loop(self.upstream, self.health, cfg.upstream.probe_interval), name="upstream-probe")
         if cfg.inbound.enabled and self.worker == 0:
             await self._start_inbound()
-        self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor, self.preflight)
+        self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor, self.preflight,
+                                          health=self.health)
         size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
         hostname = cfg.relay_hostname
         authenticator = Authenticator(users) if users else None
@@ -136,8 +151,17 @@ class Service:
         log.info("relay%s listening on %s:%s -> upstream %s", f" worker {self.worker}" if relay.workers > 1 else "",
                  *self.relay_address, self.upstream.name)
         if cfg.api.enabled and self.worker == 0:
-            self.api_runner, self.api_address = await start_api(cfg, self.store, live_metrics=self._live_metrics)
+            self.api_runner, self.api_address = await start_api(cfg, self.store, live_metrics=self._live_metrics,
+                                                                health=self._health)
             log.info("API and dashboard on http://%s:%s/", *self.api_address)
+
+    def _health(self) -> str | None:
+        """None when healthy, else why not: what `/healthz` answers with HTTP 503."""
+        if self.health is not None and not self.health.up:
+            return f"upstream {self.health.name} unavailable: {self.health.reason}"
+        if self.store is not None and getattr(self.store, "failing", False):
+            return "the bounce log refuses writes (clients get 451 4.3.0)"
+        return None
 
     def _live_metrics(self) -> dict[str, float]:
         """Process counters for /metrics, beside the figures the API reads from the store."""
@@ -151,6 +175,8 @@ class Service:
             m["bounceproxy_inbound_processed_total"] = self.pipeline.processed
         if isinstance(self.upstream, UpstreamPool):
             m["bounceproxy_upstream_connects_total"] = self.upstream.connects
+        if self.health is not None:
+            m.update(self.health.metrics())
         if self.suppressor:
             m["bounceproxy_suppression_hits_total"] = self.suppressor.hits
             m["bounceproxy_suppression_index_entries"] = len(self.suppressor.index)
@@ -189,6 +215,7 @@ class Service:
 
         def factory():
             return InboundSMTP(handler, hostname=hostname, size_limit=inbound.max_message_size,
+                               max_line_length=inbound.max_line_length,
                                enable_SMTPUTF8=True, timeout=inbound.session_timeout, ident="bounceproxy bounce MX",
                                limits=self.inbound_limits)
 
@@ -208,8 +235,11 @@ class Service:
             conn = await self.upstream.acquire()
         except Exception as exc:  # noqa: BLE001 - the relay still starts and answers 451 until it is back
             log.warning("upstream %s not reachable at start: %s", self.upstream.name, exc)
+            reason = "auth" if isinstance(exc, UpstreamAuthFailed) else failure_reason(str(exc))
+            self.health.failed(reason, str(exc), count=False)
             return
         await self.upstream.release(conn)
+        self.health.ok()
 
     async def _listen(self, factory, address, key: str, reuse_port: bool = False) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
@@ -222,6 +252,13 @@ class Service:
         return server
 
     async def stop(self, grace: float = 10.0) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            try:
+                await self._probe
+            except asyncio.CancelledError:
+                pass
+            self._probe = None
         if self.api_runner is not None:
             await self.api_runner.cleanup()
             self.api_runner = None

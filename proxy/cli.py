@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 import click
 
 from proxy.errors import ConfigError
+from proxy.model import Correlation
 
 if TYPE_CHECKING:
     from proxy.config import Config
 
 DEFAULT_CONFIG = "config.toml"
+CORRELATIONS = [c.value for c in Correlation]
 
 
 class Failure(click.ClickException):
@@ -212,13 +214,17 @@ EVENT_COLUMNS = ["id", "at", "source", "kind", "recipient", "bounce_type", "reas
 @click.option("--reason", help="Only this reason (e.g. userunknown).")
 @click.option("--source", type=click.Choice(["sync", "async"]))
 @click.option("--kind", type=click.Choice(["bounce", "delay", "complaint", "autoreply", "delivered", "unknown"]))
-@click.option("--correlation", type=click.Choice(["verp", "upstream_id", "message_id", "recipient_window", "none"]))
+@click.option("--correlation", type=click.Choice(CORRELATIONS),
+              help="foreign_recipient: addresses a report named that its message was never sent to.")
 @click.option("--message", help="Only events of this message id.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "ses"]),
               help="ses: each bounce or complaint as the JSON notification SES would publish.")
+@click.option("--explain", is_flag=True,
+              help="Also what each verdict was made from: SMTP stage, Action, status source, the rule that decided.")
 @output_options
-def bounces(config_path, since, recipient, bounce_type, reason, source, kind, correlation, message, limit, fmt) -> None:
+def bounces(config_path, since, recipient, bounce_type, reason, source, kind, correlation, message, limit, fmt,
+            explain) -> None:
     """Bounces, delays, complaints and auto-replies, newest first."""
     from proxy.store import EventFilter
 
@@ -230,7 +236,35 @@ def bounces(config_path, since, recipient, bounce_type, reason, source, kind, co
     rows = _run(_with_store(config, lambda s: s.list_events(flt)))
     for row in rows:
         row["at"] = _iso(row["at"])
-    _emit(rows, EVENT_COLUMNS, fmt)
+    if not explain:
+        _emit(rows, EVENT_COLUMNS, fmt)
+    elif fmt in ("json", "csv"):
+        _emit(rows, EVENT_COLUMNS + EXPLAIN_COLUMNS, fmt)
+    else:
+        _emit_explained(rows)
+
+
+# What an event's verdict was made from (issue 11), for `bounces --explain` and `messages show`.
+EXPLAIN_COLUMNS = ["smtp_command", "action", "status_source", "decided_by", "evidence"]
+
+
+def _why(e: dict) -> str:
+    """One line: the stage, Action and status source the verdict read, and the rule that decided."""
+    made_from = ", ".join(f"{k} {e[k]}" for k in ("smtp_command", "action", "status_source") if e.get(k))
+    return f"why: {e.get('decided_by') or '(not recorded)'}" + (f" [{made_from}]" if made_from else "")
+
+
+def _emit_explained(rows: list[dict]) -> None:
+    """Each event on its line, then the why under it."""
+    out = click.get_text_stream("stdout")
+    if not rows:
+        out.write("(none)\n")
+    for e in rows:
+        out.write(f"{e['at']}  {e['source']}  {e['kind']}  {e['recipient'] or '-'}  {e['bounce_type']}  {e['reason']}  "
+                  f"{e['status'] or '-'}  via {e['correlation']}  (event {e['id']})\n")
+        out.write(f"    {_why(e)}\n")
+        if e.get("diagnostic"):
+            out.write(f"    text: {e['diagnostic'][:300]}\n")
 
 
 def _print_ses(config: Config, flt) -> None:
@@ -255,27 +289,29 @@ def _print_ses(config: Config, flt) -> None:
         click.echo(json.dumps(notification, ensure_ascii=False))
 
 
-MESSAGE_COLUMNS = ["id", "created_at", "status", "sender", "recipients", "message_id", "upstream_id", "size",
-                   "upstream_reply"]
+MESSAGE_COLUMNS = ["id", "created_at", "status", "sender", "recipients", "message_id", "duplicate", "upstream_id",
+                   "size", "upstream_reply"]
 
 
 @cli.group(invoke_without_command=True)
 @config_option
 @click.option("--since", help="Only newer than this: 30m, 1h, 7d or an ISO date.")
 @click.option("--recipient", help="Only messages to this address.")
-@click.option("--status", type=click.Choice(["pending", "sent", "partial", "rejected", "failed"]))
+@click.option("--status", type=click.Choice(["pending", "sent", "partial", "rejected", "failed", "possibly_sent"]))
 @click.option("--sender", help="Only this envelope sender.")
+@click.option("--duplicates", is_flag=True,
+              help="Only messages that went out more than once (same Message-ID, a recipient in common).")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
 @output_options
 @click.pass_context
-def messages(ctx, config_path, since, recipient, status, sender, limit, fmt) -> None:
+def messages(ctx, config_path, since, recipient, status, sender, duplicates, limit, fmt) -> None:
     """Relayed messages, newest first (`messages show ID` for one message's whole story)."""
     if ctx.invoked_subcommand is not None:
         return
     from proxy.store import MessageFilter
 
     config = _load(config_path)
-    flt = MessageFilter(_since(since), recipient, status, sender, limit)
+    flt = MessageFilter(_since(since), recipient, status, sender, limit, duplicates)
     rows = _run(_with_store(config, lambda s: s.list_messages(flt)))
     for row in rows:
         row["created_at"] = _iso(row["created_at"])
@@ -330,6 +366,8 @@ def messages_show(config_path, message_id, as_json, raw) -> None:
         )
         if e["diagnostic"]:
             click.echo(f"      {e['diagnostic']}")
+        if e.get("kind") in ("bounce", "delay"):
+            click.echo(f"      {_why(e)}")
 
 
 @cli.command()
@@ -361,8 +399,15 @@ def stats(config_path, since, as_json) -> None:
         return
     click.echo(f"since {summary['since']}: {sent} messages to {rcpts} recipients "
                f"({', '.join(f'{k} {v}' for k, v in sorted(data['messages'].items())) or 'none'})")
+    if summary["duplicates"]:
+        click.echo(f"duplicates {summary['duplicates']}: messages that went out again with the Message-ID of one "
+                   "that had gone out (`bounceproxy messages --duplicates`)")
     click.echo(f"bounces {bounced} (hard {hard}), complaints {complaints}; bounce rate "
                f"{summary['bounce_rate']:.2%}, complaint rate {summary['complaint_rate']:.2%}")
+    if summary["foreign_recipients"]:
+        click.echo(f"foreign recipients {summary['foreign_recipients']}: addresses named by reports about messages "
+                   "never sent to them (forged or forwarded; never acted on, not in any rate): "
+                   "bounceproxy bounces --correlation foreign_recipient")
     _emit(data["events"], ["source", "kind", "bounce_type", "reason", "n"], "table")
     click.echo("by sending identity:")
     _emit(identities, ["identity", "recipients", "hard_bounces", "complaints", "hard_bounce_rate", "complaint_rate",
@@ -370,7 +415,7 @@ def stats(config_path, since, as_json) -> None:
 
 
 INBOUND_COLUMNS = ["id", "received_at", "state", "kind", "format", "size", "peer", "mail_from", "rcpt_tos",
-                   "parser_version", "error"]
+                   "parser_version", "error", "foreign_recipients", "flag", "truncated"]
 
 
 @cli.command()
@@ -379,8 +424,10 @@ INBOUND_COLUMNS = ["id", "received_at", "state", "kind", "format", "size", "peer
 @click.option("--since", help="Only newer than this: 30m, 1h, 7d or an ISO date.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
 @click.option("--raw", "raw_id", type=int, help="Print the raw bytes of this inbound mail.")
+@click.option("--flagged", is_flag=True,
+              help="Only mails that named addresses their message never went to, or that a parse limit cut.")
 @output_options
-def inbound(config_path, state, since, limit, raw_id, fmt) -> None:
+def inbound(config_path, state, since, limit, raw_id, flagged, fmt) -> None:
     """Mails received by the bounce MX, with their parse state."""
     config = _load(config_path)
     if raw_id is not None:
@@ -389,7 +436,7 @@ def inbound(config_path, state, since, limit, raw_id, fmt) -> None:
             raise Failure(f"no inbound mail #{raw_id}")
         sys.stdout.buffer.write(row["raw"])
         return
-    rows = _run(_with_store(config, lambda s: s.list_inbound(state, _since(since), limit)))
+    rows = _run(_with_store(config, lambda s: s.list_inbound(state, _since(since), limit, flagged)))
     for row in rows:
         row["received_at"] = _iso(row["received_at"])
         row["rcpt_tos"] = ",".join(json.loads(row["rcpt_tos"] or "[]"))
@@ -436,22 +483,30 @@ def reparse(config_path, everything, classify_only) -> None:
 @click.argument("reply")
 @click.option("--status", help="The DSN's Status field, when classifying a DSN rather than a reply line.")
 @click.option("--kind", type=click.Choice(["bounce", "delay"]), default="bounce", show_default=True)
+@click.option("--command", "smtp_command", type=click.Choice(["CONN", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT"],
+              case_sensitive=False), help="The SMTP command the reply answered (a refusal after DATA is no missing mailbox).")
+@click.option("--action", type=click.Choice(["failed", "delayed"]), help="The DSN's Action, when classifying a DSN.")
+@click.option("--explain", is_flag=True, help="Print every step of the decision and the phrase or code that decided.")
 @click.option("--json", "as_json", is_flag=True)
-def classify_command(reply, status, kind, as_json) -> None:
+def classify_command(reply, status, kind, smtp_command, action, explain, as_json) -> None:
     """Classify one SMTP reply or diagnostic line and show the evidence that decided it.
 
-    Example: bounceproxy classify "550 5.1.1 <a@b>: Recipient address rejected: User unknown"
+    Example: bounceproxy classify --explain --command DATA "550 5.1.1 <a@b>: Recipient address rejected: User unknown"
     """
-    from proxy.dsn.classify import classify, classify_reply, explain
+    from proxy.dsn import classify as C
     from proxy.model import Kind
 
-    verdict = classify(status, None, reply, Kind(kind)) if status else classify_reply(reply, Kind(kind))
+    if status or action:
+        verdict = C.classify(status, None, reply, Kind(kind), action, command=smtp_command)
+    else:
+        verdict = C.classify_reply(reply, Kind(kind), command=smtp_command)
     if as_json:
         click.echo(json.dumps({"reason": verdict.reason, "bounce_type": str(verdict.bounce_type),
                                "status": verdict.status, "status_source": verdict.status_source and str(verdict.status_source),
-                               "evidence": verdict.evidence}))
+                               "evidence": verdict.evidence, "stage": verdict.stage, "decided_by": verdict.decided_by,
+                               "steps": list(verdict.steps)}))
         return
-    click.echo(explain(verdict))
+    click.echo(C.explain_steps(verdict) if explain else C.explain(verdict))
 
 
 async def _with_writer(config: Config, fn):

@@ -95,6 +95,7 @@ class UpstreamConfig:
     idle_timeout: float = 50.0
     connect_timeout: float = 10.0
     command_timeout: float = 60.0
+    probe_interval: float = 30.0  # seconds without an upstream attempt before the relay tries one itself; 0: never
     max_message_size: int = 40 * 1024 * 1024  # SES: 40 MB; lowered by the upstream's SIZE
     simulator_late_bounce: str = "latebounce@simulator.amazonses.com"
     simulator_async_delay: float = 1.0
@@ -111,6 +112,7 @@ class InboundConfig:
     verp_local: str = "bounce"
     hmac_key_env: str = "BOUNCEPROXY_VERP_KEY"
     max_message_size: int = 30 * 1024 * 1024
+    max_line_length: int = 65536  # bytes in one line, CRLF not counted; real bounces exceed RFC 5321's 998
     session_timeout: float = 300.0
     max_session_seconds: float = 600.0
     settle_seconds: float = 1.0
@@ -346,3 +348,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{src}: [suppression] act_on_correlations: {name!r} is not one of {', '.join(sorted(known))}")
     if not config.inbound.bounce_domains and config.inbound.enabled:
         raise ConfigError(f"{src}: [inbound] bounce_domains must name at least one domain")
+    inbound = config.inbound
+    if not 998 <= inbound.max_line_length <= max(998, inbound.max_message_size):
+        raise ConfigError(f"{src}: [inbound] max_line_length must be between 998 (RFC 5321) and "
+                          f"[inbound] max_message_size ({inbound.max_message_size}), got {inbound.max_line_length}")

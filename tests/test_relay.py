@@ -196,7 +196,8 @@ async def test_unreachable_upstream_gives_451(tmp_path):
         reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
         assert reply.code == 451 and reply.message.startswith("4.4.1 Upstream unavailable")
         await smtp.quit()
-        assert rows(svc, "SELECT * FROM messages") == []
+        (msg,) = rows(svc, "SELECT * FROM messages")  # the refused attempt is on record (issue 10 §6)
+        assert msg["status"] == "failed" and msg["upstream_reply"].startswith("451 4.4.1 Upstream unavailable")
 
 
 async def test_upstream_connections_are_pooled_across_client_connections(service, upstream):

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STORE = web.AppKey("store", object)
 METRICS = web.AppKey("metrics", MetricsCollector)
+HEALTH = web.AppKey("health", object)  # () -> None when healthy, else the reason (proxy.app.Service._health)
 
 MAX_LIMIT = 1_000_000
 DEFAULT_LIMIT = 100
@@ -132,6 +133,12 @@ def _inbound(row: dict) -> dict:
 
 # -- handlers -----------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
+    """200 ok, or 503 degraded with the reason while the upstream is down or the bounce log refuses writes:
+    the relay is up but answers 451 (Docker's HEALTHCHECK and load balancers read the status code)."""
+    check = request.app.get(HEALTH)
+    reason = check() if check is not None else None
+    if reason:
+        return _json({"status": "degraded", "reason": reason}, 503)
     return _json({"status": "ok"})
 
 
@@ -149,14 +156,16 @@ async def bounces(request: web.Request) -> web.Response:
 
 
 async def messages(request: web.Request) -> web.Response:
-    p = _params(request, ("since", "recipient", "status", "sender", "limit"))
+    p = _params(request, ("since", "recipient", "status", "sender", "duplicates", "limit"))
     flt = MessageFilter(
         since=_since(p["since"]), recipient=p["recipient"], status=_choice("status", p["status"], MESSAGE_STATUSES),
         sender=p["sender"], limit=_limit(p["limit"]),
+        duplicates=_choice("duplicates", p["duplicates"], ("true", "false")) == "true",
     )
     rows = await request.app[STORE].list_messages(flt)
     for row in rows:
         row["recipients"] = row["recipients"].split(",") if row.get("recipients") else []
+        row["duplicate"] = bool(row.get("duplicate"))
     return _json({"messages": [_message(r) for r in rows]})
 
 
@@ -191,9 +200,10 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def inbound(request: web.Request) -> web.Response:
-    p = _params(request, ("state", "since", "limit"))
+    p = _params(request, ("state", "since", "limit", "flagged"))
     state = _choice("state", p["state"], PARSE_STATES)
-    rows = await request.app[STORE].list_inbound(state, _since(p["since"]), _limit(p["limit"]))
+    flagged = _choice("flagged", p["flagged"], ("true", "false")) == "true"
+    rows = await request.app[STORE].list_inbound(state, _since(p["since"]), _limit(p["limit"]), flagged)
     return _json({"inbound": [_inbound(r) for r in rows]})
 
 
@@ -292,7 +302,7 @@ def api_token(config: Config) -> str | None:
 
 
 def create_api(config: Config, store, live_metrics: LiveMetrics | None = None,
-               metrics_ttl: float = 5.0) -> web.Application:
+               metrics_ttl: float = 5.0, health=None) -> web.Application:
     """The aiohttp application; raises ConfigError when it would listen beyond loopback without a token."""
     token = api_token(config)
     middlewares: list = [_errors]
@@ -301,6 +311,8 @@ def create_api(config: Config, store, live_metrics: LiveMetrics | None = None,
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[STORE] = store
     app[METRICS] = MetricsCollector(store, live_metrics, ttl=metrics_ttl)
+    if health is not None:
+        app[HEALTH] = health
     app.router.add_get("/", dashboard)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -315,10 +327,10 @@ def create_api(config: Config, store, live_metrics: LiveMetrics | None = None,
 
 
 async def start_api(config: Config, store, live_metrics: LiveMetrics | None = None,
-                    metrics_ttl: float = 5.0) -> tuple[web.AppRunner, tuple[str, int]]:
+                    metrics_ttl: float = 5.0, health=None) -> tuple[web.AppRunner, tuple[str, int]]:
     """Listen on `[api] listen` (port 0: an ephemeral port). Returns the runner (`await
     runner.cleanup()` to stop) and the address actually bound."""
-    app = create_api(config, store, live_metrics, metrics_ttl)
+    app = create_api(config, store, live_metrics, metrics_ttl, health)
     listen = config.api.listen
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log=logging.getLogger("bounceproxy.api.access"))

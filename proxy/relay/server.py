@@ -10,6 +10,7 @@ import asyncio
 import base64
 import ipaddress
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from proxy.dsn.classify import classify
 from proxy.model import (
-    BounceEvent, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source,
+    BounceEvent, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source, settle_status,
 )
 from proxy.relay.failures import send_failure
+from proxy.relay.health import UpstreamHealth, failure_reason
 from proxy.relay.headers import new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
 from proxy.smtp_guard import AuthThrottle, GuardedSMTP, handler_dir
@@ -36,13 +38,37 @@ REPLY_NOT_ALLOWED = "530 5.7.0 Authentication required"
 REPLY_AUTH_UPSTREAM = "454 4.7.0 Upstream refused the relay's credentials ({reply}); message not sent"
 REPLY_SMUGGLING = ("554 5.6.11 Message refused: bare CR or LF in the message data "
                    "(each line must end with CRLF; SMTP smuggling protection)")
+REPLY_NUL = ("554 5.6.0 Message refused: a NUL byte in the message data (RFC 5321 forbids it; "
+             "SMTP smuggling protection)")
+REPLY_CONTROL_DOT = ("554 5.6.0 Message refused: a line holding only a dot and control characters "
+                     "(an end-of-data look-alike; SMTP smuggling protection)")
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many authentication failures from your address, try again later"
 
 
 def has_bare_line_ending(content: bytes) -> bool:
     """A CR or LF that is not part of a CRLF pair: how SMTP smuggling hides a second message."""
-    rest = content.replace(b"\r\n", b"")
-    return b"\n" in rest or b"\r" in rest
+    crlf = content.count(b"\r\n")
+    return content.count(b"\r") != crlf or content.count(b"\n") != crlf
+
+
+# A line that is a dot once an upstream drops control characters (TAB, CR and LF are not among them).
+_CONTROL_DOT_LINE = rb"(?:[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]+\.[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]*|\.[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]+)(?:\r|\Z)"
+_CONTROL_DOT = re.compile(rb"\n" + _CONTROL_DOT_LINE)  # a literal first byte: re scans for it fast
+_CONTROL_DOT_FIRST = re.compile(_CONTROL_DOT_LINE)
+
+
+def smuggling_refusal(content: bytes) -> str | None:
+    """The refusal for data another server could read as an earlier end of data, or None.
+
+    Bare CR or LF, NUL (servers that strip it turn `<CRLF><NUL>.<CRLF>` into the end of data), and
+    a line that is only a dot among control characters. Whole-buffer scans, no per-line loop."""
+    if b"\0" in content:
+        return REPLY_NUL
+    if has_bare_line_ending(content):
+        return REPLY_SMUGGLING
+    if _CONTROL_DOT.search(content) or _CONTROL_DOT_FIRST.match(content):
+        return REPLY_CONTROL_DOT
+    return None
 
 
 def new_id() -> str:
@@ -59,6 +85,7 @@ class Transaction:
     conn: object | None
     events: list[BounceEvent] = field(default_factory=list)
     broken: bool = False
+    in_flight: list[tuple] | None = None  # the recipients as the in-flight record committed them
 
 
 class RelayHandler:
@@ -67,8 +94,9 @@ class RelayHandler:
     def __dir__(self):
         return handler_dir(self)  # aiosmtpd lists a handler's hooks at every connection
 
-    def __init__(self, config, store, upstream, verp=None, suppressor=None, preflight=None):
+    def __init__(self, config, store, upstream, verp=None, suppressor=None, preflight=None, health=None):
         self.config = config
+        self.health = health or UpstreamHealth(getattr(upstream, "name", "upstream"))  # /healthz, /metrics
         self.store = store
         self.upstream = upstream
         self.verp = verp  # VerpSigner: the signed return path written on every message
@@ -96,10 +124,22 @@ class RelayHandler:
     # -- hooks ----------------------------------------------------------------------------------
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
-        if server._authenticator is None:  # offer AUTH only when there are users to check
-            responses = [r for r in responses if not r.startswith("250-AUTH")]
+        hidden = ["250-AUTH"] if server._authenticator is None else []  # AUTH only with users to check
+        for keyword in ("SMTPUTF8", "8BITMIME"):  # never more than the upstream offers (RFC 6531, 6152)
+            if not self._upstream_offers(keyword.lower()):
+                hidden.append(f"250-{keyword}")
+        if hidden:
+            responses = [r for r in responses if not r.startswith(tuple(hidden))]
         # aiosmtpd reads pipelined commands in order; say so, after the greeting line.
         return [responses[0], "250-PIPELINING", *responses[1:]]
+
+    def _upstream_offers(self, extension: str) -> bool:
+        """What the upstream offered on its last connection. Before the first one (it was down at start)
+        the relay offers it: MAIL cannot succeed before a connection, and one without it then answers
+        451 4.5.4, so the client retries, sees a new EHLO and decides: a mismatch never becomes a bounce."""
+        if not getattr(self.upstream, "extensions_known", True):
+            return True
+        return extension in getattr(self.upstream, "extensions", ())
 
     async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]):
         if not self._may_send(session):
@@ -116,12 +156,20 @@ class RelayHandler:
         try:
             conn = await self.upstream.acquire()
         except UpstreamAuthFailed as exc:
+            self.health.failed("auth", f"the upstream refused the relay's credentials ({exc.reply.line()})")
             message.status, message.send_failure = MessageStatus.FAILED, f"upstream authentication: {exc.reply.line()}"
             message.upstream_reply = exc.reply.line()
             await self._record_quietly(message)
             return REPLY_AUTH_UPSTREAM.format(reply=exc.reply.line())
         except UpstreamUnavailable as exc:
-            return REPLY_UPSTREAM_DOWN.format(why=exc)
+            # An outage must show: a failed message row with the 451 the client got, and the health counters.
+            self.health.failed(failure_reason(str(exc)), str(exc))
+            reply = REPLY_UPSTREAM_DOWN.format(why=exc)
+            message.status, message.send_failure = MessageStatus.FAILED, f"upstream unavailable: {exc}"
+            message.upstream_reply = reply
+            await self._record_quietly(message)
+            return reply
+        self.health.ok()
         tx = Transaction(message, conn)
         session.tx = tx
         null_sender = address in ("", "<>")  # a notification itself: it must never be bounced to
@@ -154,7 +202,7 @@ class RelayHandler:
             name = option.split("=", 1)[0].upper()
             if name == "BODY" and conn.supports("8bitmime"):
                 passed.append(option)
-            elif name == "SMTPUTF8" and conn.supports("smtputf8"):
+            elif name == "SMTPUTF8":  # always: the connection refuses it (451 4.5.4) when it lacks it
                 passed.append(option)
             elif name == "SIZE" and conn.supports("size"):
                 passed.append(option)
@@ -222,10 +270,11 @@ class RelayHandler:
         message = tx.message
         accepted = [r for r in message.recipients if r.status == RecipientStatus.ACCEPTED]
         content: bytes = envelope.original_content or b""
-        if has_bare_line_ending(content):
-            log.warning("%s: refused a message with bare CR/LF (smuggling protection)", _peer(session))
+        refused = smuggling_refusal(content)
+        if refused is not None:
+            log.warning("%s: refused a message (smuggling protection): %s", _peer(session), refused[10:60])
             await self.finish(session)
-            return REPLY_SMUGGLING
+            return refused
         facts = read_headers(content)
         added: list[tuple[str, str]] = []
         if self.is_ses and self.verp is not None and tx.message.sender not in ("", "<>"):
@@ -243,24 +292,39 @@ class RelayHandler:
         body = prepend_headers(content, added)
         message.size = len(body)
         try:
+            # In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
+            # the end of data goes upstream: a crash between the upstream's 250 and the final commit then
+            # leaves a row the next start marks possibly_sent, instead of a delivery missing from the log.
+            await self.store.record_message(message)
+            tx.in_flight = _recipient_rows(message)
+        except StoreError:
+            await self.finish(session)  # nothing went upstream: the client retries
+            return REPLY_STORE_DOWN
+        try:
             reply = await tx.conn.data(body)
         except UpstreamUnavailable as exc:
+            # The body may have reached the upstream before the connection went: the relay cannot tell.
             tx.broken = True
-            message.status = MessageStatus.FAILED
+            self.health.failed("lost_during_data", str(exc))
+            message.status = MessageStatus.POSSIBLY_SENT
             message.upstream_reply = f"connection lost during DATA: {exc}"
             await self.finish(session, record=True)
             return REPLY_UPSTREAM_DOWN.format(why=exc)
+        except asyncio.CancelledError:  # the client vanished: connection_lost records the message as it is
+            message.status = MessageStatus.POSSIBLY_SENT
+            message.upstream_reply = "the client's connection was lost while the message went upstream"
+            if tx.conn is not None:
+                tx.conn.close()  # out of step: never reused
+            raise
         message.upstream_reply = reply.line()
         if reply.ok:
             message.upstream_id = upstream_id_from(reply)
-            refused = len(accepted) < len(message.recipients)
-            message.status = MessageStatus.PARTIAL if refused else MessageStatus.SENT
         else:
             for r in accepted:
                 r.status = RecipientStatus.REJECTED if reply.permanent else RecipientStatus.DEFERRED
                 r.reply = reply.line()
-            message.status = MessageStatus.REJECTED if reply.permanent else MessageStatus.FAILED
             self._refusal(tx, reply, [r.address for r in accepted], "DATA")
+        message.status = settle_status(message.recipients, reply.code, message.send_failure)
         raw = content if (self.keeps_messages and reply.ok) else None
         try:
             await self.finish(session, record=True, raw=body if raw is not None else None, strict=True)
@@ -294,7 +358,7 @@ class RelayHandler:
                 bounce_type=verdict.bounce_type, reason=verdict.reason, status=verdict.status,
                 status_source=verdict.status_source, smtp_code=reply.code, diagnostic=reply.line(),
                 remote_mta=remote_mta or getattr(self.upstream, "name", None), message_id=tx.message.id,
-                evidence=verdict.evidence,
+                evidence=verdict.evidence, smtp_command=verdict.stage or command, decided_by=verdict.decided_by,
             ))
 
     async def finish(self, session: Session, record: bool = False, raw: bytes | None = None, strict: bool = False):
@@ -310,23 +374,21 @@ class RelayHandler:
         if not record or (not message.recipients and message.status == MessageStatus.PENDING):
             return  # nothing reached a recipient: nothing to record
         if message.status == MessageStatus.PENDING:  # abandoned after RCPT replies (RSET, QUIT, lost)
-            refused_all = all(r.status == RecipientStatus.REJECTED for r in message.recipients)
-            message.status = MessageStatus.REJECTED if refused_all else MessageStatus.FAILED
-        if message.send_failure:
-            message.status = MessageStatus.FAILED
+            message.status = settle_status(message.recipients, None, message.send_failure)
+        changed = tx.in_flight != _recipient_rows(message)  # most often not: the final commit is one row
         if strict:
-            await self.store.record_message(message, tx.events, raw)
+            await self.store.record_message(message, tx.events, raw, recipients=changed)
         else:
-            await self._record_quietly(message, tx.events)
+            await self._record_quietly(message, tx.events, recipients=changed)
         if self.suppressor is not None and tx.events:
             try:
                 await self.suppressor.consider(tx.events, message.sender)
             except StoreError as exc:
                 log.error("could not update the suppression list for message %s: %s", message.id, exc)
 
-    async def _record_quietly(self, message: MessageRecord, events=()) -> None:
+    async def _record_quietly(self, message: MessageRecord, events=(), recipients: bool = True) -> None:
         try:
-            await self.store.record_message(message, events)
+            await self.store.record_message(message, events, recipients=recipients)
         except StoreError as exc:
             log.error("could not record message %s: %s", message.id, exc)
 
@@ -337,6 +399,10 @@ class RelayHandler:
             await self.upstream.release(tx.conn)
             tx.conn = None
         session.tx = None
+
+
+def _recipient_rows(message: MessageRecord) -> list[tuple]:
+    return [(r.address, r.status, r.reply) for r in message.recipients]
 
 
 def _close_after_reply(server) -> None:

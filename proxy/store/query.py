@@ -53,6 +53,22 @@ class EventFilter:
         return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
+_WENT_OUT = "('sent', 'partial', 'possibly_sent')"  # proxy.model.MAY_HAVE_GONE_OUT
+
+
+def duplicate_sql(earlier_only: bool = False) -> str:
+    """SQL true for a message `m` that may have reached a recipient who may also have received another
+    message with the same client Message-ID (a client's retry after a crash or a lost connection).
+    Postfix splitting one message over transactions to different recipients is no duplicate."""
+    order = " AND (o.created_at, o.id) < (m.created_at, m.id)" if earlier_only else ""
+    return (
+        f"(m.message_id IS NOT NULL AND m.status IN {_WENT_OUT} AND EXISTS (SELECT 1 FROM messages o "
+        "JOIN recipients ro ON ro.message_id = o.id AND ro.status = 'accepted' "
+        "JOIN recipients rm ON rm.message_id = m.id AND rm.status = 'accepted' AND rm.address = ro.address COLLATE NOCASE "
+        f"WHERE o.message_id = m.message_id AND o.id != m.id AND o.status IN {_WENT_OUT}{order}))"
+    )
+
+
 @dataclass
 class MessageFilter:
     since: float | None = None
@@ -60,6 +76,7 @@ class MessageFilter:
     status: str | None = None
     sender: str | None = None
     limit: int = 100
+    duplicates: bool = False  # only messages that may have reached someone twice (see duplicate_sql)
 
     def where(self) -> tuple[str, list]:
         clauses, params = [], []
@@ -75,4 +92,6 @@ class MessageFilter:
         if self.sender:
             clauses.append("m.sender = ? COLLATE NOCASE")
             params.append(self.sender)
+        if self.duplicates:
+            clauses.append(duplicate_sql())
         return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params

@@ -18,7 +18,7 @@ import aiosqlite
 
 from proxy.model import BounceEvent, MessageRecord, ParseState
 from proxy.store.migrations import MIGRATIONS
-from proxy.store.query import EventFilter, MessageFilter
+from proxy.store.query import EventFilter, MessageFilter, duplicate_sql
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ MESSAGE_COLUMNS = (
 ).split()
 EVENT_COLUMNS = (
     "at message_id recipient source kind bounce_type reason status status_source smtp_code "
-    "diagnostic remote_mta reporting_mta correlation inbound_id evidence feedback_type parser_version"
+    "diagnostic remote_mta reporting_mta correlation inbound_id evidence feedback_type parser_version "
+    "smtp_command action decided_by"
 ).split()
 _INSERT_MESSAGE = (
     f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))}) "
@@ -43,7 +44,8 @@ _INSERT_RECIPIENT = (
 )
 # An inbound mail's events are unique per recipient: a replay changes nothing, a reparse
 # (new parser version) rewrites the verdict in place. Sync events have no inbound row.
-_REPARSED = "kind bounce_type reason status status_source smtp_code diagnostic remote_mta reporting_mta correlation message_id evidence feedback_type parser_version".split()
+_REPARSED = ("kind bounce_type reason status status_source smtp_code diagnostic remote_mta reporting_mta correlation "
+             "message_id evidence feedback_type parser_version smtp_command action decided_by").split()
 _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
     "ON CONFLICT(inbound_id, COALESCE(recipient, '')) DO UPDATE SET "
@@ -53,6 +55,10 @@ _INSERT_EVENT = (
 
 _GROUPABLE = frozenset({_INSERT_MESSAGE, _INSERT_RECIPIENT, _INSERT_EVENT,
                         "INSERT OR REPLACE INTO outbox (message_id, raw) VALUES (?, ?)"})
+
+
+POSSIBLY_SENT_NOTE = ("no final reply recorded: bounceproxy stopped while the message was going upstream, "
+                      "which may have accepted it")
 
 
 class StoreError(Exception):
@@ -89,6 +95,11 @@ class SqliteStore:
         self._writer: asyncio.Task | None = None
         self._closing = False
         self.commits = 0  # batches committed, for stats and benchmarks
+
+    @property
+    def failing(self) -> bool:
+        """True from a refused write batch until the next one commits (`/healthz` reports it)."""
+        return self._failing_since is not None
 
     # -- life cycle -------------------------------------------------------------------------
     async def open(self, readonly: bool = False) -> "SqliteStore":
@@ -251,16 +262,32 @@ class SqliteStore:
             raise
 
     # -- writes -----------------------------------------------------------------------------
-    async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None) -> None:
-        """Commit a message, its recipients and its synchronous events in one transaction."""
+    async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None,
+                             recipients: bool = True) -> None:
+        """Commit a message, its recipients (unless `recipients` is False: unchanged since its in-flight
+        record) and its synchronous events in one transaction."""
         statements: list[Statement] = [(_INSERT_MESSAGE, message_row(message))]
-        statements += [
-            (_INSERT_RECIPIENT, (message.id, r.address, r.status, r.reply)) for r in message.recipients
-        ]
+        if recipients:
+            statements += [
+                (_INSERT_RECIPIENT, (message.id, r.address, r.status, r.reply)) for r in message.recipients
+            ]
         statements += [(_INSERT_EVENT, event_row(e)) for e in events]
         if raw is not None:
             statements.append(("INSERT OR REPLACE INTO outbox (message_id, raw) VALUES (?, ?)", (message.id, raw)))
         await self._submit(statements)
+
+    async def mark_possibly_sent(self, before: float) -> int:
+        """At start: messages a previous run left in flight (`pending`, committed before their end of data
+        went upstream) become `possibly_sent`; nobody will learn the upstream's answer now."""
+        rows = await self._fetch("SELECT COUNT(*) AS n FROM messages WHERE status = 'pending' AND created_at < ?",
+                                 (before,))
+        if rows[0]["n"]:
+            await self._submit([(
+                "UPDATE messages SET status = 'possibly_sent', upstream_reply = CASE WHEN upstream_reply = '' "
+                "THEN ? ELSE upstream_reply END WHERE status = 'pending' AND created_at < ?",
+                (POSSIBLY_SENT_NOTE, before),
+            )])
+        return rows[0]["n"]
 
     async def store_inbound(self, peer: str, mail_from: str, rcpt_tos: list[str], raw: bytes) -> int:
         """Commit a received mail's raw bytes; returns its id. Called before the 250 is sent."""
@@ -288,9 +315,10 @@ class SqliteStore:
         await self._submit(statements)
 
     async def update_events_verdicts(self, rows: list[tuple]) -> None:
-        """Rewrite (reason, bounce_type, status, status_source, evidence, parser_version) by event id."""
+        """Rewrite (reason, bounce_type, status, status_source, evidence, parser_version, decided_by) by event id."""
         await self._submit([(
-            "UPDATE events SET reason=?, bounce_type=?, status=?, status_source=?, evidence=?, parser_version=? WHERE id=?",
+            "UPDATE events SET reason=?, bounce_type=?, status=?, status_source=?, evidence=?, parser_version=?, "
+            "decided_by=? WHERE id=?",
             row,
         ) for row in rows])
 
@@ -305,7 +333,7 @@ class SqliteStore:
         return [dict(r) for r in rows]
 
     async def events_to_reclassify(self) -> list[dict]:
-        return await self._fetch("SELECT id, kind, status, status_source, smtp_code, diagnostic FROM events "
+        return await self._fetch("SELECT id, kind, status, status_source, smtp_code, diagnostic, smtp_command, action FROM events "
                                  "WHERE kind IN ('bounce', 'delay') ORDER BY id")
 
     async def get_message(self, message_id: str) -> dict | None:
@@ -335,7 +363,8 @@ class SqliteStore:
         where, params = flt.where()
         return await self._fetch(
             "SELECT m.*, (SELECT COUNT(*) FROM recipients r WHERE r.message_id = m.id) AS recipient_count, "
-            "(SELECT group_concat(address, ',') FROM recipients r WHERE r.message_id = m.id) AS recipients "
+            "(SELECT group_concat(address, ',') FROM recipients r WHERE r.message_id = m.id) AS recipients, "
+            f"{duplicate_sql()} AS duplicate "
             f"FROM messages m {where} ORDER BY m.created_at DESC LIMIT ?",
             (*params, flt.limit),
         )
@@ -369,11 +398,16 @@ class SqliteStore:
             "SELECT correlation, COUNT(*) AS n FROM events WHERE at >= ? AND source = 'async' GROUP BY correlation",
             (since,),
         )
+        duplicates = await self._fetch(
+            f"SELECT COUNT(*) AS n FROM messages m WHERE m.created_at >= ? AND {duplicate_sql(earlier_only=True)}",
+            (since,),
+        )
         return {
             "messages": {r["status"]: r["n"] for r in msgs},
             "recipients": rcpts[0]["n"] if rcpts else 0,
             "events": events,
             "correlations": {r["correlation"]: r["n"] for r in correlations},  # of late reports
+            "duplicates": duplicates[0]["n"],  # messages repeating an earlier one that went out (same Message-ID)
         }
 
     async def list_inbound(self, state: str | None, since: float | None, limit: int, flagged: bool = False) -> list[dict]:

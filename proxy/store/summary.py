@@ -15,7 +15,10 @@ def summarize(data: dict, since: float | None) -> dict:
     """`store.stats(since)` -> messages, bounces, complaints and the rates per recipient.
 
     Keys: since messages by_status recipients bounces hard_bounces complaints bounce_rate
-    hard_bounce_rate complaint_rate by_reason (the store's rows: source kind bounce_type reason n).
+    hard_bounce_rate complaint_rate by_reason (the store's rows: source kind bounce_type reason n)
+    by_correlation (late reports' events per correlation) foreign_recipients (addresses reports named
+    that their message was never sent to: left out of every rate, never acted on) duplicates (messages
+    that went out repeating an earlier one that went out: same Message-ID, a recipient in common).
     """
     events = data["events"]
     sent = sum(data["messages"].values())
@@ -30,4 +33,7 @@ def summarize(data: dict, since: float | None) -> dict:
         "hard_bounce_rate": round(hard / rcpts, 4) if rcpts else 0.0,
         "complaint_rate": round(complaints / rcpts, 4) if rcpts else 0.0,
         "by_reason": events,
+        "by_correlation": data.get("correlations", {}),
+        "foreign_recipients": data.get("correlations", {}).get("foreign_recipient", 0),
+        "duplicates": data.get("duplicates", 0),
     }
