@@ -1,6 +1,7 @@
 """Defences shared by both listeners: connection limits (total and per IP), a cap on the whole
-session's length (slowloris), and AUTH failure rate limiting. aiosmtpd already bounds command
-and line length and closes idle sessions."""
+session's length (slowloris), AUTH failure rate limiting, addresses taken exactly or refused, and
+every reply a proper reply (RFC 3463 enhanced code and a sentence, never an exception's text).
+aiosmtpd already bounds command and line length and closes idle sessions."""
 from __future__ import annotations
 
 import asyncio
@@ -10,9 +11,64 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 log = logging.getLogger(__name__)
+
+REPLY_INTERNAL = "451 4.3.0 Internal error while handling that command; please retry later"
+# A reply line that carries an RFC 3463 enhanced status code and then some text.
+PROPER_REPLY = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3} \S")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# aiosmtpd's own replies, as it words them, and what each listener says instead.
+STOCK_REPLIES: dict[str, str] = {
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+    "500 Error: bad syntax": "500 5.5.2 Syntax error: an empty or unreadable command line",
+    "500 Command line too long": "500 5.5.2 Command line too long",
+    "500 Error: strict ASCII mode": "500 5.5.2 Non-ASCII bytes in a command line",
+    "500 Error: Cannot describe error": REPLY_INTERNAL,
+    "554 Command refused due to lack of security": "554 5.7.0 Command refused: the TLS handshake did not complete",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "454 TLS not available": "502 5.5.1 STARTTLS is not offered here",
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "500 Error: command 'AUTH' not recognized": "503 5.5.1 AUTH needs EHLO, not HELO",
+    "503 Already authenticated": "503 5.5.1 Already authenticated",
+    "501 Not enough value": "501 5.5.4 AUTH needs a mechanism name",
+    "501 Too many values": "501 5.5.4 Too many arguments to AUTH",
+    "252 Cannot VRFY user, but will accept message and attempt delivery":
+        "252 2.0.0 Cannot VRFY addresses; RCPT says whether mail for one is accepted",
+    "503 Error: nested MAIL command": "503 5.5.1 A transaction is already open: send RSET first",
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": "501 5.5.4 BODY takes 7BIT or 8BITMIME",
+    "501 Error: SMTPUTF8 takes no arguments": "501 5.5.4 SMTPUTF8 takes no value",
+    "501 Error: SMTPUTF8 disabled": "555 5.5.4 SMTPUTF8 is not offered here",
+    "555 MAIL FROM parameters not recognized or not implemented":
+        "555 5.5.4 MAIL FROM parameters not recognized or not implemented",
+    "555 RCPT TO parameters not recognized or not implemented":
+        "555 5.5.4 RCPT TO parameters not recognized or not implemented",
+    "503 Error: need MAIL command": "503 5.5.1 Need MAIL command first",
+    "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first: no recipient was accepted",
+    "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
+}
+# Stock replies with a variable tail: (prefix, what replaces the prefix; None drops the tail too).
+STOCK_PREFIXES: tuple[tuple[str, str, bool], ...] = (
+    ("501 Syntax: ", "501 5.5.4 Syntax: ", True),
+    ("250 Syntax: ", "250 2.0.0 Syntax: ", True),
+    ("250 Supported commands: ", "250 2.0.0 Supported commands: ", True),
+    ("501 Supported commands: ", "501 5.5.4 No help for that command; supported commands: ", True),
+    ("503 Error: send ", "503 5.5.1 Send HELO or EHLO first", False),
+    ('500 Error: command "', "500 5.5.1 Command not recognized", False),
+    ("502 Could not VRFY ", "502 5.5.4 Could not VRFY that address", False),
+    ("500 Error: (", REPLY_INTERNAL, False),
+)
+_DEFAULT_ENHANCED = {"2": "2.0.0", "4": "4.0.0", "5": "5.0.0"}  # RFC 3463 X.0.0: other or undefined status
+
+
+class UpstreamText(str):
+    """A reply relayed from the upstream. A success goes out verbatim: applications read SES's
+    `250 Ok <message id>` as it is. A refusal without an enhanced code gets X.0.0 (undefined)."""
+
+    __slots__ = ()
 
 
 @dataclass
@@ -51,11 +107,127 @@ class GuardedSMTP(SMTP):
             names = _SMTP_NAMES[type(self)] = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
         return names
 
+    # What this listener says when a message is too big or holds a line too long (end of data).
+    size_reply = "552 5.3.4 Message too big for this server (limit {limit} bytes)"
+    line_reply = ("554 5.6.0 Message refused: a line is longer than {limit} bytes (RFC 5321 4.5.3.1.6 allows "
+                  "1000 with its CRLF); encode long lines, e.g. as quoted-printable or base64")
+
     def __init__(self, handler, *args, limits: Limits, **kwargs):
         super().__init__(handler, *args, **kwargs)
         self._limits = limits
         self._peer_ip: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._greeted = False
+        self._in_ehlo = ""  # "EHLO"/"HELO" while pushing that reply: RFC 2034 exempts it from enhanced codes
+        self._offered: set[str] = set()  # EHLO keywords this session was offered
+        self._verb = ""
+
+    # -- replies ------------------------------------------------------------------------------
+    def _proper(self, status: str) -> str:
+        """The reply as it goes out: aiosmtpd's stock texts replaced, an enhanced code on every line."""
+        proper = STOCK_REPLIES.get(status)
+        if proper is not None:
+            return proper
+        if status[:3] == "552" and status.startswith("552 Error:"):
+            return self.size_reply.format(limit=self.data_size_limit)
+        if status.startswith("500 Line too long"):
+            return self.line_reply.format(limit=self.line_length_limit - 3)
+        if status.startswith("553 5.1.3 Error: malformed address"):
+            return ("553 5.1.7 Malformed sender address" if self._verb == "MAIL"
+                    else "553 5.1.3 Malformed recipient address")
+        for prefix, replacement, keep_tail in STOCK_PREFIXES:
+            if status.startswith(prefix):
+                return replacement + status[len(prefix):] if keep_tail else replacement
+        lines = status.split("\r\n")
+        for i, line in enumerate(lines):
+            line = _CONTROL.sub(" ", line)
+            if not PROPER_REPLY.match(line) and line[:1] in _DEFAULT_ENHANCED and line[:3].isdigit():
+                text = line[4:].strip() or "OK"
+                line = f"{line[:3]}{line[3:4] if line[3:4] == '-' else ' '}{_DEFAULT_ENHANCED[line[0]]} {text}"
+            lines[i] = line
+        return "\r\n".join(lines)
+
+    async def push(self, status) -> None:
+        if isinstance(status, str):
+            code = status[:3]
+            if not self._greeted and code == "220":
+                self._greeted = True  # the greeting: RFC 2034 exempts it
+            elif self._in_ehlo and code == "250":
+                keyword = status[4:].split(" ", 1)[0].upper()
+                if self._in_ehlo == "EHLO" and status[3:4] == " " and "ENHANCEDSTATUSCODES" not in self._offered:
+                    self._offered.add("ENHANCEDSTATUSCODES")  # every reply here carries one
+                    await super().push("250-ENHANCEDSTATUSCODES")
+                self._offered.add(keyword)
+            elif code[:1] in "45" or (code[:1] == "2" and type(status) is not UpstreamText):
+                status = self._proper(status)  # 354 and 334 are intermediate: no enhanced code exists
+        await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error: logged with its traceback, never shown to the client."""
+        log.error("%s: error while handling a command", self._peer_ip, exc_info=error)
+        return REPLY_INTERNAL
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str):
+        self._offered = set()
+        self._in_ehlo = "EHLO"
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = ""
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str):
+        self._offered = set()
+        self._in_ehlo = "HELO"
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_ehlo = ""
+
+    # -- addresses ----------------------------------------------------------------------------
+    def _path_refusal(self, arg: str | None, verb: str) -> str | None:
+        """Addresses are taken exactly or refused: never a control character, never bytes that are
+        not UTF-8, non-ASCII only under SMTPUTF8 (RFC 6531), SMTPUTF8 only when it was offered."""
+        if not arg or not self.session or not self.session.host_name:
+            return None  # aiosmtpd's own checks answer first (send HELO, syntax)
+        what = "Sender" if verb == "MAIL" else "Recipient"
+        bad = "553 5.1.7" if verb == "MAIL" else "501 5.1.3"
+        if _CONTROL.search(arg):
+            return f"{bad} {what} address refused: it contains a control character"
+        tokens = arg.upper().split()
+        utf8 = "SMTPUTF8" in tokens[1:] if verb == "MAIL" else bool(self.envelope and self.envelope.smtp_utf8)
+        if verb == "MAIL":
+            if utf8 and "SMTPUTF8" not in self._offered:
+                return "555 5.5.4 SMTPUTF8 was not offered in this session"
+            if "BODY=8BITMIME" in tokens[1:] and "8BITMIME" not in self._offered:
+                return "555 5.5.4 8BITMIME was not offered in this session"
+        if not arg.isascii():
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{bad} {what} address refused: it is not valid UTF-8"
+            if not utf8:
+                return f"553 5.6.7 {what} address refused: non-ASCII needs the SMTPUTF8 parameter on MAIL (RFC 6531)"
+        return None
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self._verb = "MAIL"
+        refusal = self._path_refusal(arg, "MAIL")
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self._verb = "RCPT"
+        refusal = self._path_refusal(arg, "RCPT") if self.envelope and self.envelope.mail_from else None
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        await super().smtp_RCPT(arg)
 
     def _getaddr(self, arg: str):
         """aiosmtpd's address parser (email._header_value_parser) was a fifth of the relay's time;

@@ -74,16 +74,19 @@ class InboundHandler:
 
 
 class InboundSMTP(GuardedSMTP):
-    """aiosmtpd's SMTP with RFC 3463 codes on its size refusals."""
+    """aiosmtpd's SMTP taking long lines: real MTAs send bounces with lines far over RFC 5321's
+    1000 bytes (unwrapped HTML, long headers), and a refused bounce is lost for good.
 
-    def __init__(self, handler, *args, size_limit: int, **kwargs):
+    Lines up to `max_line_length` bytes (CRLF not counted) are stored exactly as received."""
+
+    size_reply = "552 5.3.4 Message too big for this bounce MX (limit {limit} bytes)"
+    line_reply = ("554 5.6.0 Message refused: a line is longer than {limit} bytes, "
+                  "the most this bounce MX takes ([inbound] max_line_length)")
+
+    def __init__(self, handler, *args, size_limit: int, max_line_length: int = 65536, **kwargs):
+        # aiosmtpd reads with a StreamReader whose limit is this, made in SMTP.__init__: set it first.
+        self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
         super().__init__(handler, *args, data_size_limit=size_limit, **kwargs)
-        self._size_reply = f"552 5.3.4 Message too big for this bounce MX (limit {size_limit} bytes)"
-
-    async def push(self, status):
-        if isinstance(status, str) and status.startswith("552 Error:"):
-            status = self._size_reply
-        await super().push(status)
 
 
 class InboundWorker:

@@ -27,6 +27,9 @@ SEND_FAILURE_TEXTS: list[tuple[re.Pattern[str], str]] = [
      "account paused"),
     # 530 Must issue a STARTTLS command first / 454 Temporary authentication failure
     (re.compile(r"must issue a starttls|temporary authentication failure", re.I), "authentication"),
+    # 553 5.6.7 Non-ASCII addresses not permitted / 451 4.5.4 … SMTPUTF8 (RFC 6531 6.x codes): a protocol
+    # mismatch between servers, never the recipient address's fault.
+    (re.compile(r"^[45]\.6\.(?:7|8|9|10)\b|\bSMTPUTF8\b", re.I), "SMTPUTF8 not available"),
 ]
 
 

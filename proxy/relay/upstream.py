@@ -1,7 +1,13 @@
 """The upstream side of the relay: SMTP replies, pooled aiosmtplib connections.
 
 A connection carries many transactions (RSET between when one was left open), is checked with
-NOOP after it idled, and is replaced when broken, idle too long, or after N messages.
+NOOP after it idled, and is replaced when broken, idle too long, out of step, or after N messages.
+
+In step: aiosmtplib pairs replies with commands by arrival. A reply the upstream sends beyond the
+one asked for would be taken as the next command's answer (a stale 250 read as the answer to DATA),
+and a multi-line reply whose lines disagree (`554-…` then `250 …`) takes its last line's code. So
+each connection counts the upstream's replies from the raw bytes (ReplyAudit); a reply out of
+protocol closes the connection and the client is told the message was not sent.
 """
 from __future__ import annotations
 
@@ -10,13 +16,18 @@ import logging
 import re
 import ssl
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.protocol import normalize_message_line_endings
+
+from proxy.smtp_guard import UpstreamText
 
 log = logging.getLogger(__name__)
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+_DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +58,23 @@ class Reply:
         """The reply as aiosmtpd pushes it: multi-line replies keep their lines (ASCII only)."""
         lines = self.text.encode("ascii", "replace").decode("ascii").splitlines() or [""]
         head = [f"{self.code}-{part}" for part in lines[:-1]]
-        return "\r\n".join([*head, f"{self.code} {lines[-1]}".rstrip()])
+        return UpstreamText("\r\n".join([*head, f"{self.code} {lines[-1]}".rstrip()]))
 
 
 class UpstreamUnavailable(Exception):
-    """No usable upstream connection: unreachable, TLS failure, timeout, or dropped mid-transaction."""
+    """No usable upstream connection: unreachable, TLS failure, timeout, or dropped mid-transaction.
+
+    Its text is a sentence for the client's 451 (never an exception's text)."""
+
+
+class UpstreamOutOfStep(UpstreamUnavailable):
+    """The upstream answered out of protocol (a reply nobody asked for, 250 to DATA, mixed codes):
+    the connection is closed and the message counts as not sent. `body_sent` says whether the
+    body had gone out before (then the upstream may still deliver it)."""
+
+    def __init__(self, why: str, body_sent: bool = False):
+        super().__init__(why)
+        self.body_sent = body_sent
 
 
 class UpstreamAuthFailed(Exception):
@@ -79,6 +102,49 @@ def upstream_id_from(reply: Reply) -> str | None:
     return None
 
 
+class ReplyAudit:
+    """The upstream's replies counted from the bytes it sends, beside aiosmtplib's own reading.
+
+    Fed from the protocol's data_received before aiosmtplib sees the bytes, so that when a command's
+    reply is handed over the audit has seen it too: `replies` is the number of complete replies so
+    far, `partial` bytes of one not yet complete, `recent` the last few as (first line's code,
+    whether a later line carried another code, the text of the lines carrying the first code)."""
+
+    __slots__ = ("partial", "replies", "malformed", "recent", "_first", "_mixed", "_lines")
+
+    def __init__(self):
+        self.partial = bytearray()
+        self.replies = 0
+        self.malformed = False
+        self.recent: deque[tuple[int, bool, str]] = deque(maxlen=4)
+        self._first: bytes | None = None
+        self._mixed = False
+        self._lines: list[bytes] = []
+
+    def feed(self, data: bytes) -> None:
+        buf = self.partial
+        buf += data
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            line = bytes(buf[start:end + 1])
+            start = end + 1
+            code = line[:3]
+            if not (code.isdigit() and b"2" <= code[:1] <= b"5") or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
+                self.malformed = True
+            if self._first is None:
+                self._first, self._mixed, self._lines = code, False, []
+            elif code != self._first:
+                self._mixed = True
+            if code == self._first and len(self._lines) < 16:
+                self._lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                self.replies += 1
+                text = b"\n".join(self._lines).decode("utf-8", "replace")
+                self.recent.append((int(self._first) if self._first.isdigit() else 0, self._mixed, text))
+                self._first = None
+        del buf[:start]
+
+
 class UpstreamConnection:
     """One aiosmtplib connection and what the pool needs to know about it."""
 
@@ -87,6 +153,47 @@ class UpstreamConnection:
         self.messages = 0
         self.last_used = time.monotonic()
         self.in_transaction = False
+        self.utf8 = False  # this transaction's MAIL carried SMTPUTF8 (so non-ASCII addresses may go)
+        self.audit = ReplyAudit()
+        self.consumed = 0  # replies handed to us, one per command (two for DATA and its end)
+        protocol = client.protocol
+        if protocol is not None:  # count from here on: the handshake's replies are all consumed
+            original = protocol.data_received
+
+            def data_received(data: bytes, _feed=self.audit.feed, _original=original) -> None:
+                _feed(data)
+                _original(data)
+
+            protocol.data_received = data_received
+
+    @property
+    def in_step(self) -> bool:
+        """Every reply the upstream sent was one we asked for, and nothing more is on its way."""
+        audit = self.audit
+        return audit.replies == self.consumed and not audit.partial and not audit.malformed
+
+    def _out_of_step(self, why: str, body_sent: bool = False) -> UpstreamOutOfStep:
+        log.warning("upstream out of step: %s; closing that connection", why)
+        self.close()
+        return UpstreamOutOfStep(f"the upstream answered out of protocol ({why})", body_sent)
+
+    def _checked(self, code: int, text: str, expected: int) -> Reply:
+        """The reply to the command just sent, once the audit agrees it was the one reply to it."""
+        self.consumed = expected
+        audit = self.audit
+        if audit.replies != expected or audit.partial:
+            raise self._out_of_step("it sent more replies than it was sent commands")
+        if audit.malformed:
+            raise self._out_of_step("a reply line without a valid code")
+        first, mixed, first_text = audit.recent[-1]
+        if mixed:
+            # RFC 5321 4.2.1: every line of a reply carries one code. The first line's decides:
+            # a refusal stays a refusal; anything else cannot be trusted to mean sent.
+            if first >= 400:
+                self.close()
+                return Reply(first, first_text)
+            raise self._out_of_step(f"a reply whose lines carry {first} and {code}")
+        return Reply(code, text)
 
     @property
     def max_size(self) -> int | None:
@@ -96,37 +203,76 @@ class UpstreamConnection:
     def supports(self, extension: str) -> bool:
         return self.client.supports_extension(extension)
 
+    def _ready(self) -> None:
+        if self.client.protocol is None or not self.client.is_connected:
+            self.close()
+            raise UpstreamUnavailable("the upstream closed the connection")
+        if not self.in_step:
+            raise self._out_of_step("it sent a reply nobody asked for")
+
     async def command(self, *args: bytes) -> Reply:
+        self._ready()
         try:
             response = await self.client.execute_command(*args)
+        except ValueError:  # a control character in an argument: refused before anything was sent
+            raise UpstreamUnavailable("a command argument held a control character and was not sent") from None
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             self.close()
             raise UpstreamUnavailable(_describe(exc)) from None
-        if response.code == 421:
+        reply = self._checked(response.code, response.message, self.consumed + 1)
+        if reply.code == 421:
             self.close()
-        return Reply(response.code, response.message)
+        return reply
 
     async def mail(self, sender: str, options: list[str]) -> Reply:
+        self.utf8 = any(o.upper() == "SMTPUTF8" for o in options)
+        if (self.utf8 or not sender.isascii()) and not self.supports("smtputf8"):
+            # Offered to the client from what an earlier connection said: a mismatch of ours, temporary.
+            self.utf8 = False
+            return Reply(451, "4.5.4 The upstream does not offer SMTPUTF8 on this connection; "
+                              "message not sent, please retry later")
         self.in_transaction = True
         return await self.command(b"MAIL", f"FROM:<{sender}>".encode("utf-8"), *(o.encode() for o in options))
 
     async def rcpt(self, recipient: str) -> Reply:
+        if not recipient.isascii() and not self.utf8:
+            # Never sent: a protocol mismatch, not the recipient's fault (failures.py: a send failure).
+            return Reply(553, "5.6.7 A non-ASCII recipient needs SMTPUTF8, which this transaction does not use")
         return await self.command(b"RCPT", f"TO:<{recipient}>".encode("utf-8"))
 
     async def data(self, content: bytes) -> Reply:
+        """DATA, then the body: only a 354 opens the body, only the reply to its end can mean sent.
+
+        Two audited steps rather than aiosmtplib's execute_data_command, which reports a refusal of
+        DATA and one of the end of data alike, and takes a 250 to DATA for a refusal of the body."""
+        reply = await self.command(b"DATA")
+        if reply.code != 354:
+            if reply.code < 400:
+                raise self._out_of_step(f"{reply.code} to DATA, where only 354 opens the body")
+            return reply  # refused before any byte of the body: the transaction stays open (RSET)
+        payload = _DOT.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
+        protocol = self.client.protocol
         try:
-            response = await self.client.protocol.execute_data_command(content, timeout=self.client.timeout)
-        except aiosmtplib.SMTPDataError as exc:
-            self.in_transaction = False
-            if exc.code == 421:
-                self.close()
-            return Reply(exc.code, exc.message)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, AttributeError) as exc:
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(payload)
+            response = await protocol.read_response(timeout=self.client.timeout)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             self.close()
             raise UpstreamUnavailable(_describe(exc)) from None
+        try:
+            reply = self._checked(response.code, response.message, self.consumed + 1)
+        except UpstreamOutOfStep as exc:
+            exc.body_sent = True
+            raise
         self.in_transaction = False
-        self.messages += 1
-        return Reply(response.code, response.message)
+        if reply.ok and reply.code != 250:
+            raise self._out_of_step(f"{reply.code} to the end of data, where only 250 means sent", body_sent=True)
+        if reply.code == 421:
+            self.close()
+        if reply.ok:
+            self.messages += 1
+        return reply
 
     async def reset(self) -> None:
         if self.in_transaction and self.usable:
@@ -137,7 +283,7 @@ class UpstreamConnection:
 
     @property
     def usable(self) -> bool:
-        return self.client.is_connected
+        return self.client.is_connected and self.in_step
 
     def close(self) -> None:
         try:
@@ -147,15 +293,29 @@ class UpstreamConnection:
 
 
 def _describe(exc: BaseException) -> str:
+    """A sentence for the client: what went wrong, never the exception's own text (that goes to the log)."""
     if isinstance(exc, (asyncio.TimeoutError, aiosmtplib.SMTPTimeoutError)):
         return "the upstream did not answer in time"
     if isinstance(exc, aiosmtplib.SMTPConnectError):
-        return f"cannot connect to the upstream ({exc})"
-    if isinstance(exc, ssl.SSLError) or "SSL" in type(exc).__name__ or "certificate" in str(exc).lower():
-        return f"TLS with the upstream failed ({exc})"
+        return "cannot connect to the upstream"
+    if isinstance(exc, ssl.SSLCertVerificationError) or "certificate" in str(exc).lower():
+        return "TLS with the upstream failed (its certificate was not accepted)"
+    if isinstance(exc, ssl.SSLError) or "SSL" in type(exc).__name__:
+        return "TLS with the upstream failed"
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
         return "the upstream closed the connection"
-    return f"upstream error ({exc.__class__.__name__}: {exc})"
+    if "STARTTLS" in str(exc):
+        return "the upstream does not offer STARTTLS, which [upstream] tls requires"
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if exc.code == -1 or "malformed" in str(exc).lower() or "too long" in str(exc).lower():
+            return "the upstream sent a malformed reply"
+        return f"the upstream refused the connection setup with {exc.code}"
+    return "the upstream connection failed"
+
+
+def _detail(exc: BaseException) -> str:
+    """The exception's own text, for the log only."""
+    return f"{exc.__class__.__name__}: {exc}"
 
 
 class UpstreamPool:
@@ -172,6 +332,7 @@ class UpstreamPool:
         self._slots = asyncio.Semaphore(cfg.pool_size)
         self.max_size: int | None = None
         self.extensions: set[str] = set()
+        self.extensions_known = False  # until a connection has said what it offers
         self._down_since: float | None = None
         self.connects = 0
 
@@ -213,12 +374,13 @@ class UpstreamPool:
             raise UpstreamAuthFailed(Reply(exc.code, exc.message)) from None
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             client.close()
-            self._note_down(_describe(exc))
+            self._note_down(f"{_describe(exc)} ({_detail(exc)})")
             raise UpstreamUnavailable(_describe(exc)) from None
         self.connects += 1
         conn = UpstreamConnection(client)
         self.max_size = conn.max_size
-        self.extensions = set(client.esmtp_extensions)
+        self.extensions = set(client.esmtp_extensions)  # remembered: what the relay may advertise
+        self.extensions_known = True
         if self._down_since is not None:
             log.warning("upstream %s is reachable again after %.0fs", self.name, time.monotonic() - self._down_since)
             self._down_since = None
