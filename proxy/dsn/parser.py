@@ -6,7 +6,8 @@ means (reason, hard/soft) is decided here, once, by `classify`.
 from __future__ import annotations
 
 from proxy.dsn import ParseError
-from proxy.dsn.classify import classify
+from proxy.dsn.classify import classify, stage_near
+from proxy.dsn.classify.stage import ADDRESS_REASONS
 from proxy.dsn.detectors.registry import DETECTORS
 from proxy.dsn.mail import Mail
 from proxy.model import BounceType, Kind, OriginalMessage, Report, StatusSource
@@ -69,7 +70,13 @@ def finish(mail: Mail, report: Report) -> None:
             rr.status_source = StatusSource.DSN if rr.status else None
             continue
         try:
-            verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action)
+            verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action, command=rr.command)
+            if verdict.stage is None and verdict.reason in ADDRESS_REASONS:
+                # The stage decides these; a report often states it only in its human-readable part.
+                stage = _stage_in_text(mail, report, rr)
+                if stage:
+                    rr.command = stage
+                    verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action, command=stage)
         except Exception:
             if STRICT:
                 raise
@@ -77,10 +84,22 @@ def finish(mail: Mail, report: Report) -> None:
         if verdict is not None:
             rr.reason, rr.bounce_type, rr.evidence = verdict.reason, verdict.bounce_type, verdict.evidence
             rr.status, rr.status_source = verdict.status, verdict.status_source
+            rr.command = verdict.stage
+            rr.decided_by = verdict.decided_by
         elif rr.status:
             rr.status_source = StatusSource.DSN
         if rr.status is None and rr.action in _CLASS_OF_ACTION:
             rr.status, rr.status_source = _CLASS_OF_ACTION[rr.action], StatusSource.ACTION
+
+
+def _stage_in_text(mail: Mail, report: Report, rr) -> str | None:
+    """The SMTP stage the human-readable part states for this recipient (see `stage_near`)."""
+    from proxy.dsn.detectors.base import text_before_original
+
+    found = stage_near(text_before_original(mail), rr.recipient, [r.recipient for r in report.recipients])
+    if found is None and rr.final_recipient and rr.final_recipient != rr.recipient:
+        found = stage_near(text_before_original(mail), rr.final_recipient, [r.recipient for r in report.recipients])
+    return found[0] if found else None
 
 
 def recipient_kind(report: Report, rr) -> Kind:

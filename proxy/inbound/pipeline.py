@@ -15,7 +15,7 @@ from proxy.dsn import PARSER_VERSION as _PARSER, parse
 from proxy.dsn.classify import PARSER_CLASSIFIER_VERSION, classify
 from proxy.dsn.parser import recipient_kind
 from proxy.inbound.correlate import Match, correlate_recipient, correlate_report, verp_tokens
-from proxy.model import BounceEvent, BounceType, Kind, ParseState, Report, Source
+from proxy.model import BounceEvent, BounceType, Correlation, Kind, ParseState, Report, Source
 from proxy.relay.verp import VerpSigner
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,15 @@ class Pipeline:
             return []
         rcpt_tos = json.loads(row["rcpt_tos"] or "[]")
         events = await self.events_for(report, inbound_id, rcpt_tos, row["received_at"])
+        foreign, flag = foreign_flag(events)
+        if flag:
+            log.warning("inbound #%d: %s", inbound_id, flag)
+        truncated = "; ".join(report.truncated) or None
+        if truncated:
+            log.warning("inbound #%d: parse limits reached: %s", inbound_id, truncated)
         await self.store.record_inbound_result(
-            inbound_id, ParseState.PARSED, PARSER_VERSION, str(report.kind), report.format, None, events)
+            inbound_id, ParseState.PARSED, PARSER_VERSION, str(report.kind), report.format, None, events,
+            foreign_recipients=foreign, flag=flag, truncated=truncated)
         self.processed += 1
         if self.suppressor is not None:
             await self.suppressor.consider(events)
@@ -73,15 +80,17 @@ class Pipeline:
         report_match = await correlate_report(self.store, report, tokens)
         if report.recipients:
             for rr in report.recipients:
-                match = await correlate_recipient(self.store, report_match, rr.recipient, window_start)
+                match, address = await correlate_recipient(
+                    self.store, report_match, [rr.recipient, rr.final_recipient], window_start)
                 kind = recipient_kind(report, rr)
                 events.append(BounceEvent(
-                    at=received_at, source=Source.ASYNC, kind=kind, recipient=rr.recipient.lower(),
+                    at=received_at, source=Source.ASYNC, kind=kind, recipient=(address or rr.recipient).lower(),
                     bounce_type=rr.bounce_type, reason=rr.reason, status=rr.status,
                     status_source=rr.status_source, smtp_code=rr.smtp_code, diagnostic=rr.diagnostic,
                     remote_mta=rr.remote_mta, reporting_mta=report.reporting_mta,
                     correlation=match.correlation, message_id=_id(match), inbound_id=inbound_id,
                     evidence=rr.evidence, feedback_type=report.feedback_type, parser_version=PARSER_VERSION,
+                    smtp_command=rr.command, action=rr.action, decided_by=rr.decided_by,
                 ))
             return events
         # A report that names nobody (an auto-reply, an unreadable bounce): the recipient is the
@@ -89,7 +98,9 @@ class Pipeline:
         recipient = report_match.recipient
         if recipient is None and report.kind == Kind.AUTOREPLY:
             recipient = report.sender_address
-        match = await correlate_recipient(self.store, report_match, recipient, window_start)
+        match, recipient = await correlate_recipient(self.store, report_match, [recipient], window_start)
+        if recipient is None and report_match.message is not None:
+            match = report_match  # nobody named: the report is about the message, for no address
         reason = {Kind.AUTOREPLY: "vacation", Kind.COMPLAINT: "feedback", Kind.DELIVERED: "delivered"}.get(report.kind, "undefined")
         events.append(BounceEvent(
             at=received_at, source=Source.ASYNC, kind=report.kind, recipient=recipient.lower() if recipient else None,
@@ -101,14 +112,17 @@ class Pipeline:
         return events
 
     async def reclassify(self) -> int:
-        """Re-derive reason and bounce_type of stored events with the current classifier."""
+        """Re-derive reason and bounce_type of stored events with the current classifier, from the
+        inputs the first verdict was made from (status as the mail gave it, reply code, text, Action and
+        SMTP stage): an unchanged classifier gives every event the verdict it has."""
         rows = await self.store.events_to_reclassify()
         updates = []
         for e in rows:
             status = e["status"] if e["status_source"] == "dsn" else None
-            verdict = classify(status, e["smtp_code"], e["diagnostic"], Kind(e["kind"]))
+            verdict = classify(status, e["smtp_code"], e["diagnostic"], Kind(e["kind"]), e["action"],
+                               command=e["smtp_command"])
             updates.append((verdict.reason, verdict.bounce_type, verdict.status, verdict.status_source,
-                            verdict.evidence, PARSER_VERSION, e["id"]))
+                            verdict.evidence, PARSER_VERSION, verdict.decided_by, e["id"]))
         await self.store.update_events_verdicts(updates)
         return len(updates)
 
@@ -118,6 +132,19 @@ class Pipeline:
         for inbound_id in ids:
             await self.process(inbound_id)
         return len(ids)
+
+
+def foreign_flag(events: list[BounceEvent]) -> tuple[int, str | None]:
+    """How many addresses the report named that its message was never sent to, and the sentence
+    that flags it: the mark of a forged report, or of a forwarded address."""
+    foreign = [e for e in events if e.correlation == Correlation.FOREIGN_RECIPIENT]
+    if not foreign:
+        return 0, None
+    message = foreign[0].message_id
+    own = sum(1 for e in events if e.message_id == message and e.correlation != Correlation.FOREIGN_RECIPIENT)
+    sample = ", ".join(e.recipient or "?" for e in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+    return len(foreign), (f"names {len(foreign)} of {len(events)} addresses that message {message} was never sent to "
+                          f"({sample}); {own} of its own recipients named; not acted on")
 
 
 def _id(match: Match) -> str | None:

@@ -120,4 +120,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE inbound ADD COLUMN flag TEXT;
     ALTER TABLE inbound ADD COLUMN truncated TEXT;
     """,
+    # issue 11: what each event's verdict was made from, so that `reparse --classify-only` makes it
+    # again and `bounces --explain` can say why: the SMTP stage it took into account (RCPT, DATA, MAIL,
+    # HELO, CONN), the DSN Action, and the classifier step and rule that decided the reason
+    """
+    ALTER TABLE events ADD COLUMN smtp_command TEXT;
+    ALTER TABLE events ADD COLUMN action TEXT;
+    ALTER TABLE events ADD COLUMN decided_by TEXT;
+    """,
 ]

@@ -25,6 +25,7 @@ from proxy.dsn.classify.decide import (
     explain_steps,
     match_phrase,
     normalise,
+    stage_near,
 )
 from proxy.dsn.classify.providers import PROVIDER_PHRASES
 from proxy.dsn.classify.reasons import PHRASE_TABLES, WEAK_TABLES
@@ -48,5 +49,5 @@ __all__ = [
     "FIXED_REASON", "HARD_REASONS", "MAX_TEXT", "PARSER_CLASSIFIER_VERSION", "PHRASES", "PHRASE_TABLES",
     "PROVIDERS", "PROVIDER_PHRASES", "REPLY_CODES", "STATUS_REASON", "STATUS_SUBJECT", "STEPS",
     "WEAK_PHRASES", "WEAK_TABLES", "classify", "classify_reply", "explain", "explain_steps",
-    "find_reply_code", "find_status", "match_phrase", "normalise", "parse_status",
+    "find_reply_code", "find_status", "match_phrase", "normalise", "parse_status", "stage_near",
 ]

@@ -30,7 +30,7 @@ from typing import Callable, Final
 from proxy.dsn.classify import prefilter, status as st
 from proxy.dsn.classify.providers import PROVIDER_PHRASES
 from proxy.dsn.classify.reasons import PHRASE_TABLES, WEAK_TABLES
-from proxy.dsn.classify.stage import COMMAND_STAGE, GENERIC_USERUNKNOWN, STAGE_ROWS, by_stage
+from proxy.dsn.classify.stage import COMMAND_STAGE, GENERIC_USERUNKNOWN, STAGE_ROWS, by_stage, transcript_stage
 from proxy.model import BounceType, Kind, StatusSource, Verdict
 
 MAX_TEXT: Final = 8192  # characters of a diagnostic that are read (bounds the time of one call)
@@ -92,11 +92,14 @@ def _step_stage(c: _Case, command: str | None) -> None:
         return
     c.stage = None
     if c.text:
-        sm = prefilter.first_match(c.text, c.candidates, prefilter.GROUPS["stage"])
-        if sm:
-            c.stage = STAGE_ROWS[sm[1]][1]
-            c.steps.append(f'stage: {c.stage} (text "{sm[2]}")')
-            c.why.append(f'stage {c.stage} ("{sm[2]}")')
+        found = transcript_stage(c.text)
+        if found is None:
+            sm = prefilter.first_match(c.text, c.candidates, prefilter.GROUPS["stage"])
+            found = (STAGE_ROWS[sm[1]][1], sm[2]) if sm else None
+        if found:
+            c.stage = found[0]
+            c.steps.append(f'stage: {c.stage} (text "{found[1]}")')
+            c.why.append(f'stage {c.stage} ("{found[1]}")')
             return
     c.steps.append("stage: not stated")
 
@@ -299,6 +302,36 @@ def classify_reply(line: str, kind: Kind = Kind.BOUNCE, *, command: str | None =
     if m:
         status = m.group(1)
     return classify(status, code, text, kind, command=command)
+
+
+def stage_near(text: str, address: str, others=(), limit: int = 2000) -> tuple[str, str] | None:
+    """(stage, what was read) that a report's human-readable `text` states for `address`: read in the
+    text after each place that names it, up to the next other recipient (or `limit` characters).
+    Postfix writes "(in reply to end of DATA command)" there and Sendmail, Courier and gateways a
+    transcript ("... while talking to mx: >>> DATA <<< 550 ..."), when the DSN's fields say neither."""
+    if not text or not address:
+        return None
+    lower = text[:65536].lower()
+    address = address.lower()
+    others = [o.lower() for o in others if o and o.lower() != address]
+    at = lower.find(address)
+    tries = 0
+    while at >= 0 and tries < 20:
+        tries += 1
+        end = min(len(lower), at + limit)
+        for other in others:
+            j = lower.find(other, at + len(address), end)
+            if j >= 0:
+                end = j
+        window = normalise(lower[at:end])
+        found = transcript_stage(window)
+        if found is None:
+            sm = prefilter.first_match(window, prefilter.candidates(window), prefilter.GROUPS["stage"])
+            found = (STAGE_ROWS[sm[1]][1], sm[2]) if sm else None
+        if found:
+            return found
+        at = lower.find(address, at + len(address))
+    return None
 
 
 def explain(verdict: Verdict) -> str:
