@@ -1,14 +1,19 @@
-"""kill -9 under load: whatever a client or a peer was told `250` for is in the store, once.
+"""kill -9 under load: whatever a client or a peer was told `250` for is in the store, once, and
+whatever reached the upstream is in the store too (sent, or possibly_sent when the crash fell between
+the upstream's answer and the commit: issue 10 §7).
 
-A real `bounceproxy serve` process relays to Postfix's smtp-sink while ten tracked client sessions
-(and smtp-source beside them) send mail and two peers deliver DSNs to the bounce MX. The process
-is killed with SIGKILL several times and restarted; afterwards every acknowledged message and DSN
-must be in the store exactly once, and every stored DSN parsed into exactly one event.
+A real `bounceproxy serve` process relays to Postfix's smtp-sink (which dumps every message it gets)
+while ten tracked client sessions (and smtp-source beside them) send mail and two peers deliver DSNs
+to the bounce MX. The process is killed with SIGKILL several times and restarted; a tracked client
+retries a message it got no 250 for, as an MTA does, so a crash after the upstream took the message
+makes a duplicate: it must be counted (`stats` duplicates) and retried by the client, never silent.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import re
 import random
 import shutil
 import signal
@@ -16,12 +21,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 
+from proxy.store import SqliteStore
 from tests.conftest import ROOT
 from tests.postfix import free_port
 
@@ -82,21 +89,22 @@ class Serve:
                 self.proc.kill()
 
 
-async def client(port_of, acked: set[str], tried: set[str], stop: asyncio.Event, worker: int) -> None:
+async def client(port_of, acked: set[str], tried: collections.Counter, stop: asyncio.Event, worker: int) -> None:
     n = 0
     while not stop.is_set():
         n += 1
         msgid = f"w{worker}-{n}@durability.test"
-        tried.add(msgid)
         body = f"Message-ID: <{msgid}>\r\nFrom: app@example.com\r\nSubject: {n}\r\n\r\nbody {n}\r\n".encode()
-        try:
-            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(), start_tls=False, timeout=5)
-            await smtp.connect()
-            await smtp.sendmail("app@example.com", [f"user{worker}@example.net"], body)
-            acked.add(msgid)  # the client has seen the final 250
-            await smtp.quit()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-            await asyncio.sleep(0.05)
+        while msgid not in acked and not stop.is_set():  # retried until a 250, like an MTA's queue
+            tried[msgid] += 1
+            try:
+                smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port_of(), start_tls=False, timeout=5)
+                await smtp.connect()
+                await smtp.sendmail("app@example.com", [f"user{worker}@example.net"], body)
+                acked.add(msgid)  # the client has seen the final 250
+                await smtp.quit()
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)
 
 
 async def peer(port_of, acked: set[str], stop: asyncio.Event, worker: int) -> None:
@@ -117,13 +125,15 @@ async def peer(port_of, acked: set[str], stop: asyncio.Event, worker: int) -> No
 
 async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
     sink_port = free_port()
-    sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", f"127.0.0.1:{sink_port}", "256"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    dumps = Path(tempfile.mkdtemp(prefix="bp-sink-"))  # outside pytest's 0700 tree: smtp-sink writes as nobody
+    dumps.chmod(0o777)
+    sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", "-d", f"{dumps}/m.", f"127.0.0.1:{sink_port}", "256"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(sink_port)
     serve = Serve(tmp_path, sink_port)
     serve.start()
     acked_mail: set[str] = set()
-    tried_mail: set[str] = set()
+    tried_mail: collections.Counter = collections.Counter()
     acked_dsn: set[str] = set()
     stop = asyncio.Event()
     tasks = [asyncio.create_task(client(lambda: serve.relay_port, acked_mail, tried_mail, stop, w)) for w in range(10)]
@@ -163,7 +173,21 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
                                "AND status = 'sent' GROUP BY message_id"):
         stored[msgid] = n
     lost = acked_mail - set(stored)
-    duplicated = {m for m, n in stored.items() if n > 1}
+    went_out = collections.Counter(dict(db.execute(
+        "SELECT message_id, COUNT(*) FROM messages WHERE status IN ('sent', 'partial', 'possibly_sent') "
+        "GROUP BY message_id")))
+    possibly_sent = db.execute("SELECT COUNT(*) FROM messages WHERE status = 'possibly_sent'").fetchone()[0]
+    pending_left = db.execute("SELECT COUNT(*) FROM messages WHERE status = 'pending'").fetchone()[0]
+    rows_total = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    # what the upstream got: every Message-ID in smtp-sink's dumps (the relay adds one when a client has none)
+    at_sink: collections.Counter = collections.Counter()
+    for dump in dumps.iterdir():
+        m = re.search(rb"^Message-I[dD]: <([^>\r\n]+)>", dump.read_bytes(), re.M)
+        if m:
+            at_sink[m.group(1).decode()] += 1
+    shutil.rmtree(dumps, ignore_errors=True)
+    missing_upstream = set(at_sink) - set(went_out)
+    duplicates = {m: n for m, n in went_out.items() if n > 1}
     raws = {}
     for row_id, raw, state in db.execute("SELECT id, raw, state FROM inbound"):
         marker = raw.split(b"\r\n", 1)[0].split(b": ", 1)[1].decode()
@@ -173,11 +197,24 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
     lost_dsn = acked_dsn - set(raws)
     pending = [r for rows in raws.values() for r in rows if r[1] != "parsed"]
     wrong_events = [rid for rows in raws.values() for rid, _ in rows if events_by_inbound.get(rid) != 1]
-    print(f"kills {kills}; messages acknowledged {len(acked_mail)} of {len(tried_mail)} tried, stored {len(stored)}; "
-          f"DSNs acknowledged {len(acked_dsn)}, stored {len(raws)}; lost {len(lost)}+{len(lost_dsn)}, "
-          f"duplicated {len(duplicated)}")
+    store = await SqliteStore(str(serve.db)).open(readonly=True)
+    try:
+        counted = (await store.stats(0))["duplicates"]
+    finally:
+        await store.close()
+    print(f"kills {kills}; tracked messages acknowledged {len(acked_mail)} of {len(tried_mail)} tried "
+          f"({sum(tried_mail.values())} attempts), stored as sent {len(stored)}; all messages: {rows_total} rows, "
+          f"delivered upstream {len(at_sink)} distinct ({sum(at_sink.values())} at the sink), "
+          f"possibly_sent {possibly_sent}, duplicates {counted}; DSNs acknowledged {len(acked_dsn)}, "
+          f"stored {len(raws)}; lost {len(lost)}+{len(lost_dsn)}, upstream deliveries missing from the log "
+          f"{len(missing_upstream)}")
     assert kills == KILLS and len(acked_mail) > 50 and len(acked_dsn) > 10
-    assert not lost and not duplicated and not lost_dsn
+    assert not lost and not lost_dsn
+    assert not missing_upstream  # every message the upstream got is in `messages`: sent or possibly_sent
+    assert pending_left == 0  # the last start marked every leftover
+    # a duplicate is a client's retry of a message that had gone out, and `stats` counts every one
+    assert all(tried_mail[m] > 1 for m in duplicates if m.endswith("@durability.test"))
+    assert counted == sum(n - 1 for n in duplicates.values())
     assert not pending and not wrong_events  # every stored DSN parsed, each into exactly one event
     assert all(len(rows) == 1 for rows in raws.values())  # no DSN stored twice
-    assert set(stored) <= tried_mail
+    assert set(stored) <= set(tried_mail)

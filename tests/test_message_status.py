@@ -150,8 +150,10 @@ class HeldUpstream(ScriptedUpstream):
         super().__init__()
         self.arrived = asyncio.Event()
         self.release = asyncio.Event()
+        self.received: list[bytes] = []  # every whole message it read, answered or not
 
     async def handle_DATA(self, server, session, envelope):
+        self.received.append(envelope.original_content)
         self.arrived.set()
         await self.release.wait()
         return await super().handle_DATA(server, session, envelope)
