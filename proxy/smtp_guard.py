@@ -107,6 +107,7 @@ class GuardedSMTP(SMTP):
             names = _SMTP_NAMES[type(self)] = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
         return names
 
+    max_line_length = 998  # RFC 5321 4.5.3.1.6: 1000 with CRLF (aiosmtpd's 1001 also lets a stuffed dot in)
     # What this listener says when a message is too big or holds a line too long (end of data).
     size_reply = "552 5.3.4 Message too big for this server (limit {limit} bytes)"
     line_reply = ("554 5.6.0 Message refused: a line is longer than {limit} bytes (RFC 5321 4.5.3.1.6 allows "
@@ -131,7 +132,7 @@ class GuardedSMTP(SMTP):
         if status[:3] == "552" and status.startswith("552 Error:"):
             return self.size_reply.format(limit=self.data_size_limit)
         if status.startswith("500 Line too long"):
-            return self.line_reply.format(limit=self.line_length_limit - 3)
+            return self.line_reply.format(limit=self.max_line_length)
         if status.startswith("553 5.1.3 Error: malformed address"):
             return ("553 5.1.7 Malformed sender address" if self._verb == "MAIL"
                     else "553 5.1.3 Malformed recipient address")
@@ -237,7 +238,10 @@ class GuardedSMTP(SMTP):
         m = _PLAIN_PATH.fullmatch(arg)
         if m:
             return m.group(1), m.group(2)
-        return super()._getaddr(arg)
+        try:
+            return super()._getaddr(arg)
+        except (IndexError, ValueError):  # the stdlib parser on a truncated path (`<`): malformed, not a crash
+            return None, None
 
     def connection_made(self, transport) -> None:
         if self._peer_ip is not None:  # STARTTLS calls this again for the TLS transport

@@ -77,7 +77,7 @@ class InboundSMTP(GuardedSMTP):
     """aiosmtpd's SMTP taking long lines: real MTAs send bounces with lines far over RFC 5321's
     1000 bytes (unwrapped HTML, long headers), and a refused bounce is lost for good.
 
-    Lines up to `max_line_length` bytes (CRLF not counted) are stored exactly as received."""
+    Lines up to `max_line_length` bytes as sent (CRLF not counted) are stored exactly as received."""
 
     size_reply = "552 5.3.4 Message too big for this bounce MX (limit {limit} bytes)"
     line_reply = ("554 5.6.0 Message refused: a line is longer than {limit} bytes, "
@@ -85,7 +85,8 @@ class InboundSMTP(GuardedSMTP):
 
     def __init__(self, handler, *args, size_limit: int, max_line_length: int = 65536, **kwargs):
         # aiosmtpd reads with a StreamReader whose limit is this, made in SMTP.__init__: set it first.
-        self.line_length_limit = max_line_length + 3  # CRLF and a transparency dot
+        self.max_line_length = max_line_length
+        self.line_length_limit = max_line_length + 2  # and its CRLF
         super().__init__(handler, *args, data_size_limit=size_limit, **kwargs)
 
 
