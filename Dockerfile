@@ -15,6 +15,7 @@ COPY config.toml /etc/bounceproxy/config.toml
 # (BOUNCEPROXY_RELAY_USERS + TLS) or BOUNCEPROXY_RELAY__ALLOW_NETWORKS.
 ENV BOUNCEPROXY_STORE__PATH=/data/bounceproxy.db \
     BOUNCEPROXY_RELAY__LISTEN=0.0.0.0:2525 \
+    BOUNCEPROXY_API__LISTEN=127.0.0.1:8025 \
     BOUNCEPROXY_INBOUND__LISTEN=0.0.0.0:2526 \
     PYTHONUNBUFFERED=1
 USER bounceproxy
@@ -22,7 +23,9 @@ WORKDIR /data
 VOLUME ["/data"]
 # The bounce MX listens on 2526 inside (no root needed); publish it as port 25: -p 25:2526
 EXPOSE 2525 2526
+# Healthy when /healthz says so: 503 while the upstream is down or the bounce log refuses writes.
+# It asks [api] listen (loopback by default, reachable from inside the container).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD python -c "import smtplib; s = smtplib.SMTP('127.0.0.1', 2525, timeout=4); s.noop(); s.quit()" || exit 1
+    CMD python -c "import os, urllib.request; h, _, p = os.environ.get('BOUNCEPROXY_API__LISTEN', '127.0.0.1:8025').rpartition(':'); h = h.strip('[]'); h = '127.0.0.1' if h in ('', '0.0.0.0', '::') else h; h = f'[{h}]' if ':' in h else h; urllib.request.urlopen(f'http://{h}:{p}/healthz', timeout=4)" || exit 1
 ENTRYPOINT ["bounceproxy"]
 CMD ["serve", "-c", "/etc/bounceproxy/config.toml"]

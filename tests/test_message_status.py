@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import aiosmtplib
 import pytest
 
@@ -196,3 +197,26 @@ def test_settle_status_rules():
     assert settle_status([sup_soft], None, None) == MessageStatus.FAILED
     assert settle_status([ok], None, None) == MessageStatus.FAILED  # abandoned before DATA
     assert settle_status([], None, "upstream unavailable: ...") == MessageStatus.FAILED
+
+
+async def test_duplicates_are_counted_and_listed_over_http(service):
+    """The same Message-ID out twice to one recipient is a duplicate; to another recipient (an MTA splitting
+    one message over transactions) it is not, nor is a refused attempt."""
+    assert await send(service, ["a@example.net"]) == {}
+    assert await send(service, ["b@example.net"]) == {}  # same Message-ID, other recipient: no duplicate
+    assert isinstance(await send(service, ["unknown@example.net"]), aiosmtplib.SMTPRecipientsRefused)
+    assert await send(service, ["A@example.net"]) == {}  # the retry: a duplicate (addresses compare caselessly)
+    base = f"http://127.0.0.1:{service.api_address[1]}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/api/stats") as r:
+            assert (await r.json())["duplicates"] == 1
+        async with http.get(f"{base}/api/messages?duplicates=true") as r:
+            dupes = (await r.json())["messages"]
+        async with http.get(f"{base}/api/messages") as r:
+            every = (await r.json())["messages"]
+        async with http.get(f"{base}/api/messages?duplicates=maybe") as r:
+            assert r.status == 400 and "duplicates" in (await r.json())["error"]
+    assert sorted(m["recipients"][0] for m in dupes) == ["A@example.net", "a@example.net"]
+    assert all(m["duplicate"] is True for m in dupes)
+    assert sorted((m["recipients"][0], m["duplicate"]) for m in every) == [
+        ("A@example.net", True), ("a@example.net", True), ("b@example.net", False), ("unknown@example.net", False)]

@@ -3,13 +3,16 @@ clients send and real HTTP requests read /healthz and /metrics."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+from pathlib import Path
 
 import aiohttp
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
 from proxy.app import Service
-from tests.conftest import ScriptedUpstream, make_config, rows
+from tests.conftest import ROOT, ScriptedUpstream, make_config, rows
 from tests.test_api import parse_metrics
 
 BODY = b"From: app@example.com\r\nSubject: outage\r\n\r\nhello\r\n"
@@ -150,3 +153,36 @@ async def test_unreachable_at_start_is_degraded_from_the_first_request(tmp_path)
         status, body = await get(http, svc, "/healthz")
         assert status == 503 and body == {"status": "degraded",
                                           "reason": f"upstream 127.0.0.1:{port} unavailable: cannot connect to the upstream"}
+
+
+def dockerfile_healthcheck() -> str:
+    """The HEALTHCHECK's shell command, as Docker runs it (`/bin/sh -c`)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(l for l in text.splitlines() if l.startswith("HEALTHCHECK"))
+    return line.split(" CMD ", 1)[1].strip()
+
+
+async def test_docker_healthcheck_follows_healthz(tmp_path):
+    """The image's HEALTHCHECK command, run as Docker would, against a real API: 0 while ok, 1 when degraded."""
+    command = dockerfile_healthcheck()
+    assert "/healthz" in command
+    up = Upstream()
+    await up.start()
+    async with Service(make_config(tmp_path, up.port, upstream={"probe_interval": 0})) as svc:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               "BOUNCEPROXY_API__LISTEN": f"0.0.0.0:{svc.api_address[1]}"}  # as in a container: any address
+
+        async def check() -> int:
+            proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", command, env=env,
+                                                        stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.DEVNULL)
+            return await proc.wait()
+
+        assert await check() == 0
+        await up.stop()
+        assert isinstance(await send(svc), aiosmtplib.SMTPSenderRefused)
+        assert await check() == 1
+        await up.start()
+        assert await send(svc) is None
+        assert await check() == 0
+    await up.stop()
