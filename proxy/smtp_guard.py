@@ -126,6 +126,11 @@ class GuardedSMTP(SMTP):
     # -- replies ------------------------------------------------------------------------------
     def _proper(self, status: str) -> str:
         """The reply as it goes out: aiosmtpd's stock texts replaced, an enhanced code on every line."""
+        if status.startswith("553 5.1.3 Error: malformed address"):  # aiosmtpd says 5.1.3 at MAIL too
+            return ("553 5.1.7 Malformed sender address" if self._verb == "MAIL"
+                    else "553 5.1.3 Malformed recipient address")
+        if "\r" not in status and PROPER_REPLY.match(status) and not _CONTROL.search(status):
+            return status  # the handlers' own replies: the hot path
         proper = STOCK_REPLIES.get(status)
         if proper is not None:
             return proper
@@ -133,9 +138,6 @@ class GuardedSMTP(SMTP):
             return self.size_reply.format(limit=self.data_size_limit)
         if status.startswith("500 Line too long"):
             return self.line_reply.format(limit=self.max_line_length)
-        if status.startswith("553 5.1.3 Error: malformed address"):
-            return ("553 5.1.7 Malformed sender address" if self._verb == "MAIL"
-                    else "553 5.1.3 Malformed recipient address")
         for prefix, replacement, keep_tail in STOCK_PREFIXES:
             if status.startswith(prefix):
                 return replacement + status[len(prefix):] if keep_tail else replacement

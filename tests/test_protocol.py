@@ -330,3 +330,26 @@ async def test_upstream_refusing_a_utf8_recipient_is_not_held_against_it(relay, 
     assert rows(relay, "SELECT * FROM events") == []  # a protocol mismatch, recorded as a send failure
     assert rows(relay, "SELECT * FROM suppressions") == []
     assert all("SMTPUTF8" in (r["send_failure"] or "") for r in rows(relay, "SELECT send_failure FROM messages"))
+
+
+def test_out_of_step_is_caught_under_uvloop_too(tmp_path):
+    """`bounceproxy serve` runs on uvloop, whose transports keep the data_received they were given."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario():
+        raw = await RawUpstream().start()
+        try:
+            async with Service(make_config(tmp_path, raw.port)) as svc:
+                assert await send(svc) == (250, "2.0.0 Ok: queued as RAW1")
+                raw.script[b"DATA"] = [b"250 2.0.0 Ok: queued as FAKE\r\n"]
+                code, text = await send(svc)
+                assert code == 451 and "out of protocol" in text
+                raw.script[b"RCPT"] = [b"250 2.1.5 Ok\r\n250 2.0.0 stale\r\n"]
+                code, text = await send(svc)
+                assert code == 451 and "more replies than" in text
+                await assert_next_message_goes_through(svc, raw, 1)
+                assert statuses(svc).count("sent") == 2
+        finally:
+            raw.close()
+
+    uvloop.run(scenario())
