@@ -297,3 +297,20 @@ def test_max_line_length_is_checked_against_rfc_and_size(tmp_path):
         assert "[inbound] max_line_length" in str(err.value) and str(path) in str(err.value)
     path.write_text('[inbound]\nmax_line_length = 20000\n')
     assert load_config(path, env={}).inbound.max_line_length == 20000
+
+
+def test_walks_hold_under_uvloop(tmp_path):
+    """`bounceproxy serve` runs both listeners on uvloop: the same walks, the same replies."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def both():
+        await test_relay_every_reply_is_proper(tmp_path / "relay")
+        up = await RawUpstream().start()
+        try:
+            await test_bounce_mx_every_reply_is_proper(tmp_path / "mx", up)
+        finally:
+            up.close()
+
+    (tmp_path / "relay").mkdir()
+    (tmp_path / "mx").mkdir()
+    uvloop.run(both())
