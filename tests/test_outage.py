@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -185,4 +186,29 @@ async def test_docker_healthcheck_follows_healthz(tmp_path):
         await up.start()
         assert await send(svc) is None
         assert await check() == 0
+    await up.stop()
+
+
+async def test_bounce_log_refusing_writes_is_degraded_and_nothing_goes_upstream(tmp_path):
+    """With the bounce log locked by another process the in-flight record cannot be committed: the client
+    gets 451 4.3.0 before anything goes upstream, and /healthz says why until a write succeeds again."""
+    up = Upstream()
+    await up.start()
+    config = make_config(tmp_path, up.port, store={"busy_timeout_ms": 200}, upstream={"probe_interval": 0})
+    async with Service(config) as svc, aiohttp.ClientSession() as http:
+        blocker = sqlite3.connect(config.store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            refused = await send(svc)
+            assert isinstance(refused, aiosmtplib.SMTPDataError) and refused.code == 451
+            assert refused.message.startswith("4.3.0 ")
+            assert up.handler.messages == []  # the upstream never got the end of data: no unlogged delivery
+            assert await get(http, svc, "/healthz") == (503, {
+                "status": "degraded", "reason": "the bounce log refuses writes (clients get 451 4.3.0)"})
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await send(svc) is None
+        assert await get(http, svc, "/healthz") == (200, {"status": "ok"})
+        assert len(up.handler.messages) == 1
     await up.stop()

@@ -48,12 +48,13 @@ class UpstreamHealth:
         if not self.up:  # the pool logs the recovery itself
             self.up, self.reason, self.since = True, "", time.time()
 
-    def failed(self, reason: str, why: str, count: bool = True) -> None:
-        """A refused attempt; `count=False` for the probe's, which no client saw."""
+    def failed(self, reason: str, why: str, count: bool = True, down: bool = True) -> None:
+        """A refused attempt; `count=False` for the probe's, which no client saw; `down=False` for a
+        connection lost mid-transaction (the next attempt on a fresh one tells whether it is down)."""
         self.last_contact = time.monotonic()
         if count:
             self.failures[reason if reason in self.failures else "other"] += 1
-        if reason in ("busy", "lost_during_data"):
+        if reason == "busy" or not down:
             return
         if self.up:
             self.since = time.time()

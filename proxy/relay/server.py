@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from proxy.dsn.classify import classify
+from proxy.dsn.classify.providers import RECIPIENT_DOMAINS
 from proxy.model import (
     BounceEvent, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source, settle_status,
 )
@@ -52,7 +53,8 @@ def has_bare_line_ending(content: bytes) -> bool:
 
 
 # A line that is a dot once an upstream drops control characters (TAB, CR and LF are not among them).
-_CONTROL_DOT_LINE = rb"(?:[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]+\.[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]*|\.[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]+)(?:\r|\Z)"
+# Only lines that start with a control: one that starts with the dot goes out dot-stuffed (`..`).
+_CONTROL_DOT_LINE = rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]+\.[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]*(?:\r|\Z)"
 _CONTROL_DOT = re.compile(rb"\n" + _CONTROL_DOT_LINE)  # a literal first byte: re scans for it fast
 _CONTROL_DOT_FIRST = re.compile(_CONTROL_DOT_LINE)
 
@@ -303,11 +305,14 @@ class RelayHandler:
         try:
             reply = await tx.conn.data(body)
         except UpstreamUnavailable as exc:
-            # The body may have reached the upstream before the connection went: the relay cannot tell.
+            # An out-of-protocol answer says whether the body had gone out; a lost connection cannot tell, and
+            # the body may have reached the upstream: possibly_sent, not failed.
+            body_sent = getattr(exc, "body_sent", None)
             tx.broken = True
-            self.health.failed("lost_during_data", str(exc))
-            message.status = MessageStatus.POSSIBLY_SENT
-            message.upstream_reply = f"connection lost during DATA: {exc}"
+            self.health.failed("lost_during_data" if body_sent is None else "protocol", str(exc), down=False)
+            message.status = MessageStatus.FAILED if body_sent is False else MessageStatus.POSSIBLY_SENT
+            lost = "connection lost" if body_sent is None else "connection closed by the relay"
+            message.upstream_reply = f"{lost} during DATA: {exc}"
             await self.finish(session, record=True)
             return REPLY_UPSTREAM_DOWN.format(why=exc)
         except asyncio.CancelledError:  # the client vanished: connection_lost records the message as it is
@@ -350,9 +355,12 @@ class RelayHandler:
         if failure:
             tx.message.send_failure = f"{failure}: {reply.line()}"
             return
-        verdict = classify(reply.enhanced, reply.code, reply.line(), Kind.BOUNCE, command=command)
+        shared = classify(reply.enhanced, reply.code, reply.line(), Kind.BOUNCE, command=command)
         now = time.time()
         for rcpt in recipients:
+            verdict = shared
+            if rcpt.rpartition("@")[2].lower() in RECIPIENT_DOMAINS:  # a provider whose refusals mean one thing
+                verdict = classify(reply.enhanced, reply.code, reply.line(), Kind.BOUNCE, command=command, recipient=rcpt)
             tx.events.append(BounceEvent(
                 at=now, source=Source.SYNC, kind=Kind.BOUNCE, recipient=rcpt.lower(),
                 bounce_type=verdict.bounce_type, reason=verdict.reason, status=verdict.status,

@@ -244,22 +244,9 @@ class SqliteStore:
                 else:
                     ordered.append((sql, [params], sink[0] if sink else None))
         grouped_list = [(sql, rows, None) for sql, rows in grouped.items()] + ordered
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for sql, rows, sink in grouped_list:
-                if len(rows) == 1:
-                    cursor = await db.execute(sql, rows[0])
-                    if sink is not None:
-                        sink.append(cursor.lastrowid)
-                else:
-                    await db.executemany(sql, rows)
-            await db.execute("COMMIT")
-        except BaseException:
-            try:
-                await db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
+        # One hop to aiosqlite's thread for the whole transaction, not one per statement: each hop costs the
+        # event loop a wake-up, and the relay commits twice per message (in flight, then the outcome).
+        await db._execute(_run_batch, db._conn, grouped_list)
 
     # -- writes -----------------------------------------------------------------------------
     async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None,
@@ -333,7 +320,7 @@ class SqliteStore:
         return [dict(r) for r in rows]
 
     async def events_to_reclassify(self) -> list[dict]:
-        return await self._fetch("SELECT id, kind, status, status_source, smtp_code, diagnostic, smtp_command, action FROM events "
+        return await self._fetch("SELECT id, kind, recipient, status, status_source, smtp_code, diagnostic, smtp_command, action FROM events "
                                  "WHERE kind IN ('bounce', 'delay') ORDER BY id")
 
     async def get_message(self, message_id: str) -> dict | None:
@@ -557,6 +544,26 @@ class SqliteStore:
     async def outbox_raw(self, message_id: str) -> bytes | None:
         rows = await self._fetch("SELECT raw FROM outbox WHERE message_id = ?", (message_id,))
         return rows[0]["raw"] if rows else None
+
+
+def _run_batch(conn: sqlite3.Connection, grouped_list: list[tuple[str, list[Sequence], list | None]]) -> None:
+    """BEGIN IMMEDIATE, the batch, COMMIT (ROLLBACK on any failure), on the store's SQLite thread."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, rows, sink in grouped_list:
+            if len(rows) == 1:
+                cursor = conn.execute(sql, rows[0])
+                if sink is not None:
+                    sink.append(cursor.lastrowid)
+            else:
+                conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
 
 
 def _split_sql(script: str) -> list[str]:
