@@ -188,6 +188,13 @@ class GuardedSMTP(SMTP):
         finally:
             self._in_ehlo = ""
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str):
+        if self._tls_protocol is not None:  # aiosmtpd would try TLS inside TLS (RFC 3207: once per session)
+            await self.push("503 5.5.1 TLS is already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     # -- addresses ----------------------------------------------------------------------------
     def _path_refusal(self, arg: str | None, verb: str) -> str | None:
         """Addresses are taken exactly or refused: never a control character, never bytes that are

@@ -314,3 +314,36 @@ def test_walks_hold_under_uvloop(tmp_path):
     (tmp_path / "relay").mkdir()
     (tmp_path / "mx").mkdir()
     uvloop.run(both())
+
+
+async def test_relay_tls_and_auth_paths_are_proper(tmp_path, upstream, server_cert, monkeypatch):
+    import ssl
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    server_cert.cert_chain_pems[0].write_to_path(str(cert))
+    server_cert.private_key_pem.write_to_path(str(key))
+    monkeypatch.setenv("BOUNCEPROXY_RELAY_USERS", "app:right")
+    config = make_config(tmp_path, upstream.port, relay={"tls_cert": str(cert), "tls_key": str(key)})
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    async with Service(config) as svc:
+        w = await Walker.open(svc.relay_address[1])
+        assert b"250-STARTTLS" in await w.send(b"EHLO client.test", b"250 ")
+        await w.send(b"AUTH PLAIN " + base64.b64encode(b"\x00app\x00right"), b"538 5.7.11 ")  # not before TLS
+        await w.send(b"STARTTLS", b"220 2.0.0 ")
+        await w.writer.start_tls(ctx)
+        ehlo = await w.send(b"EHLO client.test", b"250 ")
+        assert b"250-STARTTLS" not in ehlo and any(line.startswith(b"250-AUTH") for line in ehlo)
+        await w.send(b"STARTTLS", b"5")  # once is enough: refused with a proper reply
+        await w.send(b"AUTH PLAIN " + base64.b64encode(b"\x00app\x00right"), b"235 2.7.0 ")
+        await w.send(b"QUIT", b"221 2.0.0 ")
+        await w.close()
+
+
+async def test_too_many_unknown_commands_end_the_session_properly(service):
+    w = await Walker.open(service.relay_address[1])
+    for verb in (b"ETRN x", b"TURN", b"ATRN", b"BDAT 10", b"XCLIENT NAME=x"):
+        lines = await w.send(verb, b"5")
+    assert lines[-1].startswith(b"502 5.5.1 Too many unrecognized commands")
+    assert await asyncio.wait_for(w.reader.read(), 5) == b""  # and the connection is closed
+    await w.close()
