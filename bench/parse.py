@@ -53,10 +53,10 @@ def classify_share(dsn, corpus: list[bytes]) -> float:
     real = parser.classify
     spent = [0.0]
 
-    def timed(*args):
+    def timed(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return real(*args)
+            return real(*args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - start
 

@@ -41,6 +41,9 @@ _DAEMON_RE = re.compile(r"mailer-daemon|postmaster|mail delivery", re.I)
 
 
 def detect(mail) -> Report | None:
+    challenge = detect_challenge(mail)
+    if challenge is not None:
+        return challenge
     if _DAEMON_RE.search(mail.from_header) or _FAILURE_SUBJECT_RE.search(mail.subject):
         return None
     if not (_has_header_sign(mail) or _SUBJECT_RE.search(mail.subject)):
@@ -56,3 +59,34 @@ def _has_header_sign(mail) -> bool:
         if value is not None and (pattern is None or pattern.search(str(value))):
             return True
     return False
+
+
+# Challenge-response systems (Boxbe, Spam Arrest, MailChannels-style "verify you are human" requests,
+# "please add me to your whitelist"): the recipient's filter asks the sender to prove itself. The mail
+# was not refused for good and the address is not bad: an auto-reply, never a bounce.
+_CHALLENGE_TEXT = (
+    "add me to your whitelist", "add me to your white list", "add me to your safe sender", "whitelist request",
+    "challenge-response", "challenge/response", "challenge response system", "prove you are a human",
+    "verify that you are a human", "verify that you are a real person", "confirm that you are a human",
+    "boxbe", "guest list", "spam arrest", "spamarrest", "to have your message delivered, please",
+    "please verify your email address by", "awaiting your verification", "i will receive your message once",
+)
+_CHALLENGE_HEADERS = ("x-boxbe-", "x-spam-arrest", "x-challenge", "x-cr-")
+
+
+def detect_challenge(mail) -> Report | None:
+    """A challenge-response request: Kind.AUTOREPLY (format "autoreply"), naming the address that sent it."""
+    lower = mail.text_lower[:16384]
+    headers = mail.headers
+    if not (any(h.startswith(_CHALLENGE_HEADERS) for h in headers)
+            or any(p in lower for p in _CHALLENGE_TEXT) or "boxbe" in mail.from_header.lower()):
+        return None
+    if _FAILURE_STATUS_RE.search(lower):
+        return None  # a bounce that happens to mention a whitelist: the bounce formats decide
+    address = normalise_address(mail.header("Reply-To")) if not mail.from_address else mail.from_address
+    recipients = [RecipientReport(recipient=address, action=None)] if address else []
+    return Report(kind=Kind.AUTOREPLY, format="autoreply", recipients=recipients)
+
+
+# A real refusal in the text: an SMTP reply with an enhanced status, or a transcript line.
+_FAILURE_STATUS_RE = re.compile(r"\b[45]\d\d[ -][45]\.\d{1,3}\.\d{1,3}\b|<<< ?[45]\d\d|final-recipient:")

@@ -70,13 +70,15 @@ def finish(mail: Mail, report: Report) -> None:
             rr.status_source = StatusSource.DSN if rr.status else None
             continue
         try:
-            verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action, command=rr.command)
+            verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action, command=rr.command,
+                               recipient=rr.recipient)
             if verdict.stage is None and verdict.reason in ADDRESS_REASONS:
                 # The stage decides these; a report often states it only in its human-readable part.
                 stage = _stage_in_text(mail, report, rr)
                 if stage:
                     rr.command = stage
-                    verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action, command=stage)
+                    verdict = classify(rr.status, rr.smtp_code, rr.diagnostic, kind, rr.action, command=stage,
+                                       recipient=rr.recipient)
         except Exception:
             if STRICT:
                 raise

@@ -64,7 +64,7 @@ def _from_text(mail, text: str) -> Report | None:
 def _report(mail, blocks, fmt: str) -> Report | None:
     report = from_blocks(blocks, fmt)
     if report is not None:
-        enrich_from_text(report, mail=mail)
+        enrich_from_text(report, mail=mail, comments=_status_comments(report, blocks))
     return report
 
 
@@ -165,6 +165,49 @@ def _is_recipient_block(fields: dict[str, str]) -> bool:
     return bool(get("original-recipient") or get("final-recipient") or get("x-actual-recipient"))
 
 
+# sysexits.h: what a local mailer's exit code means, for "Diagnostic-Code: X-Unix; 71" (RFC 3464 section 2.3.6
+# leaves the meaning to the type; Sendmail and Postfix write the exit code of the local delivery program).
+SYSEXITS = {64: "EX_USAGE command line usage error", 65: "EX_DATAERR data format error",
+            66: "EX_NOINPUT cannot open input", 67: "EX_NOUSER addressee unknown", 68: "EX_NOHOST host name unknown",
+            69: "EX_UNAVAILABLE service unavailable", 70: "EX_SOFTWARE internal software error",
+            71: "EX_OSERR operating system error", 72: "EX_OSFILE critical OS file missing",
+            73: "EX_CANTCREAT can't create user output file", 74: "EX_IOERR input/output error",
+            75: "EX_TEMPFAIL temporary failure", 76: "EX_PROTOCOL remote error in protocol",
+            77: "EX_NOPERM permission denied", 78: "EX_CONFIG configuration error"}
+# Status words that say only the class ("5.0.0 (permanent failure)"): no text of their own.
+_CLASS_WORDS = re.compile(r"(?:permanent|temporary|transient|persistent)?\s*(?:failure|error|problem)?|undefined status|other", re.I)
+
+
+def _diagnostic(fields: dict[str, str]) -> str | None:
+    """The recipient's Diagnostic-Code; a local mailer's X-Unix exit code keeps its type and gets its
+    sysexits meaning ("X-Unix; 71 (sysexits EX_OSERR operating system error)")."""
+    raw = fields.get("diagnostic-code") or ""
+    diagnostic = strip_type(raw) or None
+    if diagnostic and raw.lstrip()[:7].lower() == "x-unix;":
+        code = diagnostic.split(" ", 1)[0]
+        meaning = SYSEXITS.get(int(code)) if code.isdigit() and len(code) <= 3 else None
+        diagnostic = f"X-Unix; {diagnostic}" + (f" (sysexits {meaning})" if meaning else "")
+    return diagnostic
+
+
+def _status_comments(report: Report, blocks) -> dict[str, str]:
+    """Recipient -> the comment of its Status field, for those without a Diagnostic-Code, when it says
+    more than the class ("4.0.0 (host name lookup failure)")."""
+    missing = {rr.recipient.lower() for rr in report.recipients if not rr.diagnostic}
+    out: dict[str, str] = {}
+    if not missing:
+        return out
+    for fields in blocks:
+        status = fields.get("status") or ""
+        if "(" not in status or not _is_recipient_block(fields):
+            continue
+        rr = recipient_of(fields)
+        comment = status[status.find("(") + 1 :].rstrip(" )").strip()
+        if rr and rr.recipient.lower() in missing and comment and not _CLASS_WORDS.fullmatch(comment):
+            out.setdefault(rr.recipient.lower(), comment[:2000])
+    return out
+
+
 def recipient_of(fields: dict[str, str]) -> RecipientReport | None:
     """One per-recipient block -> RecipientReport (classification comes later)."""
     final = normalise_address(strip_type(fields.get("final-recipient")))
@@ -172,7 +215,7 @@ def recipient_of(fields: dict[str, str]) -> RecipientReport | None:
     address = original or final or normalise_address(strip_type(fields.get("x-actual-recipient")))
     if not address:
         return None
-    diagnostic = strip_type(fields.get("diagnostic-code")) or None
+    diagnostic = _diagnostic(fields)
     # The remote server's own enhanced code, when it gave one, says more than the
     # reporting MTA's translation of it into Status (often a bare 5.0.0).
     status = find_status(diagnostic) or find_status(fields.get("status"))
@@ -223,12 +266,13 @@ def from_blocks(blocks: list[dict[str, str]], fmt: str = "rfc3464") -> Report | 
     return report
 
 
-def enrich_from_text(report: Report, text: str | None = None, mail=None) -> None:
+def enrich_from_text(report: Report, text: str | None = None, mail=None, comments: dict[str, str] | None = None) -> None:
     """A recipient without Diagnostic-Code: what the human-readable part says about it.
 
     Many MTAs (OpenSMTPD, Postfix on local errors) leave the field out and write the
     remote server's reply only in the text. Given the `mail` rather than its text, the text
-    is decoded only when a recipient lacks a diagnostic (most DSNs have them all).
+    is decoded only when a recipient lacks a diagnostic (most DSNs have them all). `comments`: what
+    the Status fields' comments say, read when the text names the recipient nowhere.
     """
     missing = [rr for rr in report.recipients if not rr.diagnostic]
     if not missing:
@@ -248,6 +292,8 @@ def enrich_from_text(report: Report, text: str | None = None, mail=None) -> None
             rr.diagnostic = diagnostic[:2000]
             rr.smtp_code = rr.smtp_code or any_code(diagnostic)
             rr.status = find_status(diagnostic) or rr.status
+        elif comments and rr.recipient.lower() in comments:
+            rr.diagnostic = comments[rr.recipient.lower()]
         elif len(report.recipients) == 1 and section.strip():
             # Said once for the only recipient ("554 ... Service unavailable" in the transcript):
             # a reason to read, not a status to trust over the report's own.

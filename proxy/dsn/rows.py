@@ -13,7 +13,8 @@ from proxy.model import Kind, Report
 ROW_KINDS = frozenset((Kind.BOUNCE, Kind.DELAY, Kind.COMPLAINT))
 
 KEYS = ("file", "recipient", "kind", "action", "status", "smtp_code", "bounce_type", "reason", "diagnostic",
-        "remote_mta", "reporting_mta", "original_message_id", "format", "status_source", "feedback_type")
+        "remote_mta", "reporting_mta", "original_message_id", "format", "status_source", "feedback_type",
+        "smtp_command", "decided_by")
 
 
 def report_rows(file: str, report: Report) -> list[dict]:
@@ -44,6 +45,8 @@ def report_rows(file: str, report: Report) -> list[dict]:
             diagnostic=rr.diagnostic,
             remote_mta=rr.remote_mta,
             status_source=str(rr.status_source) if rr.status_source else None,
+            smtp_command=rr.command,
+            decided_by=rr.decided_by,
         )
         rows.append(row)
     if not rows:

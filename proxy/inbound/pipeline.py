@@ -120,7 +120,7 @@ class Pipeline:
         for e in rows:
             status = e["status"] if e["status_source"] == "dsn" else None
             verdict = classify(status, e["smtp_code"], e["diagnostic"], Kind(e["kind"]), e["action"],
-                               command=e["smtp_command"])
+                               command=e["smtp_command"], recipient=e["recipient"])
             updates.append((verdict.reason, verdict.bounce_type, verdict.status, verdict.status_source,
                             verdict.evidence, PARSER_VERSION, verdict.decided_by, e["id"]))
         await self.store.update_events_verdicts(updates)

@@ -28,7 +28,7 @@ import re
 from typing import Callable, Final
 
 from proxy.dsn.classify import prefilter, status as st
-from proxy.dsn.classify.providers import PROVIDER_PHRASES
+from proxy.dsn.classify.providers import PROVIDER_PHRASES, RECIPIENT_DOMAINS
 from proxy.dsn.classify.reasons import PHRASE_TABLES, WEAK_TABLES
 from proxy.dsn.classify.stage import COMMAND_STAGE, GENERIC_USERUNKNOWN, STAGE_ROWS, by_stage, transcript_stage
 from proxy.model import BounceType, Kind, StatusSource, Verdict
@@ -74,7 +74,7 @@ class _Case:
     """What the steps read, and what they have found so far."""
 
     __slots__ = ("kind", "action", "text", "candidates", "dsn_status", "reason_status", "out_status", "source",
-                 "reply", "text_reply", "stage", "delayed", "why", "steps", "reason", "decided_by")
+                 "reply", "text_reply", "stage", "delayed", "why", "steps", "reason", "decided_by", "recipient")
 
     def __init__(self):
         self.why: list[str] = []
@@ -175,9 +175,25 @@ def _step_fallback(c: _Case) -> bool:
     return True
 
 
+_provider_text = _phrase_step("provider")
+
+
+def _step_provider(c: _Case) -> bool:
+    if _provider_text(c):
+        return True
+    domain = c.recipient.rpartition("@")[2].lower() if c.recipient else ""
+    rule = RECIPIENT_DOMAINS.get(domain)
+    if rule is None:
+        return False
+    c.reason = rule[0]
+    c.why.append(f"a failure for an address at {domain}: {rule[0]}")
+    c.decided_by = f"provider: {domain} recipients ({rule[1]})"
+    return True
+
+
 # The decision, in order. Each step returns True when it decided.
 STEPS: Final[tuple[tuple[str, Callable[[_Case], bool]], ...]] = (
-    ("provider", _phrase_step("provider")),
+    ("provider", _step_provider),
     ("text", _phrase_step("text")),
     ("status", _step_status),
     ("weak text", _phrase_step("weak", weak=True)),
@@ -199,18 +215,21 @@ def classify(
     action: str | None = None,
     *,
     command: str | None = None,
+    recipient: str | None = None,
 ) -> Verdict:
     """Reason, hard/soft and the honest status of one failed (or delayed...) recipient.
 
     `status`: the DSN's Status field, or the enhanced code of an SMTP reply; `smtp_code`: the reply
     code; `diagnostic`: the text (Diagnostic-Code, the reply line, or what a non-standard bounce says);
     `action`: the DSN Action; `command`: the SMTP command the reply answered, when the caller knows it
-    (MAIL, RCPT, DATA, EHLO...). The same inputs always give the same verdict: they are what an event
+    (MAIL, RCPT, DATA, EHLO...); `recipient`: the failed address (a few providers' refusals mean one
+    thing for their addresses). The same inputs always give the same verdict: they are what an event
     stores, so that reclassifying reproduces it.
     """
     kind = Kind(kind) if not isinstance(kind, Kind) else kind
     c = _Case()
     c.kind = kind
+    c.recipient = recipient
     c.action = (action or "").strip().lower() or None
     c.text = text = normalise(diagnostic[:MAX_TEXT] if diagnostic else diagnostic)
     why = c.why
@@ -234,7 +253,8 @@ def classify(
     # The code that decides the reason: a generic DSN status lets a specific one in the text speak.
     reason_status = dsn_status or text_status
     if not dsn_status or st.is_vague(dsn_status):
-        informing = next((m.group(0) for m in st.STATUS_RE.finditer(text) if not st.is_vague(m.group(0))), None)
+        informing = next((m.group(0) for m in st.STATUS_RE.finditer(text)
+                          if m.group(1) != "2" and not st.is_vague(m.group(0))), None)
         if informing and informing != dsn_status:
             reason_status = informing
     c.reason_status = reason_status
@@ -304,6 +324,12 @@ def classify_reply(line: str, kind: Kind = Kind.BOUNCE, *, command: str | None =
     return classify(status, code, text, kind, command=command)
 
 
+# Words one of which every stage phrase of STAGE_ROWS and every transcript contains.
+_STAGE_WORDS: Final = ("in reply to", "after ", "did not like", "does not like", ">>>", "sent: rcpt", "rcpt to generated",
+                       "[rcpt_to]", "data]", "[mail_from]", "[ehlo]", "[helo]", "was rejected", "refused to talk",
+                       "failed after i sent")
+
+
 def stage_near(text: str, address: str, others=(), limit: int = 2000) -> tuple[str, str] | None:
     """(stage, what was read) that a report's human-readable `text` states for `address`: read in the
     text after each place that names it, up to the next other recipient (or `limit` characters).
@@ -312,11 +338,13 @@ def stage_near(text: str, address: str, others=(), limit: int = 2000) -> tuple[s
     if not text or not address:
         return None
     lower = text[:65536].lower()
+    if not any(map(lower.__contains__, _STAGE_WORDS)):
+        return None  # (most texts: one pass per word, no window read)
     address = address.lower()
     others = [o.lower() for o in others if o and o.lower() != address]
     at = lower.find(address)
     tries = 0
-    while at >= 0 and tries < 20:
+    while at >= 0 and tries < 8:
         tries += 1
         end = min(len(lower), at + limit)
         for other in others:

@@ -73,3 +73,11 @@ PROVIDER_PHRASES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          'Exchange / Microsoft 365 NDR 5.1.10 RESOLVER.ADR.RecipientNotFound, 5.4.1 access denied'),
     )),
 )
+
+
+# A provider whose every refusal for its addresses means one thing: (reason, source) by recipient domain.
+RECIPIENT_DOMAINS: Final[dict[str, tuple[str, str]]] = {
+    # A group refuses a post from a non-member, or the group does not exist; the notice is localised
+    # (English, Arabic, Japanese ...) and often says no more than that.
+    "googlegroups.com": ("rejected", "Google Groups Help: a group refuses posts from non-members or does not exist"),
+}

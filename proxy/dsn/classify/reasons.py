@@ -85,7 +85,8 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          'Yandex/Mail.ru spam refusals (samples)'),
         (r"message content rejected|unsolicited bulk e-?mail|\bube\b|likely unsolicited mail|appears to be unsolicited|- spam\b"
          r"|\bdt:spm\b|mail content denied|spamassassin|spamprofiler|spambouncer|recurrent pattern detection|\buribl\b"
-         r"|antispam checks|bulk (?:e-?mail|mail)\b|unacceptable content|banned content|content filter",
+         r"|antispam checks|bulk (?:e-?mail|mail)\b|unacceptable content|banned content|content filter"
+         r"|due to (?:a |the )?spam ?list|junk (?:e-?)?mail filter|(?:rejected|blocked) by (?:our |the )?(?:spam|junk) filter",
          '550 5.7.1 Message content rejected, UBE, id=22220-02-222',
          "amavis 'Message content rejected, UBE'; SpamAssassin, Cloudmark"),
     )),
@@ -104,17 +105,20 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     )),
     ("speeding", (
         (r"rate[- ]limit(?:ed|ing)?\b|throttl(?:ed|ing)\b|receiving mail (?:at )?a rate"
-         r"|(?:message|mail|sending) rate (?:limit )?exceeded|try again slower|sending too (?:fast|quickly)",
+         r"|(?:message|mail|sending) rate (?:limit )?exceeded|try again slower|sending too (?:fast|quickly)"
+         r"|submission quota exceeded|sending (?:quota|limits?) (?:exceeded|reached)|user sending limit",
          '421-4.7.28 Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.',
-         'Gmail SMTP error reference 421-4.7.28 rate limited'),
-        (r"too many (?:messages|mails|e-?mails)\b|reached (?:your|the) (?:daily|hourly) (?:\S{1,40} )?(?:quota|limit)"
+         "Gmail SMTP error reference 421-4.7.28 rate limited, 550-5.4.5 daily user sending limit; Microsoft 365 NDR 5.2.2 submission quota"),
+        (r"too many (?:messages|mails|e-?mails)\b(?! (?:on the server|in (?:the |this |your |his |her |its )?(?:mail ?box|inbox|folder)|stored))|reached (?:your|the) (?:daily|hourly) (?:\S{1,40} )?(?:quota|limit)"
          r"|(?:daily|hourly) (?:sending |message |relay )?(?:quota|limit) (?:exceeded|reached)",
          "554 neko-22.nyaan.r.example.net : CAT : neko22 : CAT : You've reached your daily relay quota - 203.0.113.0",
          'ISP relay quotas (samples); Yahoo/Outlook daily limits'),
     )),
     ("rejected", (
         (r"sender address rejected|domain of sender address .{1,255}? does not exist"
-         r"|sender (?:address )?(?:verify|verification) (?:failed|error)",
+         r"|sender (?:address )?(?:verify|verification) (?:failed|error)"
+         r"|sender(?:'s)? (?:address |e-?mail )?domain (?:\S{1,255} )?(?:does not|doesn't|not) exists?"
+         r"|sender (?:address |e-?mail )?domain (?:is )?(?:not found|unknown|not resolvable|has no mx|must exist)",
          '553 5.1.8 <httpd@host1.mx.example.jp>... Domain of sender address httpd@host1.mx.example.jp does not exist',
          'Postfix reject_unknown_sender_domain; Sendmail 553 5.1.8'),
         (r"(?:invalid|bad|unknown|unverified|illegal|bogus) (?:envelope )?(?:sender|mail from|from address)(?! ip)"
@@ -127,6 +131,11 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          r"|this server does not accept mail from|administrative prohibition|emetteur invalide",
          "550 5.7.1 can't determine Purported Responsible Address",
          "Exchange Sender ID 'Purported Responsible Address'"),
+        (r"batv (?:failed to verify|validation fail)|backscatter protection|bogus mail from|no third-party dsns"
+         r"|without a valid sender domain|senderfilterconfig|denied \[bouncedeny\]|sender isn't on the recipient's list of senders"
+         r"|sender (?:is )?not (?:on|in) (?:the )?(?:recipient's )?(?:list of )?(?:allowed|accepted) senders",
+         '550 5.7.1 BATV failed to verify',
+         "SonicWall BATV, MDaemon backscatter protection, IMail bogus MAIL FROM, McAfee bouncedeny, Exchange SenderFilterConfig"),
         (r"(?:sender|your e-?mail) address has been blacklisted|sender is (?:in my black ?list|a spammer|spammer)"
          r"|to/from an address that has been blacklisted",
          '553 5.1.8 Sender address has been blacklisted',
@@ -258,9 +267,10 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          'RFC 3463 X.2.2; qmail/Courier/Dovecot quota replies'),
         (r"out of storage|storage space|insufficient (?:user |disk )?(?:storage|space)"
          r"|not (?:enough|sufficient) (?:storage|space|disk)|exceeds allowed size|no space left on device|space has been used up"
-         r"|too many messages on the server|too much mail data",
+         r"|too many messages on the server|too much mail data|too many messages in (?:the |this |your |his |her |its )?(?:mail ?box|inbox|folder)"
+         r"|exceed (?:the )?maximum (?:mail ?box|inbox|folder) size|quota overdrawn|diskquota|(?:mail ?box|inbox) (?:size )?limit (?:exceeded|reached)",
          "The recipient's inbox is out of storage space and inactive. Please direct the recipient to https://support.google.com/mail/?p=OverQuotaPerm",
-         'Gmail OverQuotaPerm; Exchange storage; Japanese carriers'),
+         "Gmail OverQuotaPerm; Exchange storage; Japanese carriers; GNU Mailutils 'would exceed maximum mailbox size'; 'disk quota overdrawn'"),
     )),
     ("emailtoolarge", (
         (r"(?:message|mail|e-?mail)(?: file)?s? (?:is |was )?too (?:large|big)|message (?:size|length) (?:\S{1,40} ){0,2}?exceed"
@@ -309,7 +319,7 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
         (r"\bdns error|host not found, try again|dns (?:query|lookup) (?:failed|failure|timed out)"
          r"|(?:host )?name lookup fail(?:ed|ure)|temporary failure in name resolution"
          r"|malformed (?:or unexpected )?name server reply|dns records for the destination computer could not be found"
-         r"|unable to resolve route|unrouteable mail domain",
+         r"|unable to resolve route",
          'Name service error for domain example.com: Host not found, try again',
          'Postfix/Sendmail name service errors'),
         (r"no route to host|network (?:is )?unreachable|host is unreachable|lost connection with .{1,120}? while"
@@ -324,9 +334,9 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     ("hostunknown", (
         (r"host unknown|host or domain name not found|unknown (?:host|domain)\b|no such domain|couldn't find any host named"
          r"|illegal host/domain name|unrout(?:e)?able address|name or service not known|domain must exist"
-         r"|domain mentioned in email address is unknown|account or domain may not exist",
+         r"|domain mentioned in email address is unknown|account or domain may not exist|unrout(?:e)?able mail domain",
          '550 5.1.2 <nekochan@libsisimai.org>... Host unknown (Name server: .: host not found)',
-         'Sendmail 550 5.1.2 Host unknown; RFC 3463 X.1.2'),
+         "Sendmail 550 5.1.2 Host unknown; RFC 3463 X.1.2; Exim 'Unrouteable mail domain' (the domain has no DNS)"),
         (r"(?:domain|host)(?: name)? (?:does not|doesn't|not) exists?|(?:domain|host)(?: name)? (?:was )?not found(?!, try again)"
          r"|invalid (?:domain|host)(?: name)?\b|domain is not reachable|bad destination system address",
          'Domain does not exist',
@@ -350,10 +360,11 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          r"|no existe (?:dicha persona|ese usuario)|nessun utente simile",
          '550 kijitora@neko.example.org... No such user',
          "Sendmail/qmail 'No such user'"),
-        (r"\b(?:user|recipient|mail ?box|account|addressee|address)(?: name)? (?:does not|doesn't|did not|not) exists?\b"
-         r"|non-?existent (?:user|recipient|mailbox|address)",
+        (r"\b(?:user|recipient|rcpt|mail ?box|account|addressee|address)(?: name)?(?: [<\[('\"]?[^\s@]{1,64}@[^\s]{1,255}?)?"
+         r" (?:does not|doesn't|dosn't|doesnt|did not|not) exists?\b"
+         r"|non-?existent (?:user|recipient|mailbox|address)|@[\w.-]{1,255}[>\])'\"]?:? (?:does not|doesn't|dosn't) exists?\b",
          '550 5.1.1 <kijitora@icloud.example.com>: user does not exist',
-         "iCloud/Apple and generic 'user does not exist'"),
+         "iCloud/Apple and generic 'user does not exist', 'Rcpt <x> does not exist', 'User [x] does not exist'"),
         (r"recipient name is not recognized"
          r"|\b(?:user|recipient|mail ?box|addressee)s? (?:was |were )?not (?:found|present|known|active)"
          r"|(?:e-?mail )?address (?:you entered )?(?:couldn't|could not) be found|address not present in directory"
@@ -416,9 +427,9 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
 
 WEAK_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     ("userunknown", (
-        (r"recipient address rejected|\baddress rejected\b",
+        (r"recipient address rejected",
          '550 <neko-nyaan@ne.auone-net.jp>: Recipient address rejected. (in reply to RCPT TO command)',
-         "Postfix 'Recipient address rejected' without a cause (KDDI, gateways)"),
+         "Postfix 'Recipient address rejected' without a cause (KDDI, gateways); a bare 'Address rejected' is no evidence against the recipient"),
     )),
     ("networkerror", (
         (r"connection (?:was )?(?:refused|reset|timed out|closed|lost|dropped)|timed out|could not connect|unable to connect"

@@ -129,9 +129,12 @@ def parse_status(value: str | None) -> str | None:
 
 
 def find_status(text: str) -> str | None:
-    """The most specific enhanced status code in a diagnostic text: the first that is not X.0.0."""
+    """The most specific enhanced status code in a diagnostic text: the first that is not X.0.0. Never
+    a success code (2.x.x): in a failure's text that is an earlier command accepted (a transcript)."""
     generic = None
     for m in STATUS_RE.finditer(text):
+        if m.group(1) == "2":
+            continue
         if m.group(2) != "0" or m.group(3) != "0":
             return m.group(0)
         generic = generic or m.group(0)
@@ -145,8 +148,10 @@ def find_reply_code(text: str) -> int | None:
     m = LEADING_REPLY_RE.match(text)
     if m:
         return int(m.group(1))
-    m = REPLY_RE.search(text)
-    return int(m.group(1) + m.group(2)) if m else None
+    for m in REPLY_RE.finditer(text):
+        if m.group(1) != "2":  # a success code is an earlier command accepted (a transcript)
+            return int(m.group(1) + m.group(2))
+    return None
 
 
 def status_reason(status: str) -> tuple[str, str] | None:

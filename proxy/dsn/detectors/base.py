@@ -100,6 +100,10 @@ def text_before_original(mail, limit: int = 16384) -> str:
     return found
 
 
+# A header field of a quoted message that lists addresses (its folded lines start with blanks).
+_ADDRESS_HEADER_RE = re.compile(r"(?:to|cc|bcc|from|reply-to|sender|resent-(?:to|cc|from)|delivered-to|x-original-to)[ \t]{0,4}:", re.I)
+
+
 def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, str]]:
     """(address, reason) for every paragraph opened by a line that starts with an address.
 
@@ -110,9 +114,16 @@ def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, st
     out: list[tuple[str, list[str]]] = []
     depth = None
     current: list[str] | None = None
+    in_header = False  # inside a quoted To/Cc/From... field: its folded lines list addresses, not failures
     for line in section.split("\n")[:2000]:
         if not line.strip():
             current = None
+            in_header = False
+            continue
+        if line[:1] in " \t" and in_header:
+            continue
+        in_header = ":" in line[:20] and _ADDRESS_HEADER_RE.match(line) is not None
+        if in_header:
             continue
         m = _ADDRESS_LINE_RE.match(line) if "@" in line else None  # (an address has its @)
         if m and (depth is None or len(m.group(1).expandtabs(8)) <= depth):
