@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 _DOT = re.compile(rb"(?m)^\.")  # dot-stuffing (RFC 5321 4.5.2)
+_REPLY_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # never passed on to a client (lines split on LF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,7 @@ class Reply:
 
     def smtp(self) -> str:
         """The reply as aiosmtpd pushes it: multi-line replies keep their lines (ASCII only)."""
-        lines = self.text.encode("ascii", "replace").decode("ascii").splitlines() or [""]
+        lines = _REPLY_CONTROL.sub(" ", self.text.encode("ascii", "replace").decode("ascii")).split("\n") or [""]
         head = [f"{self.code}-{part}" for part in lines[:-1]]
         return UpstreamText("\r\n".join([*head, f"{self.code} {lines[-1]}".rstrip()]))
 
