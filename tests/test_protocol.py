@@ -42,8 +42,8 @@ class RawUpstream:
     def port(self) -> int:
         return self.server.sockets[0].getsockname()[1]
 
-    async def start(self) -> "RawUpstream":
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> "RawUpstream":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         return self
 
     def _next(self, verb: bytes, default: bytes) -> bytes:
@@ -315,6 +315,30 @@ async def test_upstream_dropping_smtputf8_later_is_a_temporary_refusal_never_a_b
             assert rows(svc, "SELECT * FROM events") == [] and rows(svc, "SELECT * FROM suppressions") == []
     finally:
         raw.close()
+
+
+async def test_upstream_unknown_at_start_then_without_smtputf8(tmp_path):
+    """Down at start: nothing is known, SMTPUTF8 is offered; the first connection tells the truth, and
+    the session that was offered too much gets a temporary refusal, not a bounce."""
+    from tests.postfix import free_port
+
+    port = free_port()
+    async with Service(make_config(tmp_path, port)) as svc:
+        smtp = aiosmtplib.SMTP(hostname=svc.relay_address[0], port=svc.relay_address[1], start_tls=False, timeout=10)
+        await smtp.connect()
+        await smtp.ehlo()
+        assert smtp.supports_extension("smtputf8")
+        raw = await RawUpstream(ehlo=b"250-raw.test\r\n250 8BITMIME\r\n").start(port)
+        try:
+            reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>", b"SMTPUTF8")
+            assert reply.code == 451 and reply.message.startswith("4.5.4 ")
+            await smtp.quit()
+            assert "smtputf8" not in await ehlo_keywords(svc)
+            assert await send(svc) == (250, "2.0.0 Ok: queued as RAW1")  # plain mail flows
+            assert not any(b"SMTPUTF8" in c for c in raw.commands)
+            assert rows(svc, "SELECT * FROM events") == []
+        finally:
+            raw.close()
 
 
 async def test_upstream_refusing_a_utf8_recipient_is_not_held_against_it(relay, raw):
