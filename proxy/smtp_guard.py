@@ -50,7 +50,7 @@ STOCK_REPLIES: dict[str, str] = {
     "503 Error: need RCPT command": "503 5.5.1 Need RCPT command first: no recipient was accepted",
     "502 EXPN not implemented": "502 5.5.1 EXPN not implemented",
 }
-# Stock replies with a variable tail: (prefix, what replaces the prefix; None drops the tail too).
+# Stock replies with a variable tail: (prefix, what replaces the prefix, whether the tail is kept).
 STOCK_PREFIXES: tuple[tuple[str, str, bool], ...] = (
     ("501 Syntax: ", "501 5.5.4 Syntax: ", True),
     ("250 Syntax: ", "250 2.0.0 Syntax: ", True),
