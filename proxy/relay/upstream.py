@@ -108,7 +108,7 @@ class ReplyAudit:
 
     Fed from the protocol's data_received before aiosmtplib sees the bytes, so that when a command's
     reply is handed over the audit has seen it too: `replies` is the number of complete replies so
-    far, `partial` bytes of one not yet complete, `recent` the last few as (first line's code,
+    far, `partial` bytes of one not yet complete, `recent` the last ones as (first line's code,
     whether a later line carried another code, the text of the lines carrying the first code)."""
 
     __slots__ = ("partial", "replies", "malformed", "recent", "_first", "_mixed", "_lines")
@@ -117,7 +117,7 @@ class ReplyAudit:
         self.partial = bytearray()
         self.replies = 0
         self.malformed = False
-        self.recent: deque[tuple[int, bool, str]] = deque(maxlen=4)
+        self.recent: deque[tuple[int, bool, str]] = deque(maxlen=2)
         self._first: bytes | None = None
         self._mixed = False
         self._lines: list[bytes] = []
