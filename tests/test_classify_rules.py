@@ -29,6 +29,15 @@ FAMILIES = [
     ("550 5.7.1 BATV failed to verify", "rejected", SOFT),  # SonicWall
     ("550 Backscatter protection detected an invalid or expired email address", "rejected", SOFT),  # MDaemon
     ("550 Address rejected", "onhold", SOFT),  # no evidence against the recipient
+    ("550 <x@example.jp>: Recipient address rejected", "userunknown", SOFT),  # a symptom: no RCPT stage, no X.1 status
+    ("550 <x@example.jp>: Recipient address rejected. (in reply to RCPT TO command)", "userunknown", HARD),
+    ("550 5.1.1 <x@example.jp>: Recipient address rejected", "userunknown", HARD),
+    ("550 Your domain has no MX record", "rejected", SOFT),  # the sender's domain
+    ("553 sorry, your envelope sender has been denied (#5.7.1)", "rejected", SOFT),  # qmail
+    ("451 Could not complete sender verify callout", "rejected", SOFT),  # Exim
+    ("550 5.7.501 Access denied, spam abuse detected", "spamdetected", SOFT),  # Microsoft 365 NDR
+    ("550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains", "blocked", SOFT),
+    ("454 4.7.0 TLS not available due to local problem", "securityerror", SOFT),
     # a full mailbox is no dead address, and no message too large
     ("550 user: message would exceed maximum mailbox size for this recipient", "mailboxfull", SOFT),  # GNU Mailutils
     ("552 5.2.3 Disk quota overdrawn", "mailboxfull", SOFT),

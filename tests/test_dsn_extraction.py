@@ -101,3 +101,44 @@ def test_a_bounce_that_mentions_a_whitelist_stays_a_bounce():
 def test_real_reports_refused_after_data(name, recipient):
     row = _by_recipient((SHARED / name).read_bytes())[recipient]
     assert (row["reason"], row["bounce_type"], row["smtp_command"]) == ("filtered", "soft", "DATA")
+
+
+def test_each_recipient_of_an_exchange_notice_keeps_its_own_reply():
+    """Office 365 in plain text, two recipients: a full mailbox must not inherit the missing one's 5.1.10."""
+    raw = "\r\n".join([
+        "From: Microsoft Outlook <postmaster@example.onmicrosoft.com>", "To: app@example.com",
+        "Subject: Undeliverable: hello", "Content-Type: text/plain", "",
+        "Delivery has failed to these recipients or groups:", "",
+        "kijitora@example.onmicrosoft.com<mailto:kijitora@example.onmicrosoft.com>",
+        "The email address you entered couldn't be found.", "",
+        "sabatora@example.onmicrosoft.com<mailto:sabatora@example.onmicrosoft.com>",
+        "The recipient's mailbox is full and can't accept messages now.", "",
+        "Diagnostic information for administrators:", "", "Generating server: EX1.example.onmicrosoft.com", "",
+        "kijitora@example.onmicrosoft.com",
+        "Remote Server returned '550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup'", "",
+        "sabatora@example.onmicrosoft.com",
+        "Remote Server returned '554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException'", "",
+        "Original message headers:", "", "Received: from app.example.com", ""]).encode()
+    rows = _by_recipient(raw)
+    assert (rows["kijitora@example.onmicrosoft.com"]["reason"], rows["kijitora@example.onmicrosoft.com"]["bounce_type"]) \
+        == ("userunknown", "hard")
+    assert (rows["sabatora@example.onmicrosoft.com"]["reason"], rows["sabatora@example.onmicrosoft.com"]["bounce_type"],
+            rows["sabatora@example.onmicrosoft.com"]["status"]) == ("mailboxfull", "soft", "5.2.2")
+
+
+def test_postfix_server_transcript_gives_each_rcpt_its_own_reply_and_stage():
+    raw = "\r\n".join([
+        "From: MAILER-DAEMON@mx.example.org", "To: postmaster@mx.example.org",
+        "Subject: Postfix SMTP server: errors from app.example.com[192.0.2.9]", "Content-Type: text/plain", "",
+        "Transcript of session follows.", "",
+        " Out: 220 mx.example.org ESMTP", " In:  EHLO app.example.com", " Out: 250 mx.example.org",
+        " In:  MAIL FROM:<app@example.com>", " Out: 250 2.1.0 Ok",
+        " In:  RCPT TO:<gone@example.org>", " Out: 550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown",
+        " In:  RCPT TO:<here@example.org>", " Out: 250 2.1.5 Ok",
+        " In:  DATA", " Out: 354 End data with <CR><LF>.<CR><LF>", " In:  .",
+        " Out: 550 5.7.1 Message content rejected, UBE", ""]).encode()
+    rows = _by_recipient(raw)
+    assert (rows["gone@example.org"]["reason"], rows["gone@example.org"]["bounce_type"], rows["gone@example.org"]["smtp_command"]) \
+        == ("userunknown", "hard", "RCPT")
+    assert (rows["here@example.org"]["reason"], rows["here@example.org"]["bounce_type"], rows["here@example.org"]["smtp_command"]) \
+        == ("spamdetected", "soft", "DATA")

@@ -290,6 +290,11 @@ def classify(
     elif c.delayed:
         bounce_type = BounceType.SOFT
         why.append("soft: a delay is not final")
+    elif reason in HARD_REASONS and klass == "5" and c.decided_by.startswith("weak") and c.stage != "RCPT" \
+            and (c.reason_status or "")[2:4] != "1.":
+        # A symptom ("recipient address rejected" and no cause) is no proof against the address.
+        bounce_type = BounceType.SOFT
+        why.append("soft: only a symptom, neither refused at RCPT nor an X.1 status")
     elif reason in HARD_REASONS and klass == "5":
         bounce_type = BounceType.HARD
         why.append("hard: the address itself is bad, permanently")

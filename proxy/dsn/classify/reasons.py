@@ -77,7 +77,7 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          r"|spam classification",
          '554 5.6.0 This message has been scored as spam with a probability of more than 90%',
          'Sendmail/milter, gateway spam scores (samples)'),
-        (r"\bspam (?:message|content|detected|score|e-?mail|mail|check|points|rejection|refused|not accepted|blocked|complaints|filter)"
+        (r"\bspam (?:message|content|detected|score|e-?mail|mail|check|points|rejection|refused|not accepted|blocked|complaints|filter|abuse)"
          r"|suspicion of spam"
          r"|(?:looks?|looked|appears?|seems?|thinks?|probably|likely|similar to) (?:\S{1,40} ){0,3}?(?:like |to be )?(?:a |an )?spam\b"
          r"|(?:probable|possible|suspected) spam\b|spam-like",
@@ -118,9 +118,11 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
         (r"sender address rejected|domain of sender address .{1,255}? does not exist"
          r"|sender (?:address )?(?:verify|verification) (?:failed|error)"
          r"|sender(?:'s)? (?:address |e-?mail )?domain (?:\S{1,255} )?(?:does not|doesn't|not) exists?"
-         r"|sender (?:address |e-?mail )?domain (?:is )?(?:not found|unknown|not resolvable|has no mx|must exist)",
+         r"|sender (?:address |e-?mail )?domain (?:is )?(?:not found|unknown|not resolvable|has no mx|must exist)"
+         r"|your (?:sender |e-?mail )?domain (?:has no|does not have an?|without an?) mx|envelope sender (?:has been |was )?(?:denied|rejected)"
+         r"|badmailfrom|sender verify callout|sender callout (?:failed|verification)",
          '553 5.1.8 <httpd@host1.mx.example.jp>... Domain of sender address httpd@host1.mx.example.jp does not exist',
-         'Postfix reject_unknown_sender_domain; Sendmail 553 5.1.8'),
+         "Postfix reject_unknown_sender_domain; Sendmail 553 5.1.8; qmail 'envelope sender has been denied', badmailfrom; Exim sender verify callout"),
         (r"(?:invalid|bad|unknown|unverified|illegal|bogus) (?:envelope )?(?:sender|mail from|from address)(?! ip)"
          r"|sender (?:domain |address )?(?:is )?(?:invalid|unknown|not valid|not allowed|denied|not permitted|refused|empty)"
          r"|server rejected mail from address",
@@ -161,6 +163,7 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          "Postfix check_client_access 'Client host rejected'; HELO restrictions"),
         (r"(?:your|sending|sender'?s?|client|remote|access from) (?:ip|host|server|network|mta)(?: address)? (?:\S{1,40} ){0,3}?(?:is |has been |was |are )?(?:blocked|blacklisted|banned|blocklisted)"
          r"|(?:mail server|ip) \S{1,255} is blocked|spam ips blocked|too many spams from your ip|(?:you are|currently) sending spam"
+         r"|client blocked from sending"
          r"|looks suspiciously like spammer",
          '421 4.7.1 Sorry, your IP is blocked',
          'generic IP block replies (samples, provider error pages)'),
@@ -218,6 +221,7 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
     )),
     ("securityerror", (
         (r"authentication (?:is )?required|requires? authentication|must (?:issue|use) (?:a )?starttls|starttls (?:is )?required"
+         r"|tls (?:is )?not available|tls handshake fail"
          r"|(?:tls|encryption) (?:is )?required|resolver\.rst\.authrequired|authentication turned on in your email client",
          '530 Must issue a STARTTLS command first',
          'RFC 3207 530 STARTTLS; RFC 4954 530 authentication required'),

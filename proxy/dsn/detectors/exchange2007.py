@@ -38,4 +38,41 @@ def detect(mail):
     explanation = " ".join(line.strip() for line in section.splitlines() if line.strip() and "@" not in line)
     diagnostic = (reply.group(1) or reply.group(2)) if reply else explanation
     kind = Kind.DELAY if says_delay(mail.lead_lower) else Kind.BOUNCE
-    return report("exchange2007", [(a, diagnostic) for a in addresses], kind)
+    if len(set(a.lower() for a in addresses)) == 1:
+        return report("exchange2007", [(a, diagnostic) for a in addresses], kind)
+    # Several recipients: each has its own explanation under it and its own reply in the part for
+    # administrators (a full mailbox beside a missing one must not share the missing one's reply).
+    admin = _END_RE.search(text, m.end())
+    return report("exchange2007", [(a, _own_reply(text, admin.start() if admin else len(text), a, addresses)
+                                   or _own_explanation(section, a, addresses) or diagnostic) for a in addresses], kind)
+
+
+def _following(text: str, start: int, address: str, others) -> tuple[int, int] | None:
+    """Where `address` is named from `start` on, up to the next other recipient (or 1500 characters)."""
+    lower = text.lower()
+    at = lower.find(address.lower(), start)
+    if at < 0:
+        return None
+    end = min(len(text), at + 1500)
+    for other in others:
+        if other.lower() != address.lower():
+            j = lower.find(other.lower(), at + len(address), end)
+            if j >= 0:
+                end = j
+    return at + len(address), end
+
+
+def _own_reply(text: str, admin: int, address: str, others) -> str | None:
+    span = _following(text, admin, address, others)
+    if span is None:
+        return None
+    found = _REMOTE_REPLY_RE.search(text, span[0], span[1])
+    return (found.group(1) or found.group(2)) if found else None
+
+
+def _own_explanation(section: str, address: str, others) -> str | None:
+    span = _following(section, 0, address, others)
+    if span is None:
+        return None
+    lines = [line.strip() for line in section[span[0] : span[1]].splitlines() if line.strip() and "@" not in line]
+    return " ".join(lines) or None

@@ -32,4 +32,29 @@ def detect_transcript(mail):
         return None
     diagnostic = squash(errors[-1])
     kind = Kind.DELAY if diagnostic.startswith("4") else Kind.BOUNCE
-    return report("postfix-transcript", [(a, diagnostic) for a in _RCPT_RE.findall(text)], kind)
+    # Each recipient: the reply its own RCPT got when that was a refusal, else the session's last error,
+    # with the command each answered (the stage decides what a "user unknown" means).
+    pairs, commands = [], {}
+    last = _last_command(text, text.rfind(errors[-1]))
+    for m in _RCPT_RE.finditer(text):
+        reply = _NEXT_OUT_RE.search(text, m.end())
+        own = reply.group(1) if reply and reply.group(1)[:1] in "45" else None
+        pairs.append((m.group(1), squash(own) if own else diagnostic))
+        commands[m.group(1).lower()] = "RCPT" if own else last
+    found = report("postfix-transcript", pairs, kind)
+    if found is not None:
+        for rr in found.recipients:
+            rr.command = commands.get(rr.recipient.lower())
+    return found
+
+
+_NEXT_OUT_RE = re.compile(r"^\s*Out:\s+(\d{3}[ -].{0,500})$", re.M)
+_IN_RE = re.compile(r"^\s*In:\s+(RCPT|MAIL|DATA|EHLO|HELO|BDAT|\.)", re.I | re.M)
+
+
+def _last_command(text: str, before: int) -> str | None:
+    """The SMTP command the client sent last before `before` ("." ends DATA)."""
+    last = None
+    for m in _IN_RE.finditer(text, 0, max(before, 0)):
+        last = m.group(1).upper()
+    return "DATA" if last == "." else last
