@@ -142,3 +142,11 @@ def test_postfix_server_transcript_gives_each_rcpt_its_own_reply_and_stage():
         == ("userunknown", "hard", "RCPT")
     assert (rows["here@example.org"]["reason"], rows["here@example.org"]["bounce_type"], rows["here@example.org"]["smtp_command"]) \
         == ("spamdetected", "soft", "DATA")
+
+
+def test_a_persons_reply_about_a_failure_is_no_bounce():
+    raw = ("From: Jane Doe <jane@example.org>\r\nTo: app@example.com\r\nSubject: Re: delivery failed?\r\n"
+           "Content-Type: text/plain\r\n\r\nHi, my mailbox was full last week, sorry. Please resend to\r\n"
+           "jane.doe@example.org or to bob@example.net.\r\n\r\n> Your mail to jane@example.org bounced\r\n").encode()
+    report = parse(raw)
+    assert not [r for r in report_rows("x", report) if r["recipient"]], report

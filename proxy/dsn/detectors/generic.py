@@ -14,6 +14,16 @@ _SUBJECT_RE = re.compile(r"undeliver|delivery (?:status|fail|notif|problem|repor
                          r"rejected|bounced?|error|failed|failure|non-delivery|не доставлено", re.I)
 
 
+# A person's reply or forward ("Re: delivery failed?", "Fwd: ..."), in the languages that send most.
+_REPLY_SUBJECT_RE = re.compile(r"\s*(?:re|fwd?|aw|wg|sv|vs|tr|rif|res|enc|odp|antw)\s*(?:\[\d{1,3}\])?\s*:", re.I)
+
+
+# What only a delivery report says of itself (a reply's subject needs one of these in the text).
+_FAILURE_STATEMENTS = ("could not be delivered to", "not be delivered to", "undeliverable to", "unable to deliver",
+                       "was not delivered to", "could not deliver", "n'a pas pu etre delivre", "n'a pas pu être délivré",
+                       "delivery to the following recipient", "permanent error", "the following address")
+
+
 # Phrases of delivery reports; a mail that is one only by its subject must use one of them.
 _DELIVERY_PHRASES = ("not be delivered", "undeliverable", "delivery failed", "delivery to", "failed recipient",
                      "non-delivery", "unable to deliver", "was not delivered", "could not deliver", "permanent error",
@@ -29,6 +39,8 @@ class _Generic(TextFormat):
             head = mail.head_lower
             if not any(map(head.__contains__, _DELIVERY_PHRASES)):
                 return None
+            if _REPLY_SUBJECT_RE.match(mail.subject) and not any(map(head.__contains__, _FAILURE_STATEMENTS)):
+                return None  # a person answering or forwarding ("Re: delivery failed?") is no delivery report
         return super().__call__(mail)
 
 
