@@ -38,6 +38,7 @@ FAMILIES = [
     ("550 5.7.501 Access denied, spam abuse detected", "spamdetected", SOFT),  # Microsoft 365 NDR
     ("550 5.7.750 Service unavailable. Client blocked from sending from unregistered domains", "blocked", SOFT),
     ("454 4.7.0 TLS not available due to local problem", "securityerror", SOFT),
+    ("550 Account blocked due to inactivity", "suspend", SOFT),
     # a full mailbox is no dead address, and no message too large
     ("550 user: message would exceed maximum mailbox size for this recipient", "mailboxfull", SOFT),  # GNU Mailutils
     ("552 5.2.3 Disk quota overdrawn", "mailboxfull", SOFT),
@@ -57,6 +58,11 @@ FAMILIES = [
 def test_phrase_families(line, reason, bounce_type):
     v = classify_reply(line)
     assert (v.reason, v.bounce_type) == (reason, bounce_type), explain(v)
+
+
+def test_sendmail_queue_timeout_is_expired():
+    v = classify(None, None, "Cannot send message for 5 days", Kind.BOUNCE, "failed")
+    assert (v.reason, v.bounce_type) == ("expired", SOFT), explain(v)
 
 
 def test_sysexits_code_of_a_local_mailer_is_a_mailer_error():

@@ -296,9 +296,9 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          r"|disabled (?:recipient|mailbox|user|account)"
          r"|(?<!delivery )temporarily (?:disabled|suspended|deactivated|inactive|locked)|temporary locked"
          r"|(?:is currently|has been) suspended|archived recipient|destinataire archivee|invalid/inactive user"
-         r"|this address no longer accepts mail|suspend the service",
+         r"|this address no longer accepts mail|suspend the service|(?:blocked|disabled|suspended|closed|locked) (?:due to|for|because of) inactivity",
          '550 Mailbox is frozen.',
-         'mailbox frozen/disabled replies (Mail.ru, Japanese carriers, Orange archivee)'),
+         'mailbox frozen/disabled replies (Mail.ru, Japanese carriers, Orange archivee); accounts closed for inactivity'),
     )),
     ("hasmoved", (
         (r"no longer on (?:this |the )?server|(?:mail ?box|address|user|recipient) has (?:been )?moved|has been replaced by"
@@ -408,10 +408,11 @@ PHRASE_TABLES: Final[tuple[tuple[str, tuple[Row, ...]], ...]] = (
          'Envelope expired',
          'Sendmail/Postfix queue expiry'),
         (r"could not be delivered for (?:more than )?\d{1,3}|not (?:been )?delivered within \d|delivery failed \d{1,5} attempts"
+         r"|cannot send (?:the )?message (?:for|within) \d"
          r"|have been failing for a long time|did not accept our requests to connect|after multiple retries|server did not respond"
          r"|could not find a gateway for|has not been collected after",
          'Message could not be delivered for 5 days',
-         'Exim/Sendmail/qmail retry timeouts'),
+         "Exim/Sendmail/qmail retry timeouts; Sendmail 'Cannot send message for 5 days'"),
         (r"this is a warning message only|(?:has been|was) delayed|will be retried|will-retry-until|giving up on\b"
          r"|delivery attempts will continue",
          'THIS IS A WARNING MESSAGE ONLY. YOU DO NOT NEED TO RESEND YOUR MESSAGE. Delivery to the following recipients has been delayed.',
