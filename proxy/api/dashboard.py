@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from proxy.model import Correlation
+
 STYLE = """
 :root { color-scheme: light dark; --line: #8884; --muted: #777; --hard: #c0392b; --soft: #b9770e; --ok: #1e8449; }
 * { box-sizing: border-box; }
@@ -268,7 +270,7 @@ BODY = f"""
   <label>reason <input id="f-reason" size="12" placeholder="userunknown"></label>
   <label>source <select id="f-source">{_option_list(["sync", "async"])}</select></label>
   <label>kind <select id="f-kind">{_option_list(["bounce", "delay", "complaint", "autoreply", "delivered", "unknown"])}</select></label>
-  <label>correlation <select id="f-correlation">{_option_list(["verp", "upstream_id", "message_id", "recipient_window", "none"])}</select></label>
+  <label>correlation <select id="f-correlation">{_option_list([c.value for c in Correlation])}</select></label>
   <label>message <input id="f-message" size="14"></label>
   <label>limit <input id="f-limit" type="number" min="1" max="1000000" value="100"></label>
   <button type="submit">Apply</button>

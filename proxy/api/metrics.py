@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from proxy.api.queries import metric_counts
-from proxy.model import MessageStatus, ParseState, RecipientStatus
+from proxy.model import Correlation, MessageStatus, ParseState, RecipientStatus
 from proxy.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,14 @@ def render_counts(counts: dict) -> list[str]:
     )
     lines += family("bounceproxy_inbound_total", "gauge", "Mails received by the bounce MX, by parse state.",
                     _by(counts["inbound"], "state", [s.value for s in ParseState]))
+    lines += family("bounceproxy_report_events_by_correlation", "gauge",
+                    "Events of late reports by the evidence that tied them to a message; foreign_recipient = an "
+                    "address the identified message was never sent to (never acted on).",
+                    _by(counts.get("correlations", []), "correlation", [c.value for c in Correlation]))
+    lines += family("bounceproxy_inbound_flagged", "gauge",
+                    "Mails received by the bounce MX that named addresses their message never went to "
+                    "(foreign_recipients) or that a parse limit cut (truncated).",
+                    _by(counts.get("inbound_flags", []), "flag", ["foreign_recipients", "truncated"]))
     if counts.get("suppressions") is not None:
         lines += family("bounceproxy_suppressions", "gauge", "Active (unexpired) suppressions, by kind.",
                         _by(counts["suppressions"], "kind", []))

@@ -19,6 +19,11 @@ async def metric_counts(store) -> dict:
             "SELECT source, kind, bounce_type, COUNT(*) AS n FROM events GROUP BY source, kind, bounce_type"
         ),
         "inbound": await fetch("SELECT state, COUNT(*) AS n FROM inbound GROUP BY state"),
+        "correlations": await fetch("SELECT correlation, COUNT(*) AS n FROM events WHERE source = 'async' "
+                                    "GROUP BY correlation"),
+        "inbound_flags": await fetch(
+            "SELECT 'foreign_recipients' AS flag, COUNT(*) AS n FROM inbound WHERE foreign_recipients > 0 "
+            "UNION ALL SELECT 'truncated', COUNT(*) FROM inbound WHERE truncated IS NOT NULL"),
         "last_event_at": (await fetch("SELECT MAX(at) AS at FROM events"))[0]["at"],
         "last_message_at": (await fetch("SELECT MAX(created_at) AS at FROM messages"))[0]["at"],
         "suppressions": None,
