@@ -14,6 +14,7 @@ from proxy.config import ConfigError, SuppressionConfig, load_config
 from proxy.model import BounceEvent, BounceType, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source
 from proxy.store import SqliteStore
 from proxy.suppression import Policy, Suppressor, refusal
+from tests import postfix
 from tests.conftest import ScriptedUpstream, make_config, rows, start_upstream
 
 DAY = 86400.0
@@ -102,6 +103,30 @@ async def test_an_mta_retrying_a_452_is_never_suppressed(tmp_path, recording):
         events = rows(svc, "SELECT * FROM events WHERE recipient = 'full@example.net'")
         assert [(e["reason"], e["bounce_type"]) for e in events] == [("mailboxfull", "soft")] * 4  # all recorded
         assert {r["status"] for r in rows(svc, "SELECT status FROM recipients")} == {"deferred"}
+
+
+@pytest.mark.skipif(postfix.available() is not None, reason=str(postfix.available()))
+async def test_postfix_retrying_a_full_mailbox_keeps_the_message_queued(tmp_path, recording):
+    """The issue's setting: Postfix as the application's MTA, relaying through bounceproxy, retries
+    (1 s queue runs here) a recipient the upstream answers 452 4.2.2. Every retry reaches the
+    upstream and Postfix keeps deferring; it never gets a 5xx and never bounces the message."""
+    async with Service(make_config(tmp_path, recording.port)) as svc:
+        relay = f"[{svc.relay_address[0]}]:{svc.relay_address[1]}"
+        with postfix.PrivatePostfix(tmp_path / "postfix", relayhost=relay) as pf:
+            pf.sendmail(b"From: app@example.com\nSubject: quota\n\nhello\n", "app@example.com",
+                        ["full@example.net"])
+            for _ in range(150):  # until Postfix has tried five times (about 8 s), or 30 s
+                if recording.handler.rcpts.count("full@example.net") >= 5:
+                    break
+                await asyncio.sleep(0.2)
+            log = pf.log_text()
+            queued = pf.queue_ids()
+        assert recording.handler.rcpts.count("full@example.net") >= 5, log
+        assert "status=deferred" in log and "452 4.2.2" in log and "status=bounced" not in log, log
+        assert len(queued) == 1  # still Postfix's to deliver later
+        assert rows(svc, "SELECT * FROM suppressions") == []
+        header_ids = {r["message_id"] for r in rows(svc, "SELECT message_id FROM messages")}
+        assert header_ids == {None}  # refused at RCPT each time: no DATA, so only the spread in time helps
 
 
 async def test_retries_of_one_message_count_once_even_when_every_bounce_counts(tmp_path, recording):
