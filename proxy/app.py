@@ -206,7 +206,7 @@ class Service:
         cfg = self.config
         inbound = cfg.inbound
         self.pipeline = Pipeline(self.store, self.signer, inbound.bounce_domains, cfg.store.correlation_window_days,
-                                 self.suppressor)
+                                 self.suppressor, inbound.parse_limits())
         self.inbound_worker = InboundWorker(self.pipeline, inbound.settle_seconds)
         await self.inbound_worker.start(recover=True)
         handler = InboundHandler(cfg, self.store, self.signer, self.inbound_worker.submit)

@@ -192,6 +192,8 @@ def _parse_files(files: tuple[str, ...], slice_index: int, as_json: bool, out) -
             click.echo(f"bounceproxy: {name}: {exc}", err=True)
             failed += 1
             continue
+        if report.truncated:  # a parse limit reached is said, never silent
+            click.echo(f"bounceproxy: {name}: parse limits reached: {'; '.join(report.truncated)}", err=True)
         for row in report_rows(name, report):
             if as_json:
                 line = json.dumps(row, ensure_ascii=False)
@@ -467,7 +469,8 @@ def reparse(config_path, everything, classify_only) -> None:
     async def go():
         store = await open_store(config.store)
         try:
-            pipeline = Pipeline(store, signer, inbound_cfg.bounce_domains, config.store.correlation_window_days)
+            pipeline = Pipeline(store, signer, inbound_cfg.bounce_domains, config.store.correlation_window_days,
+                                limits=inbound_cfg.parse_limits())
             if classify_only:
                 return await pipeline.reclassify()
             return await pipeline.reparse(None if everything else ["pending", "failed"])

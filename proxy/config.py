@@ -118,6 +118,18 @@ class InboundConfig:
     settle_seconds: float = 1.0
     max_connections: int = 200
     max_connections_per_ip: int = 20
+    # What one parse reads at most (proxy/dsn/limits.py); each limit a mail reaches is recorded on it.
+    parse_max_bytes: int = 4 * 1024 * 1024
+    parse_max_lines: int = 100_000
+    parse_max_parts: int = 1_000
+    parse_max_recipients: int = 10_000
+    parse_max_text_chars: int = 262_144
+
+    def parse_limits(self):
+        from proxy.dsn.limits import Limits
+
+        return Limits(max_bytes=self.parse_max_bytes, max_lines=self.parse_max_lines, max_parts=self.parse_max_parts,
+                      max_recipients=self.parse_max_recipients, max_text_chars=self.parse_max_text_chars)
 
 
 @dataclass(frozen=True)
@@ -346,6 +358,9 @@ def _validate(config: Config) -> None:
                               "evidence named another message's recipients, not this address")
         if name not in known:
             raise ConfigError(f"{src}: [suppression] act_on_correlations: {name!r} is not one of {', '.join(sorted(known))}")
+    for name in ("parse_max_bytes", "parse_max_lines", "parse_max_parts", "parse_max_recipients", "parse_max_text_chars"):
+        if getattr(config.inbound, name) < 1:
+            raise ConfigError(f"{src}: [inbound] {name} must be at least 1")
     if not config.inbound.bounce_domains and config.inbound.enabled:
         raise ConfigError(f"{src}: [inbound] bounce_domains must name at least one domain")
     inbound = config.inbound

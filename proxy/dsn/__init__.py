@@ -21,13 +21,17 @@ class ParseError(ValueError):
     """The input is not a mail at all (empty, or not bytes)."""
 
 
-def parse(raw: bytes) -> Report:
-    """Everything the mail says about delivery: kind, recipients, status, original headers."""
+def parse(raw: bytes, limits=None) -> Report:
+    """Everything the mail says about delivery: kind, recipients, status, original headers.
+    `limits` (proxy.dsn.limits.Limits) bounds the work; each limit reached is in `Report.truncated`."""
     global parse
+    from proxy.dsn.limits import DEFAULT_LIMITS
     from proxy.dsn.parser import parse as _parse
 
-    parse = _parse  # loaded once: later calls go straight to the parser
-    return _parse(raw)
+    def parse(raw: bytes, limits=None) -> Report:  # loaded once: later calls go straight to the parser
+        return _parse(raw, limits or DEFAULT_LIMITS)
+
+    return parse(raw, limits)
 
 
 def report_rows(file: str, report: Report) -> list[dict]:

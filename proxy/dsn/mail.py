@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import re
 
+from proxy.dsn.limits import DEFAULT_LIMITS, Limits
 from proxy.dsn.text import TEXT_LIMIT, decode_bytes, decode_header, normalise_address
 
-# A bounce says what it has to say early; the rest is the returned mail. The limits keep the
-# stdlib parser, whose cost grows with lines times nesting depth, within a few milliseconds.
-RAW_LIMIT = 1024 * 1024
-LINE_LIMIT = 16_000
+# How much is read is set by `Limits` (proxy/dsn/limits.py); every cut is recorded in `Mail.truncated`.
 NESTING_LIMIT = 16  # multipart containers (boundary parameters); real bounces have two or three
 
 _BLOCK_TAG_RE = re.compile(r"<(?:br|p|div|tr|li|h\d)\b[^>]{0,500}>", re.I)
@@ -109,21 +107,29 @@ class cached_property:  # noqa: N801 - named after functools' one, which takes a
 class Mail:
     """One inbound message, parsed by the stdlib, with lazily derived views."""
 
-    def __init__(self, raw: bytes):
+    def __init__(self, raw: bytes, limits: Limits = DEFAULT_LIMITS):
         import email
         from email._policybase import compat32  # = email.policy.compat32, without the modern policies' imports
 
-        raw = raw[:RAW_LIMIT]
+        self.limits = limits
+        self.truncated: list[str] = []  # each limit reached, "what: N of M" (Report.truncated)
+        if len(raw) > limits.max_bytes:
+            self.truncated.append(f"bytes: {limits.max_bytes} of {len(raw)} read")
+            raw = raw[: limits.max_bytes]
         if b"\r" in raw:
             # One line ending for everything below: payloads keep the ones they came with, and
             # quoted-printable soft breaks or header blocks in a body would otherwise read
             # differently in CRLF (dos) and CR (old mac) mail.
             raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if len(raw) > LINE_LIMIT and raw.count(b"\n") > LINE_LIMIT:
-            raw = b"\n".join(raw.split(b"\n", LINE_LIMIT)[:LINE_LIMIT])
+        max_lines = limits.max_lines
+        if len(raw) > max_lines and (lines := raw.count(b"\n")) > max_lines:
+            self.truncated.append(f"lines: {max_lines} of {lines} read")
+            raw = b"\n".join(raw.split(b"\n", max_lines)[:max_lines])
         self.raw = raw
         # Absurd nesting: keep the headers and read the body as one text.
         self.flat = raw.count(b"oundary=") > NESTING_LIMIT or raw.count(b"OUNDARY=") > NESTING_LIMIT
+        if self.flat:
+            self.truncated.append(f"nesting: more than {NESTING_LIMIT} multipart boundaries, body read as one text")
         if not self.flat:
             try:
                 self.msg = email.message_from_bytes(raw, policy=compat32)
@@ -175,7 +181,8 @@ class Mail:
         descending into attached messages; the types are computed once, here."""
         out = []
         stack = [self.msg]
-        while stack and len(out) < 200:
+        max_parts = self.limits.max_parts
+        while stack and len(out) < max_parts:
             part = stack.pop()
             ctype = content_type(part)
             out.append((ctype, part))
@@ -188,6 +195,8 @@ class Mail:
                 repaired = _repair_multipart(part)
                 if repaired is not None:
                     stack.extend(reversed(repaired))
+        if stack:
+            self.truncated.append(f"parts: {max_parts} of {max_parts + _count_parts(stack)} read")
         return out
 
     @cached_property
@@ -205,20 +214,22 @@ class Mail:
         plain = [p for ctype, p in self.typed if ctype == "text/plain" and not p.is_multipart()]
         if not plain and not self.msg.is_multipart() and not self.content_type.startswith("text/"):
             plain = [self.msg]  # an unlabelled body is still text
+        limit = self.limits.max_text_chars
         chunks = []
         size = 0
         for part in plain:
             if chunks and str(part.get("Content-Disposition", "")).lower().startswith("attachment"):
                 continue
-            chunk = part_text(part, TEXT_LIMIT - size)
+            chunk = part_text(part, limit - size)
             chunks.append(chunk)
             size += len(chunk)
-            if size >= TEXT_LIMIT:
+            if size >= limit:
+                self.truncated.append(f"text: {limit} characters read of a body of {_body_bytes(plain)} bytes")
                 break
         if not chunks or not any(c.strip() for c in chunks):
             for ctype, part in self.typed:
                 if ctype == "text/html" and not part.is_multipart():
-                    chunks.append(html_to_text(part_text(part, TEXT_LIMIT * 2))[:TEXT_LIMIT])
+                    chunks.append(html_to_text(part_text(part, limit * 2))[:limit])
                     break
         text = "\n".join(chunks)
         return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
@@ -247,6 +258,22 @@ class Mail:
         from proxy.dsn.original import extract
 
         return extract(self)
+
+
+def _body_bytes(parts: list) -> int:
+    return sum(len(p._payload) for p in parts if isinstance(p._payload, (str, bytes)))
+
+
+def _count_parts(stack: list) -> int:
+    """The parts left unread under these, counted as `Mail.typed` would have walked them."""
+    n = 0
+    while stack:
+        part = stack.pop()
+        n += 1
+        payload = part._payload
+        if isinstance(payload, list) and not content_type(part).startswith("message/"):
+            stack.extend(payload)
+    return n
 
 
 _BOUNDARY_LINE_RE = re.compile(r"^--([^\s]{1,200})[ \t]*$", re.M)

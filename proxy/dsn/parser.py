@@ -9,6 +9,7 @@ from proxy.dsn import ParseError
 from proxy.dsn.classify import classify, stage_near
 from proxy.dsn.classify.stage import ADDRESS_REASONS
 from proxy.dsn.detectors.registry import DETECTORS
+from proxy.dsn.limits import DEFAULT_LIMITS, Limits
 from proxy.dsn.mail import Mail
 from proxy.model import BounceType, Kind, OriginalMessage, Report, StatusSource
 
@@ -21,21 +22,31 @@ _KIND_OF_ACTION = {"failed": Kind.BOUNCE, "delayed": Kind.DELAY, "delivered": Ki
 _CLASS_OF_ACTION = {"failed": "5.0.0", "delayed": "4.0.0"}
 
 
-def parse(raw: bytes) -> Report:
+def parse(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Report:
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise ParseError(f"expected bytes, got {type(raw).__name__}")
     raw = bytes(raw)
     if not raw or raw.isspace():  # = not raw.strip(), without copying the mail
         raise ParseError("empty input is not a mail")
     try:
-        mail = Mail(raw)
+        mail = Mail(raw, limits)
     except Exception as error:  # the stdlib parser itself gave up
         if STRICT:
             raise
         raise ParseError(f"not readable as a mail: {type(error).__name__}") from error
     report = detect(mail)
+    keep_within_limits(mail, report)
     finish(mail, report)
     return report
+
+
+def keep_within_limits(mail: Mail, report: Report) -> None:
+    """At most `max_recipients` recipients, and every limit the mail reached written on the report."""
+    most = mail.limits.max_recipients
+    if len(report.recipients) > most:
+        mail.truncated.append(f"recipients: {most} of {len(report.recipients)} kept")
+        del report.recipients[most:]
+    report.truncated = list(mail.truncated)
 
 
 def detect(mail: Mail) -> Report:

@@ -13,6 +13,7 @@ import logging
 
 from proxy.dsn import PARSER_VERSION as _PARSER, parse
 from proxy.dsn.classify import PARSER_CLASSIFIER_VERSION, classify
+from proxy.dsn.limits import DEFAULT_LIMITS, Limits
 from proxy.dsn.parser import recipient_kind
 from proxy.inbound.correlate import Match, correlate_recipient, correlate_report, verp_tokens
 from proxy.model import BounceEvent, BounceType, Correlation, Kind, ParseState, Report, Source
@@ -28,8 +29,9 @@ PARSE_IN_THREAD_ABOVE = 512 * 1024  # big mails are parsed off the event loop
 
 class Pipeline:
     def __init__(self, store, signer: VerpSigner | None, bounce_domains: tuple[str, ...],
-                 window_days: float = 30.0, suppressor=None):
+                 window_days: float = 30.0, suppressor=None, limits: Limits = DEFAULT_LIMITS):
         self.store = store
+        self.limits = limits  # what one parse reads at most; each limit reached is recorded on the row
         self.suppressor = suppressor
         self.signer = signer
         self.bounce_domains = tuple(d.lower() for d in bounce_domains)
@@ -49,9 +51,9 @@ class Pipeline:
         raw: bytes = row["raw"]
         try:
             if len(raw) > PARSE_IN_THREAD_ABOVE:
-                report = await asyncio.to_thread(parse, raw)
+                report = await asyncio.to_thread(parse, raw, self.limits)
             else:
-                report = parse(raw)
+                report = parse(raw, self.limits)
         except Exception as exc:  # noqa: BLE001 - a parser bug must cost a `failed` row, never the mail
             log.error("inbound #%d: parse failed: %s", inbound_id, exc)
             await self.store.record_inbound_result(

@@ -104,7 +104,7 @@ def text_before_original(mail, limit: int = 16384) -> str:
 _ADDRESS_HEADER_RE = re.compile(r"(?:to|cc|bcc|from|reply-to|sender|resent-(?:to|cc|from)|delivered-to|x-original-to)[ \t]{0,4}:", re.I)
 
 
-def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, str]]:
+def address_paragraphs(section: str, max_items: int | None = None) -> list[tuple[str, str]]:
     """(address, reason) for every paragraph opened by a line that starts with an address.
 
     The reason is the rest of that line and the lines under it, up to a blank line or the
@@ -115,7 +115,7 @@ def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, st
     depth = None
     current: list[str] | None = None
     in_header = False  # inside a quoted To/Cc/From... field: its folded lines list addresses, not failures
-    for line in section.split("\n")[:2000]:
+    for line in section.split("\n"):  # the section is bounded (Limits.max_text_chars)
         if not line.strip():
             current = None
             in_header = False
@@ -132,7 +132,7 @@ def address_paragraphs(section: str, max_items: int = 200) -> list[tuple[str, st
             rest = line[m.end(2) :].lstrip(">\"' \t:;,.")
             current = [rest] if rest.strip() else []
             out.append((m.group(2), current))
-            if len(out) >= max_items:
+            if max_items is not None and len(out) >= max_items:
                 break
             continue
         if current is not None:
@@ -323,13 +323,15 @@ class TextFormat:
         return report(self.name, filled, self.kind(mail, section))
 
     def section(self, mail) -> str | None:
+        """The notice's text where this format lists addresses: the text is already bounded (and
+        its cut recorded) by `Limits.max_text_chars`, so the section is never silently short."""
         if self.start is None:
             if self.end is ORIGINAL_MARKERS:
-                return text_before_original(mail)
-            text = mail.text[:16384]
+                return text_before_original(mail, len(mail.text))
+            text = mail.text
             m = self.end.search(text) if self.end is not None else None
             return text[: m.start()] if m else text
-        return between(mail.text, self.start, self.end)
+        return between(mail.text, self.start, self.end, len(mail.text))
 
     def pairs(self, mail, section: str) -> list[tuple[str, str]]:
         own = own_addresses(mail) if self.exclude_own else set()
