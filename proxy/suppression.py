@@ -175,6 +175,12 @@ class Policy:
             count, last = count + 1, bounce["at"]
         return count
 
+    def may_reach_threshold(self, span: float | None) -> bool:
+        """Counted soft bounces are a period apart at least, so bounces spanning less than
+        (threshold - 1) periods cannot hold enough of them: no need to read them one by one."""
+        need = (self.cfg.soft_threshold - 1) * self.cfg.soft_count_period_hours * 3600
+        return span is not None and span + 1e-6 >= need
+
     def soft(self, event: BounceEvent, soft_count: int, now: float) -> Decision | None:
         if soft_count >= self.cfg.soft_threshold:
             return Decision("soft", event.reason, now + self.cfg.soft_suppress_days * DAY)
@@ -284,10 +290,11 @@ class Suppressor:
                 continue
             decision = self.policy.immediate(event, now)
             if decision is None and self.policy.counts_as_soft(event):
-                since = now - self.cfg.soft_window_days * DAY
-                bounces = await self.store.soft_bounces(event.recipient, since, SOFT_COUNTING_REASONS_EXCLUDED,
-                                                        self.policy.trusted)
-                decision = self.policy.soft(event, self.policy.soft_count(bounces), now)
+                which = (event.recipient, now - self.cfg.soft_window_days * DAY, SOFT_COUNTING_REASONS_EXCLUDED,
+                         self.policy.trusted)
+                if self.policy.may_reach_threshold(await self.store.soft_bounce_span(*which)):
+                    bounces = await self.store.soft_bounces(*which)
+                    decision = self.policy.soft(event, self.policy.soft_count(bounces), now)
             if decision is None:
                 continue
             scope_sender = sender or (await self._message_sender(event))

@@ -320,3 +320,23 @@ def test_soft_count_period_must_be_a_number_of_at_least_zero(tmp_path):
                         f"[suppression]\nsoft_count_period_hours = {bad}\n")
         with pytest.raises(ConfigError, match=r"config\.toml: \[suppression\] soft_count_period_hours"):
             load_config(path, env={})
+
+
+def test_the_span_shortcut_never_hides_a_threshold_reached():
+    """`may_reach_threshold` skips reading the rows when their span is too short; on random histories
+    (retries, periods, thresholds) it must say yes whenever the full count reaches the threshold."""
+    import random
+
+    rng = random.Random(10)
+    for _ in range(2000):
+        threshold, hours = rng.randint(1, 4), rng.choice([0.0, 1.0, 24.0])
+        policy = Policy(SuppressionConfig(soft_threshold=threshold, soft_count_period_hours=hours))
+        at, history = 1_800_000_000.0, []
+        for n in range(rng.randint(1, 12)):
+            at += rng.choice([1.0, 600.0, 3600.0, DAY, DAY + 1, 3 * DAY])
+            history.append({"at": at, "relay_id": f"r{n}", "header_id": rng.choice([None, "<a@x>", "<b@x>", f"<{n}@x>"])})
+        span = history[-1]["at"] - history[0]["at"]
+        if policy.soft_count(history) >= threshold:
+            assert policy.may_reach_threshold(span), (threshold, hours, history)
+    assert not Policy(SuppressionConfig()).may_reach_threshold(None)  # no bounces at all
+    assert not Policy(SuppressionConfig()).may_reach_threshold(2 * DAY - 1)

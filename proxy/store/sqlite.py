@@ -498,22 +498,35 @@ class SqliteStore:
         return await self._fetch(f"SELECT * FROM suppressions {where} ORDER BY created_at DESC {limit_sql}",
                                  (*params, *([limit] if limit else [])))
 
-    async def soft_bounces(self, address: str, since: float, excluded_reasons, trusted_correlations) -> list[dict]:
-        """The soft bounces that may count against the address: since `since` and its last delivery,
-        only those that could act (synchronous, or correlated by trusted evidence), oldest first, each
-        with what ties an MTA's retries of one message together (proxy.suppression.Policy.soft_count)."""
+    @staticmethod
+    def _soft_where(address: str, since: float, excluded_reasons, trusted_correlations) -> tuple[str, tuple]:
+        """Soft bounces that may count against the address: since `since` and its last delivery, and
+        only those that could act (synchronous, or correlated by trusted evidence)."""
         excluded = sorted(excluded_reasons)
         trusted = sorted(trusted_correlations)
-        return await self._fetch(
-            "SELECT e.at, e.message_id AS relay_id, m.message_id AS header_id, m.content_sha256, m.verp_token "
-            "FROM events e LEFT JOIN messages m ON m.id = e.message_id "
-            "WHERE e.recipient = ? COLLATE NOCASE AND e.kind = 'bounce' AND e.bounce_type = 'soft' "
+        return (
+            "e.recipient = ? COLLATE NOCASE AND e.kind = 'bounce' AND e.bounce_type = 'soft' "
             f"AND e.reason NOT IN ({', '.join('?' * len(excluded))}) "
             f"AND (e.source = 'sync' OR e.correlation IN ({', '.join('?' * len(trusted)) or 'NULL'})) "
             "AND e.at >= MAX(?, COALESCE((SELECT MAX(at) FROM events WHERE recipient = ? COLLATE NOCASE "
-            "AND kind = 'delivered'), 0)) "
-            "ORDER BY e.at, e.id",
+            "AND kind = 'delivered'), 0))",
             (address, *excluded, *trusted, since, address),
+        )
+
+    async def soft_bounce_span(self, address: str, since: float, excluded_reasons, trusted_correlations) -> float | None:
+        """Seconds from the first to the last of those soft bounces (None: there are none)."""
+        where, params = self._soft_where(address, since, excluded_reasons, trusted_correlations)
+        rows = await self._fetch(f"SELECT MAX(e.at) - MIN(e.at) AS span FROM events e WHERE {where}", params)
+        return rows[0]["span"]
+
+    async def soft_bounces(self, address: str, since: float, excluded_reasons, trusted_correlations) -> list[dict]:
+        """Those soft bounces, oldest first, each with what ties an MTA's retries of one message
+        together (proxy.suppression.Policy.soft_count)."""
+        where, params = self._soft_where(address, since, excluded_reasons, trusted_correlations)
+        return await self._fetch(
+            "SELECT e.at, e.message_id AS relay_id, m.message_id AS header_id, m.content_sha256, m.verp_token "
+            f"FROM events e LEFT JOIN messages m ON m.id = e.message_id WHERE {where} ORDER BY e.at, e.id",
+            params,
         )
 
     async def event_id_for(self, event: BounceEvent) -> int | None:
