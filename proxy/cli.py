@@ -707,12 +707,17 @@ def resume(config_path, identity) -> None:
 @config_option
 @click.option("--sender-domain", "sender_domains", multiple=True,
               help="Also check SPF and DMARC of this domain (repeatable); domains seen in the log are checked anyway.")
-def doctor(config_path, sender_domains) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per check: status, name, detail.")
+def doctor(config_path, sender_domains, as_json) -> None:
     """Check the deployment: bounce MX in DNS, upstream credentials, SPF/DMARC, keys, no open relay."""
     from proxy import doctor as checks
 
     config = _load(config_path)
     results = checks.run(config, sender_domains)
+    if as_json:
+        for result in results:
+            click.echo(json.dumps(result.json()))
+        sys.exit(1 if any(r.status == checks.FAIL for r in results) else 0)
     for result in results:
         click.echo(result.line())
     failed = sum(r.status == checks.FAIL for r in results)
@@ -728,6 +733,9 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("bounceproxy: aborted", err=True)
         sys.exit(130)
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as exc:  # a bare `bounceproxy`: the help, not an error
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
         click.echo(f"bounceproxy: error: {exc.format_message()}{hint}", err=True)

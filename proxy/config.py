@@ -180,6 +180,17 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"  # text | json
+    level: str = "info"  # debug | info | warning | error
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    shutdown_grace: float = 30.0  # seconds transfers in flight may take to finish after SIGTERM
+
+
+@dataclass(frozen=True)
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -188,6 +199,8 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: str = "(defaults)"
 
     @property
@@ -211,7 +224,11 @@ SECTIONS: dict[str, type] = {
     "api": ApiConfig,
     "preflight": PreflightConfig,
     "suppression": SuppressionConfig,
+    "log": LogConfig,
+    "service": ServiceConfig,
 }
+# Keys holding a file name: relative ones in the file resolve against the file's directory.
+PATH_KEYS = {("store", "path"), ("relay", "tls_cert"), ("relay", "tls_key"), ("upstream", "ca_file")}
 CHOICES = {
     ("upstream", "profile"): {"simulator", "ses", "smtp"},
     ("upstream", "tls"): {"starttls", "implicit", "none"},
@@ -219,6 +236,8 @@ CHOICES = {
     ("suppression", "mode"): {"enforce", "observe"},
     ("suppression", "scope"): {"global", "sender_domain"},
     ("suppression", "reply_style"): {"bounceproxy", "ses"},
+    ("log", "format"): {"text", "json"},
+    ("log", "level"): {"debug", "info", "warning", "error"},
 }
 
 
@@ -271,8 +290,10 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     env = os.environ if env is None else env
     data: dict = {}
     source = "(defaults)"
+    base: Path | None = None  # relative paths of the file (and defaults) resolve here, not in the cwd
     if path is not None:
         source = str(path)
+        base = Path(path).resolve().parent
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
@@ -313,9 +334,13 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
                 value = _env_value(overrides[(section, name)], hints[name])
             elif name in raw:
                 value = raw[name]
+            elif base is not None and (section, name) in PATH_KEYS and getattr(cls, name, ""):
+                value = getattr(cls, name)  # a default file name, next to the config file too
             else:
                 continue
             value = _convert(value, hints[name], where)
+            if base is not None and (section, name) in PATH_KEYS and where.startswith(source) and value:
+                value = str(base / Path(value).expanduser())  # absolute values stay as they are
             allowed = CHOICES.get((section, name))
             if allowed and value not in allowed:
                 raise ConfigError(f"{where}: {value!r} is not one of {', '.join(sorted(allowed))}")

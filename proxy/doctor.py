@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiosmtplib
@@ -26,6 +27,25 @@ class Check:
 
     def line(self) -> str:
         return f"[{self.status:>4}] {self.name}: {self.detail}"
+
+    def json(self) -> dict:
+        return {**asdict(self), "status": self.status.lower()}
+
+
+# A sender domain worth asking DNS about: the null sender (<>) and other junk from the log are not.
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}", re.IGNORECASE)
+
+
+def is_domain(text: str) -> bool:
+    return bool(_DOMAIN.fullmatch(text or ""))
+
+
+def spf_advice(config: Config) -> str:
+    """What an SPF record must authorise depends on who sends the mail out."""
+    up = config.upstream
+    if up.profile == "ses":
+        return "publish e.g. \"v=spf1 include:amazonses.com ~all\""
+    return f"publish one that authorises the hosts your smarthost {up.host} sends from (e.g. \"v=spf1 a:{up.host} ~all\")"
 
 
 def _resolver(config: Config) -> dns.asyncresolver.Resolver:
@@ -102,16 +122,17 @@ async def check_bounce_mx(config: Config, resolver) -> list[Check]:
     return checks
 
 
-async def check_sender_domains(domains: list[str], resolver, upstream_profile: str) -> list[Check]:
+async def check_sender_domains(domains: list[str], resolver, config: Config) -> list[Check]:
+    upstream_profile = config.upstream.profile
     checks = []
-    for domain in sorted(set(d.lower() for d in domains if d)):
+    for domain in sorted(set(d.lower() for d in domains if is_domain(d))):
         spf = await _txt(resolver, domain)
         if spf is None:
             checks.append(Check(WARN, f"SPF of {domain}", "DNS did not answer"))
         else:
             records = [t for t in spf if t.lower().startswith("v=spf1")]
             if not records:
-                checks.append(Check(FAIL, f"SPF of {domain}", "no SPF record; publish e.g. \"v=spf1 include:amazonses.com ~all\""))
+                checks.append(Check(FAIL, f"SPF of {domain}", f"no SPF record; {spf_advice(config)}"))
             elif len(records) > 1:
                 checks.append(Check(FAIL, f"SPF of {domain}", "several v=spf1 records: receivers treat that as an error; merge them"))
             elif upstream_profile == "ses" and "amazonses.com" not in records[0]:
@@ -141,6 +162,9 @@ def check_secrets(config: Config) -> list[Check]:
             status = PASS if strength >= 16 else WARN
             checks.append(Check(status, "VERP key", f"{inbound.hmac_key_env} is set"
                                 + ("" if strength >= 16 else f" but only {strength} characters; use 32 or more")))
+        elif config.upstream.profile == "simulator":
+            checks.append(Check(WARN, "VERP key", f"{inbound.hmac_key_env} is not set: the simulator signs with a key "
+                                "that lasts until restart; set it to a long random string before real mail"))
         else:
             checks.append(Check(FAIL, "VERP key", f"{inbound.hmac_key_env} is not set: VERP is off and late bounces "
                                 "are matched by ids alone; set it to a long random string"))
@@ -159,6 +183,34 @@ def check_secrets(config: Config) -> list[Check]:
     if not config.api.listen.is_loopback and not config.secret(config.api.token_env):
         checks.append(Check(FAIL, "API access", f"{config.api.listen} is beyond loopback: set {config.api.token_env}"))
     return checks
+
+
+def check_profile(config: Config) -> list[Check]:
+    """What the chosen upstream profile needs that DNS and a connection cannot tell."""
+    up = config.upstream
+    if up.profile == "ses":
+        checks = []
+        if not re.fullmatch(r"email-smtp(-fips)?\.[a-z0-9-]+\.amazonaws\.com", up.host):
+            checks.append(Check(WARN, "SES endpoint", f"{up.host} is not an SES SMTP endpoint "
+                                "(email-smtp.<region>.amazonaws.com); fine behind a tunnel, otherwise check [upstream] host"))
+        if up.tls == "none":
+            checks.append(Check(FAIL, "SES endpoint", "[upstream] tls = \"none\": SES requires TLS (starttls on 587, "
+                                "25 or 2587; implicit on 465 or 2465)"))
+        if config.inbound.enabled and config.inbound.verp:
+            checks.append(Check(WARN, "SES bounce domain", f"SES sends bounces to the Return-Path on "
+                                f"{config.inbound.bounce_domains[0]} only if that domain is a verified identity in SES "
+                                "(console: Verified identities); doctor cannot see that"))
+        return checks
+    if up.profile == "smtp" and up.tls == "none" and not parse_host_is_loopback(up.host):
+        return [Check(WARN, "upstream TLS", f"[upstream] tls = \"none\" to {up.host}, beyond loopback: mail and "
+                      "credentials cross the network in clear")]
+    return []
+
+
+def parse_host_is_loopback(host: str) -> bool:
+    from proxy.config import Address
+
+    return Address(host, 0).is_loopback
 
 
 async def check_upstream(config: Config) -> Check:
@@ -217,11 +269,16 @@ def check_store(config: Config) -> Check:
 async def run_checks(config: Config, sender_domains: list[str]) -> list[Check]:
     resolver = _resolver(config)
     checks = [check_store(config), *check_secrets(config)]
+    checks += check_profile(config)
     checks.append(await check_upstream(config))
     checks += await check_bounce_mx(config, resolver)
     checks += await check_open_relay(config)
-    if sender_domains:
-        checks += await check_sender_domains(sender_domains, resolver, config.upstream.profile)
+    sender_domains = [d for d in sender_domains if is_domain(d)]
+    if config.upstream.profile == "simulator" and not sender_domains:
+        checks.append(Check(PASS, "sender domains", "not checked: the simulator delivers nothing, so SPF and DMARC "
+                            "do not matter yet (pass --sender-domain to check one anyway)"))
+    elif sender_domains:
+        checks += await check_sender_domains(sender_domains, resolver, config)
     else:
         checks.append(Check(WARN, "sender domains", "none known yet (send mail first, or pass --sender-domain)"))
     return checks
@@ -246,7 +303,9 @@ async def gather_sender_domains(config: Config, extra: tuple[str, ...]) -> list[
 
 def run(config: Config, extra_domains: tuple[str, ...]) -> list[Check]:
     async def go():
-        domains = await gather_sender_domains(config, extra_domains)
+        # The simulator's test senders need no SPF: only domains asked for are checked then.
+        simulator = config.upstream.profile == "simulator"
+        domains = list(extra_domains) if simulator else await gather_sender_domains(config, extra_domains)
         return await asyncio.wait_for(run_checks(config, domains), 120)
 
     return asyncio.run(go())

@@ -75,3 +75,45 @@ async def test_check_command_reports_suppression_and_dns(tmp_path):
         live = await asyncio.to_thread(check, "someone@live.test")
     assert dead.returncode == 0 and "not suppressed" in dead.stdout and "dns: null_mx" in dead.stdout
     assert "dns: ok" in live.stdout
+
+
+async def test_doctor_checks_what_the_profile_needs_and_never_the_null_sender(tmp_path, upstream):
+    """SES advice only for SES; `<>` (the null sender, as the log stores it) is no domain to ask DNS about."""
+    import dataclasses
+
+    async with DNSServer(ZONES) as dns:
+        smtp = make_config(tmp_path, upstream.port, preflight={"resolvers": (dns.address,), "timeout": 1.0})
+        ses = dataclasses.replace(smtp, upstream=dataclasses.replace(smtp.upstream, profile="ses"))
+        resolver = doctor._resolver(smtp)
+        for_smtp = {c.name: c for c in await doctor.check_sender_domains(["<>", "", "nospf.test"], resolver, smtp)}
+        for_ses = {c.name: c for c in await doctor.check_sender_domains(["nospf.test"], resolver, ses)}
+        everything = await doctor.run_checks(smtp, ["<>", "nospf.test"])
+    assert set(for_smtp) == {"SPF of nospf.test", "DMARC of nospf.test"}
+    assert for_smtp["SPF of nospf.test"].status == doctor.FAIL
+    assert "amazonses" not in for_smtp["SPF of nospf.test"].detail and "127.0.0.1" in for_smtp["SPF of nospf.test"].detail
+    assert "include:amazonses.com" in for_ses["SPF of nospf.test"].detail
+    assert not any("<>" in c.name or "amazonses" in c.detail for c in everything)
+    ses_only = {c.name: c for c in doctor.check_profile(ses)}
+    assert "SES endpoint" in ses_only and "SES bounce domain" in ses_only and doctor.check_profile(smtp) == []
+
+
+def test_doctor_json_prints_one_object_per_check(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "config.toml").write_text('[inbound]\nenabled = false\n[preflight]\nresolvers = ["127.0.0.1:9"]\n'
+                                          'timeout = 0.2\n')
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BOUNCEPROXY_")}, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "proxy", "doctor", "--json", "-c", str(tmp_path / "config.toml")],
+                            env=env, capture_output=True, text=True, cwd="/", timeout=60)
+    checks = [json.loads(line) for line in result.stdout.splitlines()]
+    by_name = {c["name"]: c for c in checks}
+    assert set(checks[0]) == {"status", "name", "detail"}
+    assert by_name["VERP key"]["status"] == "warn" and by_name["upstream"]["status"] == "warn"
+    assert "simulator" in by_name["sender domains"]["detail"]
+    assert all(c["status"] in ("pass", "warn", "fail") for c in checks)
+    assert result.returncode == (1 if any(c["status"] == "fail" for c in checks) else 0)
