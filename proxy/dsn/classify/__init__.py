@@ -38,7 +38,7 @@ from proxy.dsn.classify.status import (
     parse_status,
 )
 
-PARSER_CLASSIFIER_VERSION: Final = "2"  # bump whenever a table or a rule changes
+PARSER_CLASSIFIER_VERSION: Final = "3"  # bump whenever a table or a rule changes
 
 # (regex, example) views of the tables, for callers that only need the phrases and their examples.
 PHRASES: Final = tuple((reason, tuple(row[:2] for row in rows)) for reason, rows in PHRASE_TABLES)

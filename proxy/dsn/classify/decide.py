@@ -119,7 +119,9 @@ def _phrase_step(group: str, weak: bool = False) -> Callable[[_Case], bool]:
             c.why.append("a DSN whose only symptom is the connection: retried until it expired")
         generic = bool(GENERIC_USERUNKNOWN.search(hit[2])) if not weak else True
         c.reason = by_stage(reason, c.stage, c.reason_status, c.why, generic=generic)
-        c.decided_by = rule + (f"; stage {c.stage}: {c.reason}" if c.reason != reason and c.stage else "")
+        if c.reason != hit[0]:
+            rule += f"; stage {c.stage}: {c.reason}" if c.reason != reason else f"; {c.reason}"
+        c.decided_by = rule
         return True
     return step
 
