@@ -19,6 +19,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from proxy.dsn.classify import classify
 from proxy.dsn.classify.providers import RECIPIENT_DOMAINS
+from proxy.logging_setup import log_auth_failure, log_message
 from proxy.model import (
     BounceEvent, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source, settle_status,
 )
@@ -44,6 +45,11 @@ REPLY_NUL = ("554 5.6.0 Message refused: a NUL byte in the message data (RFC 532
 REPLY_CONTROL_DOT = ("554 5.6.0 Message refused: a line holding only a dot and control characters "
                      "(an end-of-data look-alike; SMTP smuggling protection)")
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many authentication failures from your address, try again later"
+
+
+# The in-flight record may wait this long for a commit it can share (sessions' outcomes commit all the
+# time under load): far less than any upstream's answer to the end of data, and one commit fewer per message.
+IN_FLIGHT_WAIT = 0.001
 
 
 def has_bare_line_ending(content: bytes) -> bool:
@@ -297,7 +303,7 @@ class RelayHandler:
             # In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
             # the end of data goes upstream: a crash between the upstream's 250 and the final commit then
             # leaves a row the next start marks possibly_sent, instead of a delivery missing from the log.
-            await self.store.record_message(message)
+            await self.store.record_message(message, wait=IN_FLIGHT_WAIT)
             tx.in_flight = _recipient_rows(message)
         except StoreError:
             await self.finish(session)  # nothing went upstream: the client retries
@@ -386,6 +392,7 @@ class RelayHandler:
         changed = tx.in_flight != _recipient_rows(message)  # most often not: the final commit is one row
         if strict:
             await self.store.record_message(message, tx.events, raw, recipients=changed)
+            log_message(message, getattr(self.upstream, "name", "upstream"))
         else:
             await self._record_quietly(message, tx.events, recipients=changed)
         if self.suppressor is not None and tx.events:
@@ -399,6 +406,7 @@ class RelayHandler:
             await self.store.record_message(message, events, recipients=recipients)
         except StoreError as exc:
             log.error("could not record message %s: %s", message.id, exc)
+        log_message(message, getattr(self.upstream, "name", "upstream"))  # the outcome the client was told
 
     async def _drop(self, session: Session) -> None:
         tx: Transaction | None = getattr(session, "tx", None)
@@ -463,8 +471,10 @@ class Authenticator:
     def __call__(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         ip = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
         if self.throttle.blocked(ip):
+            log_auth_failure(session.peer, None, "throttled: too many failures from this address")
             return AuthResult(success=False, handled=False, message=REPLY_AUTH_THROTTLED)
         if not isinstance(auth_data, LoginPassword):
+            log_auth_failure(session.peer, None, f"unsupported mechanism {mechanism}")
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", "replace")
         password = auth_data.password.decode("utf-8", "replace")
@@ -472,6 +482,7 @@ class Authenticator:
         ok = expected is not None and secrets.compare_digest(expected.encode(), password.encode())
         if not ok:
             self.throttle.failed(ip)
+            log_auth_failure(session.peer, login, "unknown user" if expected is None else "wrong password")
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
