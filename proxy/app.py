@@ -125,9 +125,6 @@ class Service:
             except (ValueError, RuntimeError) as exc:
                 raise ConfigError(f"{cfg.source}: [preflight] resolvers: {exc}") from None
         await self._probe_upstream()
-        if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:
-            self._probe = asyncio.get_running_loop().create_task(
-                probe_loop(self.upstream, self.health, cfg.upstream.probe_interval), name="upstream-probe")
         if cfg.inbound.enabled and self.worker == 0:
             await self._start_inbound()
         self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor, self.preflight,
@@ -154,6 +151,9 @@ class Service:
             self.api_runner, self.api_address = await start_api(cfg, self.store, live_metrics=self._live_metrics,
                                                                 health=self._health)
             log.info("API and dashboard on http://%s:%s/", *self.api_address)
+        if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:  # last: nothing fails after
+            self._probe = asyncio.get_running_loop().create_task(
+                probe_loop(self.upstream, self.health, cfg.upstream.probe_interval), name="upstream-probe")
 
     def _health(self) -> str | None:
         """None when healthy, else why not: what `/healthz` answers with HTTP 503."""
@@ -333,12 +333,9 @@ def _reap(pid: int) -> None:
 def run(config: Config, verbose: bool = False) -> None:
     """Run in the foreground; with [relay] workers > 1, fork relay workers that share the port
     through SO_REUSEPORT (each with its own upstream pool) before any event loop exists."""
-    logging.basicConfig(
-        level=logging.INFO if not verbose else logging.DEBUG,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
-    )
-    if not verbose:
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-session lines
+    from proxy.logging_setup import configure
+
+    configure(config.log, verbose)  # [log] format and level; bodies, commands and SQL never logged
     workers = config.relay.workers
     if workers > 1 and config.relay.listen.port == 0:
         raise ConfigError(f"{config.source}: [relay] workers > 1 needs a fixed port in [relay] listen")

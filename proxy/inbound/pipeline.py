@@ -16,6 +16,7 @@ from proxy.dsn.classify import PARSER_CLASSIFIER_VERSION, classify
 from proxy.dsn.limits import DEFAULT_LIMITS, Limits
 from proxy.dsn.parser import recipient_kind
 from proxy.inbound.correlate import Match, correlate_recipient, correlate_report, verp_tokens
+from proxy.logging_setup import log_inbound
 from proxy.model import BounceEvent, BounceType, Correlation, Kind, ParseState, Report, Source
 from proxy.relay.verp import VerpSigner
 
@@ -71,6 +72,7 @@ class Pipeline:
             inbound_id, ParseState.PARSED, PARSER_VERSION, str(report.kind), report.format, None, events,
             foreign_recipients=foreign, flag=flag, truncated=truncated)
         self.processed += 1
+        log_inbound(inbound_id, row, report, events)
         if self.suppressor is not None:
             await self.suppressor.consider(events)
         return events
