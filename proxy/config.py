@@ -120,10 +120,10 @@ class InboundConfig:
     max_connections_per_ip: int = 20
     # What one parse reads at most (proxy/dsn/limits.py); each limit a mail reaches is recorded on it.
     parse_max_bytes: int = 4 * 1024 * 1024
-    parse_max_lines: int = 100_000
+    parse_max_lines: int = 50_000
     parse_max_parts: int = 1_000
     parse_max_recipients: int = 10_000
-    parse_max_text_chars: int = 262_144
+    parse_max_text_chars: int = 131_072
 
     def parse_limits(self):
         from proxy.dsn.limits import Limits

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_bytes: int = 4 * 1024 * 1024  # of the raw mail (a returned attachment beyond is not read)
-    max_lines: int = 100_000  # the stdlib parser's cost grows with lines times nesting depth
+    max_lines: int = 50_000  # the stdlib parser's cost grows with lines times nesting depth
     max_parts: int = 1_000  # MIME parts walked
     max_recipients: int = 10_000  # recipients kept from one report
-    max_text_chars: int = 262_144  # of a plain-text bounce's notice, where formats look for addresses
+    max_text_chars: int = 131_072  # of a plain-text bounce's notice, where formats look for addresses
 
 
 DEFAULT_LIMITS = Limits()
