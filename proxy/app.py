@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from proxy.api import api_token, start_api
 from proxy.config import Config, ConfigError
 from proxy.inbound.pipeline import Pipeline
 from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
+from proxy.lifecycle import Sessions, changes, client_tls, settle_session_tasks
 from proxy.relay.health import UpstreamHealth, failure_reason, probe_loop
 from proxy.relay.server import Authenticator, RelayHandler, RelaySMTP, parse_users
 from proxy.relay.simulator import SimulatorUpstream
@@ -48,6 +50,9 @@ class Service:
         self.inbound_worker: InboundWorker | None = None
         self.health: UpstreamHealth | None = None  # the upstream's state, for /healthz and /metrics
         self._probe: asyncio.Task | None = None
+        self.sessions = Sessions()  # both listeners' sessions: drained on SIGTERM, new certificate on SIGHUP
+        self.client_tls: ssl.SSLContext | None = None  # what the next relay session offers at STARTTLS
+        self.verbose = False  # `serve -v`: debug whatever [log] level says
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -71,23 +76,14 @@ class Service:
         return UpstreamPool(cfg, self.config.relay_hostname, username, password)
 
     def _client_tls(self) -> ssl.SSLContext | None:
-        relay = self.config.relay
-        if not relay.tls_cert:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(relay.tls_cert, relay.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{self.config.source}: [relay] tls_cert/tls_key: cannot load ({exc})") from None
-        return ctx
+        return client_tls(self.config.relay, self.config.source)
 
     async def start(self) -> None:
         cfg = self.config
         relay = cfg.relay
         users = parse_users(cfg.secret(relay.auth_users_env))
         beyond_loopback = not relay.listen.is_loopback
-        tls = self._client_tls()
+        tls = self.client_tls = self._client_tls()
         auth_needed = relay.require_auth or beyond_loopback or bool(relay.allow_networks)
         if (relay.require_auth or beyond_loopback) and not users and not relay.allow_networks:
             raise ConfigError(
@@ -135,13 +131,13 @@ class Service:
         self.relay_limits = Limits(relay.max_connections, relay.max_connections_per_ip, relay.max_session_seconds)
 
         def factory():
-            return RelaySMTP(
+            return self.sessions.track(RelaySMTP(
                 self.relay_handler, hostname=hostname, data_size_limit=size_limit, enable_SMTPUTF8=True,
-                tls_context=tls, require_starttls=False, authenticator=authenticator,
+                tls_context=self.client_tls, require_starttls=False, authenticator=authenticator,
                 auth_required=relay.require_auth and not relay.allow_networks,
                 auth_require_tls=tls is not None, auth_needed=auth_needed,
                 timeout=relay.session_timeout, ident="bounceproxy relay", limits=self.relay_limits,
-            )
+            ))
 
         server = await self._listen(factory, relay.listen, "[relay] listen", reuse_port=relay.workers > 1)
         self.relay_address = server.sockets[0].getsockname()[:2]
@@ -214,10 +210,10 @@ class Service:
         self.inbound_limits = Limits(inbound.max_connections, inbound.max_connections_per_ip, inbound.max_session_seconds)
 
         def factory():
-            return InboundSMTP(handler, hostname=hostname, size_limit=inbound.max_message_size,
-                               max_line_length=inbound.max_line_length,
-                               enable_SMTPUTF8=True, timeout=inbound.session_timeout, ident="bounceproxy bounce MX",
-                               limits=self.inbound_limits)
+            return self.sessions.track(InboundSMTP(
+                handler, hostname=hostname, size_limit=inbound.max_message_size,
+                max_line_length=inbound.max_line_length, enable_SMTPUTF8=True, timeout=inbound.session_timeout,
+                ident="bounceproxy bounce MX", limits=self.inbound_limits))
 
         server = await self._listen(factory, inbound.listen, "[inbound] listen")
         self.inbound_address = server.sockets[0].getsockname()[:2]
@@ -251,7 +247,43 @@ class Service:
         self.servers.append(server)
         return server
 
-    async def stop(self, grace: float = 10.0) -> None:
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply TLS certificates, suppression and reputation settings, the log
+        level and the shutdown grace in place, keeping every session; name what needs a restart."""
+        from proxy.config import load_config
+        from proxy.logging_setup import set_level
+
+        source = self.config.source
+        try:
+            new = load_config(None if source == "(defaults)" else source)
+            tls = client_tls(new.relay, new.source) if self.client_tls is not None else None
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        applied, restart = changes(self.config, new)
+        if tls is not None:  # the files may have changed under the same names: always take them again
+            self.client_tls = tls
+            self.sessions.set_tls(tls)
+            applied.append("TLS certificate")
+        elif new.relay.tls_cert:
+            restart.append("[relay] tls_cert (STARTTLS was off at start)")
+        if self.suppressor is not None:
+            from proxy.suppression import Policy
+
+            self.suppressor.cfg, self.suppressor.policy = new.suppression, Policy(new.suppression)
+        if self.relay_handler is not None:
+            self.relay_handler.enforce = new.suppression.mode == "enforce"
+            self.relay_handler.reply_style = new.suppression.reply_style
+        keep = {"relay": dataclasses.replace(self.config.relay, tls_cert=new.relay.tls_cert, tls_key=new.relay.tls_key)}
+        self.config = dataclasses.replace(self.config, **keep, suppression=new.suppression, log=new.log,
+                                          service=new.service)
+        log.info("reloaded %s: %s%s", source, ", ".join(dict.fromkeys(applied)) or "nothing changed",
+                 f"; needs a restart to change: {', '.join(restart)}" if restart else "")
+        set_level("debug" if self.verbose else new.log.level)  # last: the line above is written at the old level
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, 421 to idle sessions, transfers finish within [service] shutdown_grace."""
+        grace = self.config.service.shutdown_grace if grace is None else grace
         if self._probe is not None:
             self._probe.cancel()
             try:
@@ -264,10 +296,8 @@ class Service:
             self.api_runner = None
         for server in self.servers:
             server.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self.relay_handler and self.relay_limits.open_total > 0 and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await self.sessions.drain(grace)
+        await settle_session_tasks()  # closed sessions record their outcome before the store closes
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1)
@@ -285,12 +315,19 @@ class Service:
             self.store = None
 
 
-async def serve(config: Config, worker: int = 0, children: list[int] | None = None) -> None:
+async def serve(config: Config, worker: int = 0, children: list[int] | None = None, verbose: bool = False) -> None:
     service = Service(config, worker)
+    service.verbose = verbose
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def hangup() -> None:  # reload in place, sessions stay; relay workers reload their own
+        service.reload()
+        _stop_children(children or [], signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     try:
         await service.start()
     except BaseException:
@@ -300,7 +337,8 @@ async def serve(config: Config, worker: int = 0, children: list[int] | None = No
     if worker > 0:
         loop.create_task(_exit_with_parent(stop))
     await stop.wait()
-    log.info("shutting down%s: finishing open sessions", f" worker {worker}" if worker else "")
+    log.info("shutting down%s: not accepting; idle sessions get 421 4.3.2, transfers have %gs to finish",
+             f" worker {worker}" if worker else "", service.config.service.shutdown_grace)
     _stop_children(children or [])
     await service.stop()
     for pid in children or []:
@@ -315,10 +353,10 @@ async def _exit_with_parent(stop: asyncio.Event) -> None:
             stop.set()
 
 
-def _stop_children(children: list[int]) -> None:
+def _stop_children(children: list[int], sig: int = signal.SIGTERM) -> None:
     for pid in children:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
@@ -350,8 +388,8 @@ def run(config: Config, verbose: bool = False) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
-        asyncio.run(serve(config, worker, children))
+        asyncio.run(serve(config, worker, children, verbose))
     else:
-        uvloop.run(serve(config, worker, children))
+        uvloop.run(serve(config, worker, children, verbose))
     if worker > 0:
         os._exit(0)
