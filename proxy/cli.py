@@ -726,6 +726,31 @@ def doctor(config_path, sender_domains, as_json) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@config_option
+@click.option("--from", "sender", metavar="ADDRESS",
+              help="Envelope sender (a verified SES identity with a real upstream; default selftest@example.com).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds to wait for the bounce MX to receive what comes back.")
+def selftest(config_path, sender, timeout) -> None:
+    """Send to each SES simulator address through the running service and check the log, step by step.
+
+    The one command to run after set-up: exits 1 when a step is not what SES would do.
+    """
+    import asyncio
+
+    from proxy import selftest as st
+
+    config = _load(config_path)
+    if config.upstream.profile != "simulator" and not sender:
+        raise click.UsageError("--from is required with a real upstream: a sender address it accepts "
+                               "(for SES, one on a verified identity)")
+    if sender and "@" not in sender:
+        raise click.BadParameter(f"{sender!r} is not an email address", param_hint="--from")
+    if not asyncio.run(st.run(config, sender, timeout, click.echo)):
+        sys.exit(1)
+
+
 def main() -> None:
     """Entry point: click's own errors become one line and exit 2."""
     try:
