@@ -47,11 +47,6 @@ REPLY_CONTROL_DOT = ("554 5.6.0 Message refused: a line holding only a dot and c
 REPLY_AUTH_THROTTLED = "454 4.7.0 Too many authentication failures from your address, try again later"
 
 
-# The in-flight record may wait this long for a commit it can share (sessions' outcomes commit all the
-# time under load): far less than any upstream's answer to the end of data, and one commit fewer per message.
-IN_FLIGHT_WAIT = 0.001
-
-
 def has_bare_line_ending(content: bytes) -> bool:
     """A CR or LF that is not part of a CRLF pair: how SMTP smuggling hides a second message."""
     crlf = content.count(b"\r\n")
@@ -303,7 +298,7 @@ class RelayHandler:
             # In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
             # the end of data goes upstream: a crash between the upstream's 250 and the final commit then
             # leaves a row the next start marks possibly_sent, instead of a delivery missing from the log.
-            await self.store.record_message(message, wait=IN_FLIGHT_WAIT)
+            await self.store.record_message(message)
             tx.in_flight = _recipient_rows(message)
         except StoreError:
             await self.finish(session)  # nothing went upstream: the client retries

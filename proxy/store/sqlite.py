@@ -92,7 +92,6 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None  # reads never see a batch half-written
         self._queue: list[tuple[list[Statement], asyncio.Future]] = []
         self._wakeup = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None  # wakes the writer for statements that may wait
         self._writer: asyncio.Task | None = None
         self._closing = False
         self.commits = 0  # batches committed, for stats and benchmarks
@@ -187,24 +186,14 @@ class SqliteStore:
             raise StoreError(f"{self.path}: not a bounceproxy database (run `bounceproxy serve` once to create it)") from None
 
     # -- the single writer ------------------------------------------------------------------
-    async def _submit(self, statements: list[Statement], wait: float = 0.0) -> None:
-        """Queue statements for the next group commit and wait until they are durable. `wait` > 0: the
-        commit may start up to that many seconds later, so that they ride along with other writers'
-        statements instead of costing a commit of their own (every commit costs CPU and an fsync)."""
+    async def _submit(self, statements: list[Statement]) -> None:
+        """Queue statements for the next group commit and wait until they are durable."""
         if self._writer is None or self._closing:
             raise StoreError("store is not open for writing")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut = asyncio.get_running_loop().create_future()
         self._queue.append((statements, fut))
-        if not wait:
-            self._wakeup.set()
-        elif self._timer is None and not self._wakeup.is_set():
-            self._timer = loop.call_later(wait, self._timer_fired)
-        await fut
-
-    def _timer_fired(self) -> None:
-        self._timer = None
         self._wakeup.set()
+        await fut
 
     async def _write_loop(self) -> None:
         assert self._db is not None
@@ -213,9 +202,6 @@ class SqliteStore:
             if self.commit_interval and not self._closing:
                 await asyncio.sleep(self.commit_interval)  # let concurrent sessions join this commit
             self._wakeup.clear()
-            if self._timer is not None:  # this batch takes what the timer was for
-                self._timer.cancel()
-                self._timer = None
             batch, self._queue = self._queue, []
             if not batch:
                 if self._closing:
@@ -264,9 +250,9 @@ class SqliteStore:
 
     # -- writes -----------------------------------------------------------------------------
     async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None,
-                             recipients: bool = True, wait: float = 0.0) -> None:
+                             recipients: bool = True) -> None:
         """Commit a message, its recipients (unless `recipients` is False: unchanged since its in-flight
-        record) and its synchronous events in one transaction (`wait`: see _submit)."""
+        record) and its synchronous events in one transaction."""
         statements: list[Statement] = [(_INSERT_MESSAGE, message_row(message))]
         if recipients:
             statements += [
@@ -275,7 +261,7 @@ class SqliteStore:
         statements += [(_INSERT_EVENT, event_row(e)) for e in events]
         if raw is not None:
             statements.append(("INSERT OR REPLACE INTO outbox (message_id, raw) VALUES (?, ?)", (message.id, raw)))
-        await self._submit(statements, wait)
+        await self._submit(statements)
 
     async def mark_possibly_sent(self, before: float) -> int:
         """At start: messages a previous run left in flight (`pending`, committed before their end of data
