@@ -55,3 +55,32 @@ def test_license_and_systemd_unit_are_shipped():
     for line in ("DynamicUser=yes", "ProtectSystem=strict", "NoNewPrivileges=yes", "StateDirectory=bounceproxy",
                  "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in unit.splitlines(), line
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("ENV "))
+    return dict(item.split("=", 1) for item in line[4:].split())
+
+
+def test_docker_image_exposes_the_api_and_refuses_it_without_a_token():
+    import pytest
+
+    from proxy.api import api_token
+    from proxy.config import ConfigError
+
+    text = (ROOT / "Dockerfile").read_text()
+    exposed = next(line for line in text.splitlines() if line.startswith("EXPOSE")).split()[1:]
+    assert sorted(exposed) == ["2525", "2526", "8025"]
+    env = {k: v for k, v in dockerfile_env().items() if k.startswith("BOUNCEPROXY_")}
+    config = load_config(ROOT / "config.toml", env=env)
+    assert str(config.api.listen) == "0.0.0.0:8025" and config.api.listen.port == int(exposed[2])
+    assert config.service.shutdown_grace < 10  # inside `docker stop`'s default timeout
+    with pytest.raises(ConfigError, match="BOUNCEPROXY_API_TOKEN"):
+        api_token(config)  # beyond loopback: no API without a token
+    # The README's container example publishes the relay on the host's loopback only.
+    readme = (ROOT / "README.md").read_text()
+    docker = readme[readme.index("## Docker"):]
+    example = docker[:docker.index("```\n", docker.index("```sh") + 5)]
+    assert "-p 127.0.0.1:2525:2525" in example and "-p 2525:2525" not in example
+    assert "172.16.0.0/12" not in example
