@@ -261,22 +261,26 @@ class Service:
             log.error("reload refused, the running configuration stays: %s", exc)
             return
         applied, restart = changes(self.config, new)
+        relay = self.config.relay
         if tls is not None:  # the files may have changed under the same names: always take them again
             self.client_tls = tls
             self.sessions.set_tls(tls)
             applied.append("TLS certificate")
-        elif new.relay.tls_cert:
-            restart.append("[relay] tls_cert (STARTTLS was off at start)")
+            relay = dataclasses.replace(relay, tls_cert=new.relay.tls_cert, tls_key=new.relay.tls_key)
+        elif bool(new.relay.tls_cert) != (self.client_tls is not None):  # STARTTLS on or off: AUTH rules change
+            applied = [a for a in applied if not a.startswith("[relay] tls_")]
+            restart.append("[relay] tls_cert (turning STARTTLS on or off)")
+        old = self.config  # what needs a restart keeps its running value
+        suppression = dataclasses.replace(new.suppression, enabled=old.suppression.enabled, scope=old.suppression.scope)
         if self.suppressor is not None:
             from proxy.suppression import Policy
 
-            self.suppressor.cfg, self.suppressor.policy = new.suppression, Policy(new.suppression)
+            self.suppressor.cfg, self.suppressor.policy = suppression, Policy(suppression)
         if self.relay_handler is not None:
-            self.relay_handler.enforce = new.suppression.mode == "enforce"
-            self.relay_handler.reply_style = new.suppression.reply_style
-        keep = {"relay": dataclasses.replace(self.config.relay, tls_cert=new.relay.tls_cert, tls_key=new.relay.tls_key)}
-        self.config = dataclasses.replace(self.config, **keep, suppression=new.suppression, log=new.log,
-                                          service=new.service)
+            self.relay_handler.enforce = suppression.mode == "enforce"
+            self.relay_handler.reply_style = suppression.reply_style
+        self.config = dataclasses.replace(old, relay=relay, suppression=suppression, service=new.service,
+                                          log=dataclasses.replace(new.log, format=old.log.format))
         log.info("reloaded %s: %s%s", source, ", ".join(dict.fromkeys(applied)) or "nothing changed",
                  f"; needs a restart to change: {', '.join(restart)}" if restart else "")
         set_level("debug" if self.verbose else new.log.level)  # last: the line above is written at the old level
