@@ -294,14 +294,14 @@ async def test_metrics_text(api, live, store):
     text = text.decode()
     assert text.endswith("\n")
     samples = parse_metrics(text)
-    assert samples['bounceproxy_messages_total{status="sent"}'] == 2
-    assert samples['bounceproxy_messages_total{status="partial"}'] == 1
-    assert samples['bounceproxy_messages_total{status="failed"}'] == 0  # known series exist from the start
-    assert samples['bounceproxy_recipients_total{status="accepted"}'] == 3
-    assert samples['bounceproxy_events_total{source="sync",kind="bounce",bounce_type="hard"}'] == 1
-    assert samples['bounceproxy_events_total{source="async",kind="complaint",bounce_type="undetermined"}'] == 1
-    assert samples['bounceproxy_inbound_total{state="parsed"}'] == 1
-    assert samples['bounceproxy_inbound_total{state="pending"}'] == 1
+    assert samples['bounceproxy_messages{status="sent"}'] == 2
+    assert samples['bounceproxy_messages{status="partial"}'] == 1
+    assert samples['bounceproxy_messages{status="failed"}'] == 0  # known series exist from the start
+    assert samples['bounceproxy_recipients{status="accepted"}'] == 3
+    assert samples['bounceproxy_events{bounce_type="hard",kind="bounce",source="sync"}'] == 1
+    assert samples['bounceproxy_events{bounce_type="undetermined",kind="complaint",source="async"}'] == 1
+    assert samples['bounceproxy_inbound{state="parsed"}'] == 1
+    assert samples['bounceproxy_inbound{state="pending"}'] == 1
     assert samples["bounceproxy_store_up"] == 1
     assert abs(samples["bounceproxy_last_event_timestamp_seconds"] - (NOW - 60)) < 1
     assert samples["bounceproxy_relay_open_sessions"] == 3
@@ -319,7 +319,7 @@ async def test_metrics_text(api, live, store):
     samples = parse_metrics((await api.get("/metrics"))[1].decode())
     assert samples["bounceproxy_relay_open_sessions"] == 5
     assert not any("half" in k or "bad" in k or "not_a_number" in k for k in samples)
-    assert samples['bounceproxy_messages_total{status="failed"}'] == 0
+    assert samples['bounceproxy_messages{status="failed"}'] == 0
 
 
 async def test_metrics_cache_expires_and_a_broken_callback_is_harmless(tmp_path, store):
@@ -333,7 +333,7 @@ async def test_metrics_cache_expires_and_a_broken_callback_is_harmless(tmp_path,
             await store.record_message(MessageRecord(id="m3", created_at=time.time(), status=MessageStatus.FAILED))
             status, text, _ = await api.get("/metrics")
             assert status == 200
-            assert parse_metrics(text.decode())['bounceproxy_messages_total{status="failed"}'] == 1
+            assert parse_metrics(text.decode())['bounceproxy_messages{status="failed"}'] == 1
     finally:
         await runner.cleanup()
 

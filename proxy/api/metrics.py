@@ -1,8 +1,11 @@
-"""Prometheus text exposition (format 0.0.4) of the bounce log and of live counters.
+"""/metrics through prometheus_client: the bounce log's figures, the live counters, process and Python.
 
-The bounce log's figures come from a few GROUP BY queries (`proxy.api.queries`), cached for
-`ttl` seconds so that scraping stays cheap; concurrent scrapes share one computation. Live
-figures (open sessions, queue lengths...) come from an optional callback, read on every scrape.
+The bounce log's figures come from a few GROUP BY queries (`proxy.api.queries`), cached for `ttl`
+seconds so that scraping stays cheap; concurrent scrapes share one computation. Live figures (open
+sessions, the upstream's state, the bounce MX's parse queue...) come from an optional callback, read
+on every scrape, as `name` or `name{label="v",...}` -> value: a name ending in `_total` is a counter,
+any other a gauge. prometheus_client writes the exposition (HELP and TYPE for every family, escaping,
+number formats) and adds its process and Python collectors.
 """
 from __future__ import annotations
 
@@ -14,84 +17,107 @@ import re
 import time
 from collections.abc import Callable
 
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from proxy.api.queries import metric_counts
 from proxy.model import Correlation, MessageStatus, ParseState, RecipientStatus
 from proxy.store.sqlite import StoreError
 
 log = logging.getLogger(__name__)
 
+# The text format Prometheus 2 and promtool read (prometheus_client writes it whatever it advertises).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LiveMetrics = Callable[[], "dict[str, float]"]
 
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r'^[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*"$')
+_LABEL = re.compile(r'^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\["\\n])*)"$')
+
+# HELP of the live figures the service reports (proxy.app.Service._live_metrics, proxy.relay.health).
+LIVE_HELP = {
+    "bounceproxy_relay_open_sessions": "Client sessions open on the relay now.",
+    "bounceproxy_relay_refused_connections_total": "Client connections the relay refused with 421 (connection limits).",
+    "bounceproxy_inbound_queue": "Mails the bounce MX has stored and that wait to be parsed and correlated.",
+    "bounceproxy_inbound_processed_total": "Mails the bounce MX parsed and correlated since start.",
+    "bounceproxy_upstream_connects_total": "Connections opened to the upstream since start.",
+    "bounceproxy_upstream_up": "1 while the upstream is usable (the relay's last attempt or probe got a connection), else 0.",
+    "bounceproxy_upstream_state_since_timestamp_seconds": "Unix time the upstream's state (up or down) last changed.",
+    "bounceproxy_upstream_failures_total": "Client attempts to get an upstream connection that failed, by kind "
+                                           "(connect, timeout, tls, closed, protocol, auth, busy, lost_during_data, other).",
+    "bounceproxy_suppression_hits_total": "Recipients refused at RCPT because they are on the suppression list.",
+    "bounceproxy_suppression_index_entries": "Addresses in the relay's in-memory suppression index.",
+    "bounceproxy_preflight_total": "DNS preflight verdicts on recipient domains, by outcome.",
+    "bounceproxy_store_commits_total": "Transactions the bounce log committed since start.",
+}
 
 
-def escape_label(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def format_value(value: float) -> str:
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-def family(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> list[str]:
-    """One metric family: HELP, TYPE and a line per sample (labels in the order given)."""
-    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    for labels, value in samples:
-        label_text = ",".join(f'{k}="{escape_label("" if v is None else v)}"' for k, v in labels.items())
-        lines.append(f"{name}{{{label_text}}} {format_value(value)}" if label_text else f"{name} {format_value(value)}")
-    return lines
-
-
-def _by(rows: list[dict], label: str, known: list[str]) -> list[tuple[dict, float]]:
+def _by(rows: list[dict], label: str, known: list[str]) -> list[tuple[str, float]]:
     """Samples per label value: every known value (0 when absent, so series exist from the start) + any other seen."""
     seen = {r[label]: r["n"] for r in rows}
     values = known + sorted(str(v) for v in seen if v not in known)
-    return [({label: v}, seen.get(v, 0)) for v in values]
+    return [(v, seen.get(v, 0)) for v in values]
 
 
-def render_counts(counts: dict) -> list[str]:
-    lines: list[str] = []
-    lines += family("bounceproxy_messages_total", "gauge", "Relayed messages in the bounce log, by status.",
-                    _by(counts["messages"], "status", [s.value for s in MessageStatus]))
-    lines += family("bounceproxy_recipients_total", "gauge", "Recipients of relayed messages, by status.",
-                    _by(counts["recipients"], "status", [s.value for s in RecipientStatus]))
-    events = sorted(counts["events"], key=lambda r: (r["source"], r["kind"], r["bounce_type"]))
-    lines += family(
-        "bounceproxy_events_total", "gauge",
+def _gauge(name: str, help_text: str, label: str | None, samples) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=[label] if label else None)
+    for value, n in samples:
+        family.add_metric([value] if label else [], n)
+    return family
+
+
+def store_families(counts: dict) -> list[Metric]:
+    """The bounce log's figures. They are row counts that may fall (a reparse, a purge): gauges, so no `_total`."""
+    families = [
+        _gauge("bounceproxy_messages", "Relayed messages in the bounce log, by status.", "status",
+               _by(counts["messages"], "status", [s.value for s in MessageStatus])),
+        _gauge("bounceproxy_recipients", "Recipients of relayed messages, by status.", "status",
+               _by(counts["recipients"], "status", [s.value for s in RecipientStatus])),
+    ]
+    events = GaugeMetricFamily(
+        "bounceproxy_events",
         "Bounces, delays, complaints and auto-replies in the bounce log, by source, kind and bounce type.",
-        [({"source": r["source"], "kind": r["kind"], "bounce_type": r["bounce_type"]}, r["n"]) for r in events],
-    )
-    lines += family("bounceproxy_inbound_total", "gauge", "Mails received by the bounce MX, by parse state.",
-                    _by(counts["inbound"], "state", [s.value for s in ParseState]))
-    lines += family("bounceproxy_report_events_by_correlation", "gauge",
-                    "Events of late reports by the evidence that tied them to a message; foreign_recipient = an "
-                    "address the identified message was never sent to (never acted on).",
-                    _by(counts.get("correlations", []), "correlation", [c.value for c in Correlation]))
-    lines += family("bounceproxy_inbound_flagged", "gauge",
-                    "Mails received by the bounce MX that named addresses their message never went to "
-                    "(foreign_recipients) or that a parse limit cut (truncated).",
-                    _by(counts.get("inbound_flags", []), "flag", ["foreign_recipients", "truncated"]))
+        labels=["source", "kind", "bounce_type"])
+    for r in sorted(counts["events"], key=lambda r: (r["source"], r["kind"], r["bounce_type"])):
+        events.add_metric([str(r["source"]), str(r["kind"]), str(r["bounce_type"])], r["n"])
+    families.append(events)
+    families.append(_gauge("bounceproxy_inbound", "Mails received by the bounce MX, by parse state.", "state",
+                           _by(counts["inbound"], "state", [s.value for s in ParseState])))
+    families.append(_gauge(
+        "bounceproxy_report_events_by_correlation",
+        "Events of late reports by the evidence that tied them to a message; foreign_recipient = an "
+        "address the identified message was never sent to (never acted on).", "correlation",
+        _by(counts.get("correlations", []), "correlation", [c.value for c in Correlation])))
+    families.append(_gauge(
+        "bounceproxy_inbound_flagged",
+        "Mails received by the bounce MX that named addresses their message never went to "
+        "(foreign_recipients) or that a parse limit cut (truncated).", "flag",
+        _by(counts.get("inbound_flags", []), "flag", ["foreign_recipients", "truncated"])))
     if counts.get("suppressions") is not None:
-        lines += family("bounceproxy_suppressions", "gauge", "Active (unexpired) suppressions, by kind.",
-                        _by(counts["suppressions"], "kind", []))
+        families.append(_gauge("bounceproxy_suppressions", "Active (unexpired) suppressions, by kind.", "kind",
+                               _by(counts["suppressions"], "kind", [])))
     for key, name, what in (("last_event_at", "bounceproxy_last_event_timestamp_seconds", "event"),
                             ("last_message_at", "bounceproxy_last_message_timestamp_seconds", "relayed message")):
         if counts.get(key) is not None:
-            lines += family(name, "gauge", f"Unix time of the newest {what} in the bounce log.", [({}, counts[key])])
-    return lines
+            families.append(_gauge(name, f"Unix time of the newest {what} in the bounce log.", None, [(None, counts[key])]))
+    return families
+
+
+def _base(name: str) -> str:
+    return name[:-6] if name.endswith("_total") else name
+
+
+class _Snapshot:
+    """A registry collector over the families of the scrape being rendered (collect() cannot await)."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self):
+        return list(self.families)
 
 
 class MetricsCollector:
-    """Renders /metrics: cached store figures plus the live callback's figures."""
+    """Renders /metrics: cached store figures, the live callback's figures, process and Python metrics."""
 
     def __init__(self, store, live_metrics: LiveMetrics | None = None, ttl: float = 5.0,
                  clock: Callable[[], float] = time.monotonic):
@@ -100,12 +126,17 @@ class MetricsCollector:
         self.ttl = ttl
         self.clock = clock
         self.queries = 0  # store computations, for tests
-        self._cached: list[str] | None = None
+        self._cached: list[Metric] | None = None
         self._cached_at = 0.0
         self._lock = asyncio.Lock()
         self._warned: set[str] = set()
+        self._snapshot = _Snapshot()
+        self.registry = CollectorRegistry(auto_describe=False)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+        self.registry.register(self._snapshot)
 
-    async def _store_lines(self) -> tuple[list[str], bool]:
+    async def _store_families(self) -> tuple[list[Metric], bool]:
         if self._cached is not None and self.clock() - self._cached_at < self.ttl:
             return self._cached, True
         async with self._lock:  # concurrent scrapes wait for one computation
@@ -117,7 +148,7 @@ class MetricsCollector:
                 log.warning("metrics: bounce log unavailable: %s", exc)
                 return [], False
             self.queries += 1
-            self._cached = render_counts(counts)
+            self._cached = store_families(counts)
             self._cached_at = self.clock()
             return self._cached, True
 
@@ -133,39 +164,65 @@ class MetricsCollector:
             log.warning("metrics: live metrics callback failed: %s", exc)
             return {}
 
-    def _live_lines(self, values: dict, taken: set[str]) -> list[str]:
+    def _ignore(self, key, value) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("metrics: ignoring live metric %r = %r (bad name, labels or value, or a name taken)", key, value)
+
+    def live_families(self, values: dict, taken: set[str]) -> list[Metric]:
         """`name` or `name{label="v",...}` -> value; a family per name, counter when it ends in _total."""
-        groups: dict[str, list[str]] = {}
+        groups: dict[str, list[tuple[dict, float]]] = {}
         for key, value in values.items():
-            name, brace, labels = str(key).partition("{")
+            name, brace, label_text = str(key).partition("{")
+            labels: dict[str, str] | None = {}
             if brace:
-                labels = labels[:-1] if labels.endswith("}") else None
-            ok = bool(_NAME.match(name)) and name not in taken and labels is not None and all(
-                _LABEL.match(part) for part in _split_labels(labels))
-            try:
-                number = format_value(value)
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                if key not in self._warned:
-                    self._warned.add(key)
-                    log.warning("metrics: ignoring live metric %r = %r (bad name, labels or value)", key, value)
+                labels = _parse_labels(label_text[:-1]) if label_text.endswith("}") else None
+            number = _number(value)
+            if (not _NAME.match(name) or _base(name) in taken or labels is None or number is None
+                    or (groups.get(name) and set(groups[name][0][0]) != set(labels))):
+                self._ignore(key, value)
                 continue
-            groups.setdefault(name, []).append(f"{name}{{{labels}}} {number}" if labels else f"{name} {number}")
-        lines: list[str] = []
+            groups.setdefault(name, []).append((labels, number))
+        families: list[Metric] = []
         for name in sorted(groups):
-            lines.append(f"# TYPE {name} {'counter' if name.endswith('_total') else 'gauge'}")
-            lines += sorted(groups[name])
-        return lines
+            samples = sorted(groups[name], key=lambda s: sorted(s[0].items()))
+            label_names = sorted(samples[0][0])
+            help_text = LIVE_HELP.get(name, f"{name.replace('_', ' ')} (a live figure of the running service).")
+            cls = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+            family = cls(name, help_text, labels=label_names)
+            for labels, number in samples:
+                family.add_metric([labels[k] for k in label_names], number)
+            families.append(family)
+        return families
 
     async def render(self) -> str:
-        store_lines, store_up = await self._store_lines()
-        lines = list(store_lines)
-        lines += family("bounceproxy_store_up", "gauge", "1 when the bounce log answered the last metrics query.",
-                        [({}, 1 if store_up else 0)])
-        taken = {line.split()[2] for line in lines if line.startswith("# TYPE ")}
-        lines += self._live_lines(await self._live(), taken)
-        return "\n".join(lines) + "\n"
+        families, store_up = await self._store_families()
+        families = list(families)
+        families.append(_gauge("bounceproxy_store_up", "1 when the bounce log answered the last metrics query.",
+                               None, [(None, 1 if store_up else 0)]))
+        taken = {f.name for f in families} | {"process", "python"}  # process_* and python_* are the library's
+        live = self.live_families(await self._live(), taken)
+        self._snapshot.families = families + [f for f in live if not f.name.startswith(("process_", "python_"))]
+        return generate_latest(self.registry).decode("utf-8")
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) and not isinstance(value, float) else number
+
+
+def _parse_labels(text: str) -> dict[str, str] | None:
+    """`a="x",b="y,z"` -> {"a": "x", "b": "y,z"}; None when a part is not a proper label."""
+    labels: dict[str, str] = {}
+    for part in _split_labels(text):
+        m = _LABEL.match(part)
+        if not m or m.group(1) in labels:
+            return None
+        labels[m.group(1)] = re.sub(r'\\(["\\n])', lambda e: "\n" if e.group(1) == "n" else e.group(1), m.group(2))
+    return labels
 
 
 def _split_labels(text: str) -> list[str]:
