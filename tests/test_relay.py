@@ -451,7 +451,11 @@ async def test_upstream_that_refuses_tls_or_talks_garbage_gives_451_and_recovers
                     reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
                     assert reply.code == 451 and reply.message.startswith("4.4.1 ") and words in reply.message
                     await smtp.quit()
-                assert rows(svc, "SELECT * FROM messages") == []
+                # Each refused attempt is recorded (issue 10 §6), as failed, never as sent.
+                attempts = rows(svc, "SELECT * FROM messages WHERE upstream_reply LIKE '451 4.4.1 %'")
+                assert len(attempts) == 2 * (1 if port == plain.port else 2)
+                assert {a["status"] for a in attempts} == {"failed"}
+                assert all(a["send_failure"].startswith("upstream unavailable") for a in attempts)
     finally:
         plain.server.close()
         junk.close()
