@@ -115,13 +115,13 @@ async def test_postfix_retrying_a_full_mailbox_keeps_the_message_queued(tmp_path
         with postfix.PrivatePostfix(tmp_path / "postfix", relayhost=relay) as pf:
             pf.sendmail(b"From: app@example.com\nSubject: quota\n\nhello\n", "app@example.com",
                         ["full@example.net"])
-            for _ in range(150):  # until Postfix has tried five times (about 8 s), or 30 s
-                if recording.handler.rcpts.count("full@example.net") >= 5:
+            for _ in range(300):  # until Postfix has tried four times (about 6 s idle), or 60 s on a busy machine
+                if recording.handler.rcpts.count("full@example.net") >= 4:
                     break
                 await asyncio.sleep(0.2)
             log = pf.log_text()
             queued = pf.queue_ids()
-        assert recording.handler.rcpts.count("full@example.net") >= 5, log
+        assert recording.handler.rcpts.count("full@example.net") >= 4, log  # the fourth try went upstream
         assert "status=deferred" in log and "452 4.2.2" in log and "status=bounced" not in log, log
         assert len(queued) == 1  # still Postfix's to deliver later
         assert rows(svc, "SELECT * FROM suppressions") == []
