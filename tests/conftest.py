@@ -172,3 +172,33 @@ def make_config(tmp_path: Path, upstream_port: int | None = None, **sections) ->
 async def service(tmp_path, upstream):
     async with Service(make_config(tmp_path, upstream.port)) as svc:
         yield svc
+
+
+# PostgreSQL: one private server per test session (tests/pg.py), started only when a test asks for it.
+@pytest.fixture(scope="session")
+def pg_server():
+    """A running tests.pg.PostgresServer (fsync off: fast, not durable); skips where the server
+    binaries are missing."""
+    from tests.pg import PG_SKIP_REASON, PostgresServer, find_postgres_bin
+
+    if find_postgres_bin() is None:
+        pytest.skip(PG_SKIP_REASON)
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a fresh, empty database on pg_server (postgresql://bounceproxy@127.0.0.1:<port>/t_<random>),
+    dropped after the test."""
+    import warnings
+
+    url = pg_server.create_database_sync()
+    yield url
+    try:
+        pg_server.drop_database_sync(url.rsplit("/", 1)[1])
+    except Exception as exc:  # the server goes away with the session anyway
+        warnings.warn(f"pg_url: could not drop {url}: {exc!r}")
