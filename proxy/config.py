@@ -14,6 +14,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ENV_PREFIX = "BOUNCEPROXY_"
 
@@ -172,11 +173,14 @@ class SuppressionConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    backend: str = "sqlite"
-    path: str = "bounceproxy.db"
-    commit_interval_ms: float = 0.0
-    busy_timeout_ms: int = 5000
+    backend: str = "sqlite"  # sqlite | postgresql
+    path: str = "bounceproxy.db"  # sqlite
+    commit_interval_ms: float = 0.0  # sqlite
+    busy_timeout_ms: int = 5000  # sqlite
     correlation_window_days: float = 30.0
+    url: str = ""  # postgresql://user@host:port/db (no password)
+    password_env: str = "BOUNCEPROXY_STORE_PASSWORD"  # postgresql: environment variable holding the password
+    pool_size: int = 10  # postgresql: connections per process
 
 
 @dataclass(frozen=True)
@@ -232,7 +236,7 @@ PATH_KEYS = {("store", "path"), ("relay", "tls_cert"), ("relay", "tls_key"), ("u
 CHOICES = {
     ("upstream", "profile"): {"simulator", "ses", "smtp"},
     ("upstream", "tls"): {"starttls", "implicit", "none"},
-    ("store", "backend"): {"sqlite"},
+    ("store", "backend"): {"sqlite", "postgresql"},
     ("suppression", "mode"): {"enforce", "observe"},
     ("suppression", "scope"): {"global", "sender_domain"},
     ("suppression", "reply_style"): {"bounceproxy", "ses"},
@@ -351,6 +355,21 @@ def load_config(path: str | os.PathLike | None = None, env: typing.Mapping[str, 
     return config
 
 
+def _validate_store(config: Config) -> None:
+    src, store = config.source, config.store
+    if store.backend != "postgresql":
+        return
+    url = urlsplit(store.url)
+    if url.scheme not in ("postgresql", "postgres") or not url.hostname or not url.path.strip("/"):
+        raise ConfigError(f"{src}: [store] url must be postgresql://user@host:port/database when backend is "
+                          f"\"postgresql\" (got {store.url!r})")
+    if url.password is not None:
+        raise ConfigError(f"{src}: [store] url must not hold a password: put it in the environment variable "
+                          f"named by [store] password_env ({store.password_env})")
+    if store.pool_size < 1:
+        raise ConfigError(f"{src}: [store] pool_size must be at least 1")
+
+
 def _validate(config: Config) -> None:
     src = config.source
     up = config.upstream
@@ -370,6 +389,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{src}: [relay] tls_cert and tls_key must be set together")
     if relay.workers < 1:
         raise ConfigError(f"{src}: [relay] workers must be at least 1")
+    _validate_store(config)
     known = {c.value for c in Correlation} - NEVER_ACTS
     sup = config.suppression
     if sup.soft_threshold < 1:

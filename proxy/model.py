@@ -250,6 +250,8 @@ class MessageRecord:
     send_failure: str | None = None  # an account-level refusal (throttling, not verified, auth)
     content_sha256: str | None = None  # of the client's bytes: ties an MTA's retries of one message
     recipients: list[RecipientRecord] = field(default_factory=list)
+    # Listings only (Store.list_messages): it may have reached a recipient who had it already.
+    duplicate: bool = False
 
 
 @dataclass(slots=True)
@@ -269,7 +271,7 @@ class BounceEvent:
     remote_mta: str | None = None
     reporting_mta: str | None = None
     correlation: Correlation = Correlation.NONE
-    message_id: str | None = None  # our messages.id, when correlated
+    relay_id: str | None = None  # the relay's id of the message (MessageRecord.id), when correlated
     inbound_id: int | None = None
     evidence: str = ""
     feedback_type: str | None = None
@@ -279,3 +281,118 @@ class BounceEvent:
     smtp_command: str | None = None  # the SMTP stage the verdict took into account (RCPT, DATA, MAIL...)
     action: str | None = None  # the DSN's Action (failed, delayed)
     decided_by: str | None = None  # the classifier step and rule that gave the reason
+
+
+# -- records the store returns (proxy.store.Store) ---------------------------------------------------
+# One name per id: `id` is a record's own key; `relay_id` is always the relay's id of a message
+# (MessageRecord.id); `message_id` is always the client's Message-ID header.
+
+
+@dataclass(slots=True)
+class EventEntry:
+    """A logged event with what the log knows of its message (Store.list_events)."""
+
+    event: BounceEvent
+    sender: str | None = None  # the message's envelope sender
+    message_id: str | None = None  # the message's Message-ID header
+    upstream_id: str | None = None
+    subject: str | None = None
+
+
+@dataclass(slots=True)
+class InboundRecord:
+    """A mail the bounce MX received, as stored before its 250."""
+
+    id: int
+    received_at: float
+    peer: str
+    mail_from: str
+    rcpt_tos: list[str]
+    size: int
+    sha256: str
+    state: ParseState
+    raw: bytes | None = None  # None in listings (Store.list_inbound)
+    parser_version: str | None = None
+    kind: str | None = None
+    format: str | None = None
+    error: str | None = None
+    foreign_recipients: int = 0
+    flag: str | None = None
+    truncated: str | None = None
+
+
+@dataclass(slots=True)
+class InboundResult:
+    """What parsing one inbound mail came to (Store.record_inbound_result)."""
+
+    state: ParseState
+    parser_version: str | None
+    kind: str | None = None
+    format: str | None = None
+    error: str | None = None
+    events: list[BounceEvent] = field(default_factory=list)
+    foreign_recipients: int = 0
+    flag: str | None = None
+    truncated: str | None = None
+    sha256: str | None = None  # set: the same bytes recorded by another inbound row make this one a duplicate
+
+
+@dataclass(slots=True)
+class Suppression:
+    """One address on the suppression list, in a scope ('' or a sender domain)."""
+
+    scope: str
+    address: str
+    reason: str
+    kind: str  # hard, soft, complaint, manual, import
+    created_at: float
+    expires_at: float | None = None
+    source_event: int | None = None
+    seq: int = 0  # order of writes, so that other instances pick up what changed
+
+
+@dataclass(slots=True)
+class SoftBounce:
+    """A soft bounce that may count against an address, with what ties retries of one message."""
+
+    at: float
+    relay_id: str | None
+    message_id: str | None
+    content_sha256: str | None
+    verp_token: str | None
+
+
+@dataclass(slots=True)
+class IdentityStats:
+    """A sending identity (sender domain): recipients, hard bounces and complaints of its messages."""
+
+    identity: str
+    recipients: int
+    hard_bounces: int
+    complaints: int
+
+
+@dataclass(slots=True)
+class LogStats:
+    """Counts behind `stats` over a window (proxy.queries.summarize turns them into rates)."""
+
+    messages: dict[str, int]  # by status
+    recipients: int
+    events: list[dict]  # rows: source kind bounce_type reason n (foreign recipients left out)
+    correlations: dict[str, int]  # late reports' events per correlation
+    duplicates: int
+
+
+@dataclass(slots=True)
+class MetricCounts:
+    """Row counts of the bounce log by the labels /metrics exposes."""
+
+    messages: dict[str, int]
+    recipients: dict[str, int]
+    events: list[tuple[str, str, str, int]]  # source, kind, bounce_type, n
+    inbound: dict[str, int]
+    correlations: dict[str, int]
+    inbound_flags: dict[str, int]
+    suppressions: dict[str, int]
+    last_event_at: float | None
+    last_message_at: float | None

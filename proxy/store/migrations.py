@@ -1,11 +1,18 @@
-"""Versioned schema migrations: each entry is applied once, in order, at start."""
+"""Versioned schema migrations: one source for both backends, each entry applied once, in order.
+
+The text is SQL common to SQLite and PostgreSQL with a few tokens the dialect fills in
+(proxy.store.dialect.Dialect.render): {ID} an auto-assigned 64-bit primary key, {REAL} a float,
+{BLOB} bytes, {BIGINT} a 64-bit integer, {CI:expr} an index key matched without case,
+{ONCE:expr} an expression in a unique index, {ROWID} a row's insertion order where the old SQLite
+schema kept no other.
+"""
 
 MIGRATIONS: list[str] = [
     # 1: the bounce log of DESIGN.md
     """
     CREATE TABLE messages (
         id             TEXT PRIMARY KEY,
-        created_at     REAL NOT NULL,
+        created_at     {REAL} NOT NULL,
         client_peer    TEXT NOT NULL DEFAULT '',
         client_user    TEXT,
         sender         TEXT NOT NULL DEFAULT '',
@@ -33,12 +40,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX recipients_address ON recipients(address);
 
     CREATE TABLE inbound (
-        id             INTEGER PRIMARY KEY AUTOINCREMENT,
-        received_at    REAL NOT NULL,
+        id             {ID},
+        received_at    {REAL} NOT NULL,
         peer           TEXT NOT NULL DEFAULT '',
         mail_from      TEXT NOT NULL DEFAULT '',
         rcpt_tos       TEXT NOT NULL DEFAULT '',
-        raw            BLOB NOT NULL,
+        raw            {BLOB} NOT NULL,
         sha256         TEXT NOT NULL,
         state          TEXT NOT NULL DEFAULT 'pending',
         parser_version TEXT,
@@ -50,8 +57,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX inbound_state ON inbound(state);
 
     CREATE TABLE events (
-        id             INTEGER PRIMARY KEY AUTOINCREMENT,
-        at             REAL NOT NULL,
+        id             {ID},
+        at             {REAL} NOT NULL,
         message_id     TEXT REFERENCES messages(id),
         recipient      TEXT,
         source         TEXT NOT NULL,
@@ -65,20 +72,20 @@ MIGRATIONS: list[str] = [
         remote_mta     TEXT,
         reporting_mta  TEXT,
         correlation    TEXT NOT NULL,
-        inbound_id     INTEGER REFERENCES inbound(id),
+        inbound_id     {BIGINT} REFERENCES inbound(id),
         evidence       TEXT NOT NULL DEFAULT '',
         feedback_type  TEXT,
         parser_version TEXT
     );
     -- a replayed or reparsed DSN adds nothing: one event per (inbound mail, recipient)
-    CREATE UNIQUE INDEX events_once ON events(inbound_id, COALESCE(recipient, ''));
+    CREATE UNIQUE INDEX events_once ON events(inbound_id, {ONCE:COALESCE(recipient, '')});
     CREATE INDEX events_at ON events(at);
     CREATE INDEX events_recipient ON events(recipient);
     CREATE INDEX events_message ON events(message_id);
 
     CREATE TABLE outbox (
         message_id TEXT PRIMARY KEY REFERENCES messages(id),
-        raw        BLOB NOT NULL
+        raw        {BLOB} NOT NULL
     );
     """,
     # 2: acting on bounces (issue 6): the suppression list and paused sending identities
@@ -88,24 +95,24 @@ MIGRATIONS: list[str] = [
         address      TEXT NOT NULL,
         reason       TEXT NOT NULL,
         kind         TEXT NOT NULL,
-        source_event INTEGER REFERENCES events(id),
-        created_at   REAL NOT NULL,
-        expires_at   REAL,
-        seq          INTEGER NOT NULL,
+        source_event {BIGINT} REFERENCES events(id),
+        created_at   {REAL} NOT NULL,
+        expires_at   {REAL},
+        seq          {BIGINT} NOT NULL,
         PRIMARY KEY (scope, address)
     );
     CREATE INDEX suppressions_seq ON suppressions(seq);
     CREATE TABLE paused_identities (
         identity  TEXT PRIMARY KEY,
-        paused_at REAL NOT NULL,
+        paused_at {REAL} NOT NULL,
         why       TEXT NOT NULL
     );
     """,
     # 3: addresses are looked up case-insensitively (correlation by recipient, CLI and API filters):
     # without these, every such lookup scanned the whole table
     """
-    CREATE INDEX recipients_address_nocase ON recipients(address COLLATE NOCASE);
-    CREATE INDEX events_recipient_nocase ON events(recipient COLLATE NOCASE);
+    CREATE INDEX recipients_address_nocase ON recipients({CI:address});
+    CREATE INDEX events_recipient_nocase ON events({CI:recipient});
     """,
     # 4: soft suppression (issue 10, section 5): an MTA's retries of one message count once; a retry
     # without a Message-ID gets a new one from the relay each time, so the client's bytes are hashed
@@ -127,5 +134,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE events ADD COLUMN smtp_command TEXT;
     ALTER TABLE events ADD COLUMN action TEXT;
     ALTER TABLE events ADD COLUMN decided_by TEXT;
+    """,
+    # issue 12: one name per id. `relay_id` is always the relay's id of a message (messages.id),
+    # `message_id` always the client's Message-ID header; recipients keep their order in a column of
+    # their own (PostgreSQL has no rowid)
+    """
+    ALTER TABLE events RENAME COLUMN message_id TO relay_id;
+    ALTER TABLE recipients RENAME COLUMN message_id TO relay_id;
+    ALTER TABLE outbox RENAME COLUMN message_id TO relay_id;
+    ALTER TABLE recipients ADD COLUMN position INTEGER NOT NULL DEFAULT 0;
+    UPDATE recipients SET position = {ROWID};
+    CREATE INDEX events_inbound ON events(inbound_id);
     """,
 ]

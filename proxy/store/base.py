@@ -1,0 +1,199 @@
+"""The Store protocol once, over any driver that can run a unit (proxy.store.units) in a transaction.
+
+A backend gives `_read(unit, *args)` and `_write(unit, *args)`; everything else, every SQL
+statement and every record built, is shared, so both backends mean the same thing.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from proxy.model import (
+    BounceEvent, EventEntry, IdentityStats, InboundRecord, InboundResult, LogStats, MessageRecord, MetricCounts,
+    SoftBounce, Suppression,
+)
+from proxy.store import units
+from proxy.store.dialect import Dialect
+from proxy.store.errors import StoreError
+from proxy.store.migrations import MIGRATIONS
+from proxy.store.query import EventFilter, InboundFilter, MessageFilter, SuppressionFilter
+
+
+class SqlStore:
+    """Store protocol (proxy.store.Store) over a driver's `_read` and `_write`."""
+
+    dialect: Dialect
+    url: str = ""
+
+    def __init__(self) -> None:
+        self.commits = 0  # write transactions committed, for stats and benchmarks
+        self.failed_batches = 0
+        self._failing_since: float | None = None
+
+    @property
+    def failing(self) -> bool:
+        """True from a refused write until the next one commits (`/healthz` reports it)."""
+        return self._failing_since is not None
+
+    async def _read(self, unit, *args):
+        raise NotImplementedError
+
+    async def _write(self, unit, *args):
+        raise NotImplementedError
+
+    async def schema_version(self) -> tuple[int, int]:
+        rows = await self._read(_schema_version)
+        return rows, len(MIGRATIONS)
+
+    # -- the relay ---------------------------------------------------------------------------
+    async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (),
+                             raw: bytes | None = None, recipients: bool = True) -> None:
+        """Commit a message, its recipients (unless `recipients` is False: unchanged since its in-flight
+        record) and its synchronous events in one transaction."""
+        await self._write(units.record_message, message, list(events), raw, recipients)
+
+    async def mark_possibly_sent(self, before: float) -> int:
+        return await self._write(units.mark_possibly_sent, before)
+
+    async def outbox_raw(self, relay_id: str) -> bytes | None:
+        return await self._read(units.outbox_raw, relay_id)
+
+    # -- the bounce MX -----------------------------------------------------------------------
+    async def store_inbound(self, peer: str, mail_from: str, rcpt_tos: list[str], raw: bytes) -> int:
+        """Commit a received mail's raw bytes; returns its id. Called before the 250 is sent."""
+        return await self._write(units.store_inbound, time.time(), peer, mail_from, list(rcpt_tos), raw,
+                                 hashlib.sha256(raw).hexdigest())
+
+    async def get_inbound(self, inbound_id: int) -> InboundRecord | None:
+        return await self._read(units.get_inbound, inbound_id)
+
+    async def first_inbound_with_sha(self, sha256: str) -> int:
+        return await self._read(units.first_inbound_with_sha, sha256)
+
+    async def inbound_ids(self, states: Sequence[str] | None = None) -> list[int]:
+        return await self._read(units.inbound_ids, tuple(states) if states else None)
+
+    async def list_inbound(self, flt: InboundFilter) -> list[InboundRecord]:
+        return await self._read(units.list_inbound, flt)
+
+    async def record_inbound_result(self, inbound_id: int, result: InboundResult) -> bool:
+        return await self._write(units.record_inbound_result, inbound_id, result)
+
+    async def events_to_reclassify(self) -> list[BounceEvent]:
+        return await self._read(units.events_to_reclassify)
+
+    async def update_events_verdicts(self, events: Iterable[BounceEvent]) -> None:
+        await self._write(units.update_events_verdicts, list(events))
+
+    # -- correlation and the message story ---------------------------------------------------
+    async def get_message(self, relay_id: str) -> MessageRecord | None:
+        return await self._read(units.get_message, relay_id)
+
+    async def find_message_by_upstream_id(self, upstream_id: str) -> MessageRecord | None:
+        return await self._read(units.find_message_by_upstream_id, upstream_id)
+
+    async def find_message_by_message_id(self, message_id: str) -> MessageRecord | None:
+        return await self._read(units.find_message_by_message_id, message_id)
+
+    async def find_latest_message_to(self, address: str, since: float) -> MessageRecord | None:
+        return await self._read(units.find_latest_message_to, address, since)
+
+    async def message_events(self, relay_id: str) -> list[BounceEvent]:
+        return await self._read(units.message_events, relay_id)
+
+    # -- the log as listed -------------------------------------------------------------------
+    async def list_events(self, flt: EventFilter) -> list[EventEntry]:
+        return await self._read(units.list_events, flt)
+
+    async def list_messages(self, flt: MessageFilter) -> list[MessageRecord]:
+        return await self._read(units.list_messages, flt)
+
+    async def stats(self, since: float) -> LogStats:
+        return await self._read(units.stats, since)
+
+    async def identity_stats(self, since: float, identity: str | None = None) -> list[IdentityStats]:
+        return await self._read(units.identity_stats, since, identity)
+
+    async def metric_counts(self, now: float) -> MetricCounts:
+        return await self._read(units.metric_counts, now)
+
+    # -- the suppression list ----------------------------------------------------------------
+    def suppression_keys(self, chunk: int = 20_000) -> AsyncIterator[list[tuple[str, str]]]:
+        """(scope, address) of every suppression, in chunks, so a million never sit in memory at once."""
+        raise NotImplementedError
+
+    async def suppression_seq(self) -> int:
+        return await self._read(units.suppression_seq)
+
+    async def suppressions_after(self, seq: int) -> list[tuple[str, str, int]]:
+        return await self._read(units.suppressions_after, seq)
+
+    async def get_suppression(self, scope: str, address: str) -> Suppression | None:
+        return await self._read(units.get_suppression, scope, address)
+
+    async def upsert_suppressions(self, rows: Iterable[Suppression]) -> None:
+        await self._write(units.upsert_suppressions, list(rows))
+
+    async def delete_suppression(self, scope: str, address: str) -> bool:
+        return await self._write(units.delete_suppression, scope, address)
+
+    async def list_suppressions(self, flt: SuppressionFilter) -> list[Suppression]:
+        return await self._read(units.list_suppressions, flt)
+
+    async def soft_bounce_span(self, address: str, since: float, excluded_reasons: Iterable[str],
+                               trusted_correlations: Iterable[str]) -> float | None:
+        return await self._read(units.soft_bounce_span, address, since, tuple(excluded_reasons),
+                                tuple(trusted_correlations))
+
+    async def soft_bounces(self, address: str, since: float, excluded_reasons: Iterable[str],
+                           trusted_correlations: Iterable[str]) -> list[SoftBounce]:
+        return await self._read(units.soft_bounces, address, since, tuple(excluded_reasons),
+                                tuple(trusted_correlations))
+
+    async def event_id_for(self, event: BounceEvent) -> int | None:
+        return await self._read(units.event_id_for, event)
+
+    # -- the reputation guard ----------------------------------------------------------------
+    async def pause_identity(self, identity: str, at: float, why: str) -> None:
+        await self._write(units.pause_identity, identity, at, why)
+
+    async def resume_identity(self, identity: str) -> bool:
+        return await self._write(units.resume_identity, identity)
+
+    async def paused_identities(self) -> dict[str, str]:
+        return await self._read(units.paused_identities)
+
+    # -- moving a log between backends -------------------------------------------------------
+    async def table_rows(self, table: str, after: tuple | None, limit: int) -> list[dict]:
+        return await self._read(units.table_rows, _known(table), after, limit)
+
+    async def insert_rows(self, table: str, rows: list[dict]) -> None:
+        await self._write(units.insert_rows, _known(table), rows)
+
+    async def count_rows(self, table: str) -> int:
+        return await self._read(units.count_rows, _known(table))
+
+    # -- for the drivers ---------------------------------------------------------------------
+    def _refused(self, exc: BaseException, log) -> None:
+        self.failed_batches += 1
+        if self._failing_since is None:  # once per outage, not once per message
+            self._failing_since = time.monotonic()
+            log.error("store %s: writes failing (%s); clients get 451 4.3.0 until it recovers", self.url, exc)
+
+    def _committed(self, log) -> None:
+        self.commits += 1
+        if self._failing_since is not None:
+            log.warning("store %s: writable again after %.0fs (%d batches refused)", self.url,
+                        time.monotonic() - self._failing_since, self.failed_batches)
+            self._failing_since = None
+
+
+def _known(table: str) -> str:
+    if table not in units.TABLES:
+        raise StoreError(f"no table {table!r} in the bounce log")
+    return table
+
+
+def _schema_version(d: Dialect):
+    return (yield units.fetch("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version"))[0]["v"]

@@ -1,0 +1,564 @@
+"""Every read and write of the bounce log, once, for both backends.
+
+A unit is a generator: it yields the statements it needs (`fetch`, `execute`, `execute_many`),
+receives each one's result, and returns its answer. A backend's driver runs it inside one
+transaction: SQLite on its writer thread, several units to a commit (each in a savepoint, so a
+failing one fails only its caller); PostgreSQL on a pooled connection. Read-then-write is atomic
+because the whole unit is one transaction. Units do no I/O of their own and build model records.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.model import (
+    BounceEvent, BounceType, Correlation, EventEntry, IdentityStats, InboundRecord, InboundResult, Kind, LogStats,
+    MAY_HAVE_GONE_OUT, MessageRecord, MessageStatus, MetricCounts, ParseState, RecipientRecord, RecipientStatus,
+    SoftBounce, Source, StatusSource, Suppression,
+)
+from proxy.store.dialect import Dialect
+from proxy.store.query import EventFilter, InboundFilter, MessageFilter, SuppressionFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One statement of a unit: `fetch` -> list of dict rows, `execute` -> rows changed,
+    `many` -> None (the same statement for each parameter row)."""
+
+    kind: str
+    sql: str
+    params: Sequence = ()
+
+
+def fetch(sql: str, params: Sequence = ()) -> Op:
+    return Op("fetch", sql, tuple(params))
+
+
+def execute(sql: str, params: Sequence = ()) -> Op:
+    return Op("execute", sql, tuple(params))
+
+
+def execute_many(sql: str, rows: list[Sequence]) -> Op:
+    return Op("many", sql, rows)
+
+
+Unit = Generator[Op, Any, Any]
+
+POSSIBLY_SENT_NOTE = ("no final reply recorded: bounceproxy stopped while the message was going upstream, "
+                      "which may have accepted it")
+
+# -- columns and rows ---------------------------------------------------------------------------
+MESSAGE_COLUMNS = (
+    "id created_at client_peer client_user sender header_from message_id subject upstream_id "
+    "verp_token size status upstream_reply send_failure content_sha256"
+).split()
+EVENT_COLUMNS = (
+    "at relay_id recipient source kind bounce_type reason status status_source smtp_code "
+    "diagnostic remote_mta reporting_mta correlation inbound_id evidence feedback_type parser_version "
+    "smtp_command action decided_by"
+).split()
+# What a reparse (a new parser version) rewrites in place; a replay of the same mail changes nothing.
+_REPARSED = ("kind bounce_type reason status status_source smtp_code diagnostic remote_mta reporting_mta correlation "
+             "relay_id evidence feedback_type parser_version smtp_command action decided_by").split()
+INBOUND_LISTED = ("id, received_at, peer, mail_from, rcpt_tos, length(raw) AS size, sha256, state, parser_version, "
+                  "kind, format, error, foreign_recipients, flag, truncated")
+
+# Tables in the order a copy must follow (what a row refers to comes first), with their keys.
+TABLES: dict[str, tuple[str, ...]] = {
+    "messages": ("id",), "recipients": ("relay_id", "address"), "inbound": ("id",), "events": ("id",),
+    "outbox": ("relay_id",), "suppressions": ("scope", "address"), "paused_identities": ("identity",),
+}
+
+
+def _insert_message(d: Dialect) -> str:
+    return (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))}) "
+            "ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in MESSAGE_COLUMNS[1:]))
+
+
+_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (relay_id, address, status, reply, position) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (relay_id, address) DO UPDATE SET status=excluded.status, reply=excluded.reply"
+)
+
+
+_ONCE_KEY = "COALESCE(recipient, '')"  # with inbound_id, the key of index events_once
+
+
+def _insert_event(d: Dialect) -> str:
+    return (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))}) "
+            f"ON CONFLICT (inbound_id, {d.index_expr(_ONCE_KEY)}) "
+            "DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in _REPARSED))
+
+
+def message_row(m: MessageRecord) -> tuple:
+    return tuple(_plain(getattr(m, c)) for c in MESSAGE_COLUMNS)
+
+
+def event_row(e: BounceEvent) -> tuple:
+    return tuple(_plain(getattr(e, c)) for c in EVENT_COLUMNS)
+
+
+def _plain(value):
+    """Enum members as their plain values (drivers want str, not a str subclass)."""
+    return value.value if hasattr(value, "value") else value
+
+
+def to_message(row: dict, recipients: list[dict] | None = None) -> MessageRecord:
+    m = MessageRecord(**{c: row[c] for c in MESSAGE_COLUMNS})
+    m.status = MessageStatus(m.status)
+    if recipients is not None:
+        m.recipients = [RecipientRecord(r["address"], RecipientStatus(r["status"]), r["reply"]) for r in recipients]
+    if "duplicate" in row:
+        m.duplicate = bool(row["duplicate"])
+    return m
+
+
+def to_event(row: dict) -> BounceEvent:
+    return BounceEvent(
+        at=row["at"], source=Source(row["source"]), kind=Kind(row["kind"]), recipient=row["recipient"],
+        bounce_type=BounceType(row["bounce_type"]), reason=row["reason"], status=row["status"],
+        status_source=StatusSource(row["status_source"]) if row["status_source"] else None,
+        smtp_code=row["smtp_code"], diagnostic=row["diagnostic"], remote_mta=row["remote_mta"],
+        reporting_mta=row["reporting_mta"], correlation=Correlation(row["correlation"]), relay_id=row["relay_id"],
+        inbound_id=row["inbound_id"], evidence=row["evidence"], feedback_type=row["feedback_type"],
+        parser_version=row["parser_version"], id=row["id"], smtp_command=row["smtp_command"], action=row["action"],
+        decided_by=row["decided_by"],
+    )
+
+
+def to_inbound(row: dict) -> InboundRecord:
+    raw = row.get("raw")
+    return InboundRecord(
+        id=row["id"], received_at=row["received_at"], peer=row["peer"], mail_from=row["mail_from"],
+        rcpt_tos=json.loads(row["rcpt_tos"] or "[]"), size=row["size"] if "size" in row else len(raw or b""),
+        sha256=row["sha256"], state=ParseState(row["state"]), raw=bytes(raw) if raw is not None else None,
+        parser_version=row["parser_version"], kind=row["kind"], format=row["format"], error=row["error"],
+        foreign_recipients=row["foreign_recipients"], flag=row["flag"], truncated=row["truncated"],
+    )
+
+
+def to_suppression(row: dict) -> Suppression:
+    return Suppression(scope=row["scope"], address=row["address"], reason=row["reason"], kind=row["kind"],
+                       created_at=row["created_at"], expires_at=row["expires_at"], source_event=row["source_event"],
+                       seq=row["seq"])
+
+
+def _one(rows: list[dict]) -> dict | None:
+    return rows[0] if rows else None
+
+
+def _where(clauses: list[str]) -> str:
+    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+# -- the relay --------------------------------------------------------------------------------------
+def record_message(d: Dialect, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None,
+                   recipients: bool = True) -> Unit:
+    """A message, its recipients (unless unchanged since its in-flight record) and its synchronous events."""
+    yield execute(_insert_message(d), message_row(message))
+    if recipients and message.recipients:
+        yield execute_many(_INSERT_RECIPIENT, [(message.id, r.address, _plain(r.status), r.reply, i)
+                                               for i, r in enumerate(message.recipients)])
+    rows = [event_row(e) for e in events]
+    if rows:
+        yield execute_many(_insert_event(d), rows)
+    if raw is not None:
+        yield execute("INSERT INTO outbox (relay_id, raw) VALUES (?, ?) ON CONFLICT (relay_id) DO UPDATE SET raw=excluded.raw",
+                      (message.id, raw))
+
+
+def mark_possibly_sent(d: Dialect, before: float) -> Unit:
+    """Messages a previous run left in flight become `possibly_sent`: nobody will learn the upstream's answer."""
+    return (yield execute(
+        "UPDATE messages SET status = 'possibly_sent', upstream_reply = CASE WHEN upstream_reply = '' "
+        "THEN ? ELSE upstream_reply END WHERE status = 'pending' AND created_at < ?",
+        (POSSIBLY_SENT_NOTE, before)))
+
+
+def outbox_raw(d: Dialect, relay_id: str) -> Unit:
+    row = _one((yield fetch("SELECT raw FROM outbox WHERE relay_id = ?", (relay_id,))))
+    return bytes(row["raw"]) if row else None
+
+
+# -- the bounce MX ----------------------------------------------------------------------------------
+def store_inbound(d: Dialect, received_at: float, peer: str, mail_from: str, rcpt_tos: list[str], raw: bytes,
+                  sha256: str) -> Unit:
+    rows = yield fetch(
+        "INSERT INTO inbound (received_at, peer, mail_from, rcpt_tos, raw, sha256, state) "
+        "VALUES (?, ?, ?, ?, ?, ?, 'pending') RETURNING id",
+        (received_at, peer, mail_from, json.dumps(rcpt_tos), raw, sha256))
+    return rows[0]["id"]
+
+
+def get_inbound(d: Dialect, inbound_id: int) -> Unit:
+    row = _one((yield fetch("SELECT * FROM inbound WHERE id = ?", (inbound_id,))))
+    return to_inbound(row) if row else None
+
+
+def first_inbound_with_sha(d: Dialect, sha256: str) -> Unit:
+    return (yield fetch("SELECT MIN(id) AS id FROM inbound WHERE sha256 = ?", (sha256,)))[0]["id"]
+
+
+def inbound_ids(d: Dialect, states: Sequence[str] | None) -> Unit:
+    if states:
+        rows = yield fetch(f"SELECT id FROM inbound WHERE state IN ({', '.join('?' * len(states))}) ORDER BY id",
+                           tuple(states))
+    else:
+        rows = yield fetch("SELECT id FROM inbound ORDER BY id")
+    return [r["id"] for r in rows]
+
+
+def list_inbound(d: Dialect, flt: InboundFilter) -> Unit:
+    clauses, params = [], []
+    if flt.flagged:
+        clauses.append("(flag IS NOT NULL OR truncated IS NOT NULL)")
+    if flt.state:
+        clauses.append("state = ?")
+        params.append(flt.state)
+    if flt.since is not None:
+        clauses.append("received_at >= ?")
+        params.append(flt.since)
+    rows = yield fetch(f"SELECT {INBOUND_LISTED} FROM inbound {_where(clauses)} ORDER BY id DESC LIMIT ?",
+                       (*params, flt.limit))
+    return [to_inbound(r) for r in rows]
+
+
+def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult) -> Unit:
+    """An inbound mail's verdict and events. When `result.sha256` is given and another row holding the same
+    bytes was already recorded with its events (a second bounce MX got the same DSN, or a replay raced the
+    first), this one is recorded as its duplicate instead, so that a report counts once. Returns whether
+    the events were recorded."""
+    error, events, duplicate_of = result.error, list(result.events), None
+    lock = d.lock("inbound")
+    if lock and result.sha256:
+        yield fetch(lock)
+    if result.sha256:
+        first = _one((yield fetch(
+            "SELECT MIN(id) AS id FROM inbound WHERE sha256 = ? AND id != ? AND state = 'parsed' AND error IS NULL",
+            (result.sha256, inbound_id))))
+        if first and first["id"] is not None:
+            duplicate_of = first["id"]
+            error, events = f"duplicate of inbound #{duplicate_of}", []
+    if events:
+        yield execute_many(_insert_event(d), [event_row(e) for e in events])
+    yield execute(
+        "UPDATE inbound SET state=?, parser_version=?, kind=?, format=?, error=?, foreign_recipients=?, flag=?, "
+        "truncated=? WHERE id=?",
+        (_plain(result.state), result.parser_version, result.kind, result.format, error,
+         result.foreign_recipients if events else 0, result.flag if events else None, result.truncated, inbound_id))
+    return duplicate_of is None
+
+
+def events_to_reclassify(d: Dialect) -> Unit:
+    return [to_event(r) for r in (yield fetch("SELECT * FROM events WHERE kind IN ('bounce', 'delay') ORDER BY id"))]
+
+
+def update_events_verdicts(d: Dialect, events: Iterable[BounceEvent]) -> Unit:
+    rows = [(e.reason, _plain(e.bounce_type), e.status, _plain(e.status_source), e.evidence, e.parser_version,
+             e.decided_by, e.id) for e in events]
+    if rows:
+        yield execute_many("UPDATE events SET reason=?, bounce_type=?, status=?, status_source=?, evidence=?, "
+                           "parser_version=?, decided_by=? WHERE id=?", rows)
+
+
+# -- correlation and the message story --------------------------------------------------------------
+def _with_recipients(row: dict | None) -> Unit:
+    if row is None:
+        return None
+    rcpts = yield fetch("SELECT address, status, reply FROM recipients WHERE relay_id = ? ORDER BY position, address",
+                        (row["id"],))
+    return to_message(row, rcpts)
+
+
+def get_message(d: Dialect, relay_id: str) -> Unit:
+    return (yield from _with_recipients(_one((yield fetch("SELECT * FROM messages WHERE id = ?", (relay_id,))))))
+
+
+def find_message_by_upstream_id(d: Dialect, upstream_id: str) -> Unit:
+    row = _one((yield fetch("SELECT * FROM messages WHERE upstream_id = ? ORDER BY created_at DESC LIMIT 1",
+                            (upstream_id,))))
+    return (yield from _with_recipients(row))
+
+
+def find_message_by_message_id(d: Dialect, message_id: str) -> Unit:
+    row = _one((yield fetch("SELECT * FROM messages WHERE message_id = ? ORDER BY created_at DESC LIMIT 1",
+                            (message_id,))))
+    return (yield from _with_recipients(row))
+
+
+def find_latest_message_to(d: Dialect, address: str, since: float) -> Unit:
+    row = _one((yield fetch(
+        "SELECT m.* FROM recipients r JOIN messages m ON m.id = r.relay_id "
+        f"WHERE {d.ci_eq('r.address')} AND m.created_at >= ? ORDER BY m.created_at DESC LIMIT 1", (address, since))))
+    return (yield from _with_recipients(row))
+
+
+def message_events(d: Dialect, relay_id: str) -> Unit:
+    return [to_event(r) for r in (yield fetch("SELECT * FROM events WHERE relay_id = ? ORDER BY at, id", (relay_id,)))]
+
+
+# -- the log as listed ------------------------------------------------------------------------------
+_WENT_OUT = "(" + ", ".join(f"'{s.value}'" for s in MAY_HAVE_GONE_OUT) + ")"
+
+
+def duplicate_sql(d: Dialect, earlier_only: bool = False) -> str:
+    """SQL true for a message `m` that may have reached a recipient who may also have received another
+    message with the same client Message-ID (a client's retry after a crash or a lost connection).
+    Postfix splitting one message over transactions to different recipients is no duplicate."""
+    order = " AND (o.created_at, o.id) < (m.created_at, m.id)" if earlier_only else ""
+    return (
+        f"(m.message_id IS NOT NULL AND m.status IN {_WENT_OUT} AND EXISTS (SELECT 1 FROM messages o "
+        "JOIN recipients ro ON ro.relay_id = o.id AND ro.status = 'accepted' "
+        f"JOIN recipients rm ON rm.relay_id = m.id AND rm.status = 'accepted' AND {d.ci_same('rm.address', 'ro.address')} "
+        f"WHERE o.message_id = m.message_id AND o.id != m.id AND o.status IN {_WENT_OUT}{order}))"
+    )
+
+
+def list_messages(d: Dialect, flt: MessageFilter) -> Unit:
+    clauses, params = [], []
+    if flt.since is not None:
+        clauses.append("m.created_at >= ?")
+        params.append(flt.since)
+    if flt.recipient:
+        clauses.append(f"EXISTS (SELECT 1 FROM recipients r WHERE r.relay_id = m.id AND {d.ci_eq('r.address')})")
+        params.append(flt.recipient)
+    if flt.status:
+        clauses.append("m.status = ?")
+        params.append(flt.status)
+    if flt.sender:
+        clauses.append(d.ci_eq("m.sender"))
+        params.append(flt.sender)
+    if flt.duplicates:
+        clauses.append(duplicate_sql(d))
+    rows = yield fetch(f"SELECT m.*, {duplicate_sql(d)} AS duplicate FROM messages m {_where(clauses)} "
+                       "ORDER BY m.created_at DESC, m.id DESC LIMIT ?", (*params, flt.limit))
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    rcpts = yield fetch(f"SELECT relay_id, address, status, reply FROM recipients WHERE relay_id IN "
+                        f"({', '.join('?' * len(ids))}) ORDER BY relay_id, position, address", ids)
+    by_message: dict[str, list[dict]] = {}
+    for r in rcpts:
+        by_message.setdefault(r["relay_id"], []).append(r)
+    return [to_message(r, by_message.get(r["id"], [])) for r in rows]
+
+
+def list_events(d: Dialect, flt: EventFilter) -> Unit:
+    clauses, params = [], []
+    if flt.since is not None:
+        clauses.append("e.at >= ?")
+        params.append(flt.since)
+    if flt.recipient:
+        clauses.append(d.ci_eq("e.recipient"))
+        params.append(flt.recipient)
+    for column, value in (("bounce_type", flt.bounce_type), ("reason", flt.reason), ("source", flt.source),
+                          ("kind", flt.kind), ("correlation", flt.correlation), ("relay_id", flt.relay_id)):
+        if value:
+            clauses.append(f"e.{column} = ?")
+            params.append(value)
+    rows = yield fetch(
+        "SELECT e.*, m.sender AS m_sender, m.message_id AS m_message_id, m.upstream_id AS m_upstream_id, "
+        f"m.subject AS m_subject FROM events e LEFT JOIN messages m ON m.id = e.relay_id {_where(clauses)} "
+        "ORDER BY e.at DESC, e.id DESC LIMIT ?", (*params, flt.limit))
+    return [EventEntry(to_event(r), r["m_sender"], r["m_message_id"], r["m_upstream_id"], r["m_subject"]) for r in rows]
+
+
+def stats(d: Dialect, since: float) -> Unit:
+    msgs = yield fetch("SELECT status, COUNT(*) AS n FROM messages WHERE created_at >= ? GROUP BY status", (since,))
+    rcpts = yield fetch("SELECT COUNT(*) AS n FROM recipients r JOIN messages m ON m.id = r.relay_id "
+                        "WHERE m.created_at >= ?", (since,))
+    events = yield fetch(
+        "SELECT source, kind, bounce_type, reason, COUNT(*) AS n FROM events WHERE at >= ? "
+        "AND correlation != 'foreign_recipient' "  # addresses never sent to are no bounce rate of ours
+        "GROUP BY source, kind, bounce_type, reason ORDER BY n DESC, source, kind, bounce_type, reason", (since,))
+    correlations = yield fetch(
+        "SELECT correlation, COUNT(*) AS n FROM events WHERE at >= ? AND source = 'async' GROUP BY correlation",
+        (since,))
+    duplicates = yield fetch(
+        f"SELECT COUNT(*) AS n FROM messages m WHERE m.created_at >= ? AND {duplicate_sql(d, earlier_only=True)}",
+        (since,))
+    return LogStats(
+        messages={r["status"]: int(r["n"]) for r in msgs},
+        recipients=int(rcpts[0]["n"]) if rcpts else 0,
+        events=[{**r, "n": int(r["n"])} for r in events],
+        correlations={r["correlation"]: int(r["n"]) for r in correlations},
+        duplicates=int(duplicates[0]["n"]),
+    )
+
+
+def identity_stats(d: Dialect, since: float, identity: str | None = None) -> Unit:
+    """Per sending identity (sender domain), or for one: recipients, hard bounces, complaints of the
+    messages sent since `since`. Foreign recipients never count against a sender."""
+    only = "WHERE identity = ?" if identity else ""
+    rows = yield fetch(
+        f"WITH m AS (SELECT * FROM (SELECT id, {d.domain_of('sender')} AS identity "
+        f"FROM messages WHERE created_at >= ?) ids {only}), "
+        "r AS (SELECT m.identity, COUNT(*) AS n FROM recipients JOIN m ON m.id = recipients.relay_id "
+        "GROUP BY m.identity), "
+        "e AS (SELECT m.identity, SUM(CASE WHEN kind = 'bounce' AND bounce_type = 'hard' THEN 1 ELSE 0 END) AS hard, "
+        "SUM(CASE WHEN kind = 'complaint' THEN 1 ELSE 0 END) AS complaints FROM events JOIN m ON m.id = events.relay_id "
+        "WHERE events.correlation != 'foreign_recipient' GROUP BY m.identity) "
+        "SELECT r.identity, r.n AS recipients, COALESCE(e.hard, 0) AS hard_bounces, "
+        "COALESCE(e.complaints, 0) AS complaints FROM r LEFT JOIN e ON e.identity = r.identity "
+        "ORDER BY recipients DESC, r.identity",
+        (since, identity) if identity else (since,))
+    return [IdentityStats(r["identity"], int(r["recipients"]), int(r["hard_bounces"]), int(r["complaints"]))
+            for r in rows]
+
+
+def metric_counts(d: Dialect, now: float) -> Unit:
+    def by(rows, key):
+        return {r[key]: int(r["n"]) for r in rows}
+    messages = yield fetch("SELECT status, COUNT(*) AS n FROM messages GROUP BY status")
+    recipients = yield fetch("SELECT status, COUNT(*) AS n FROM recipients GROUP BY status")
+    events = yield fetch("SELECT source, kind, bounce_type, COUNT(*) AS n FROM events GROUP BY source, kind, bounce_type")
+    inbound = yield fetch("SELECT state, COUNT(*) AS n FROM inbound GROUP BY state")
+    correlations = yield fetch("SELECT correlation, COUNT(*) AS n FROM events WHERE source = 'async' GROUP BY correlation")
+    flags = yield fetch("SELECT 'foreign_recipients' AS flag, COUNT(*) AS n FROM inbound WHERE foreign_recipients > 0 "
+                        "UNION ALL SELECT 'truncated', COUNT(*) FROM inbound WHERE truncated IS NOT NULL")
+    last_event = yield fetch("SELECT MAX(at) AS at FROM events")
+    last_message = yield fetch("SELECT MAX(created_at) AS at FROM messages")
+    suppressions = yield fetch("SELECT kind, COUNT(*) AS n FROM suppressions WHERE expires_at IS NULL OR expires_at > ? "
+                               "GROUP BY kind", (now,))
+    return MetricCounts(
+        messages=by(messages, "status"), recipients=by(recipients, "status"),
+        events=[(r["source"], r["kind"], r["bounce_type"], int(r["n"])) for r in events],
+        inbound=by(inbound, "state"), correlations=by(correlations, "correlation"), inbound_flags=by(flags, "flag"),
+        suppressions=by(suppressions, "kind"), last_event_at=last_event[0]["at"], last_message_at=last_message[0]["at"],
+    )
+
+
+# -- the suppression list ---------------------------------------------------------------------------
+def suppression_seq(d: Dialect) -> Unit:
+    return (yield fetch("SELECT COALESCE(MAX(seq), 0) AS seq FROM suppressions"))[0]["seq"]
+
+
+def suppressions_after(d: Dialect, seq: int) -> Unit:
+    rows = yield fetch("SELECT scope, address, seq FROM suppressions WHERE seq > ? ORDER BY seq", (seq,))
+    return [(r["scope"], r["address"], r["seq"]) for r in rows]
+
+
+def get_suppression(d: Dialect, scope: str, address: str) -> Unit:
+    row = _one((yield fetch("SELECT * FROM suppressions WHERE scope = ? AND address = ?", (scope, address))))
+    return to_suppression(row) if row else None
+
+
+def upsert_suppressions(d: Dialect, rows: Iterable[Suppression]) -> Unit:
+    """Add or replace entries (a later one wins). Each write takes the next `seq`, under a lock that
+    makes seq order commit order, so another instance polling `seq > last` misses none."""
+    rows = list(rows)
+    if not rows:
+        return
+    lock = d.lock("suppressions")
+    if lock:
+        yield fetch(lock)
+    seq = (yield fetch("SELECT COALESCE(MAX(seq), 0) AS seq FROM suppressions"))[0]["seq"]
+    yield execute_many(
+        "INSERT INTO suppressions (scope, address, reason, kind, source_event, created_at, expires_at, seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, address) DO UPDATE SET reason=excluded.reason, "
+        "kind=excluded.kind, source_event=excluded.source_event, created_at=excluded.created_at, "
+        "expires_at=excluded.expires_at, seq=excluded.seq",
+        [(s.scope, s.address, s.reason, s.kind, s.source_event, s.created_at, s.expires_at, seq + i)
+         for i, s in enumerate(rows, start=1)])
+
+
+def delete_suppression(d: Dialect, scope: str, address: str) -> Unit:
+    return (yield execute("DELETE FROM suppressions WHERE scope = ? AND address = ?", (scope, address))) > 0
+
+
+def list_suppressions(d: Dialect, flt: SuppressionFilter) -> Unit:
+    clauses, params = [], []
+    if flt.address:
+        clauses.append("address = ?")
+        params.append(flt.address)
+    if flt.scope is not None:
+        clauses.append("scope = ?")
+        params.append(flt.scope)
+    limit = "LIMIT ?" if flt.limit else ""
+    rows = yield fetch(f"SELECT * FROM suppressions {_where(clauses)} ORDER BY created_at DESC, scope, address {limit}",
+                       (*params, *([flt.limit] if flt.limit else [])))
+    return [to_suppression(r) for r in rows]
+
+
+def _soft_where(d: Dialect, address: str, since: float, excluded_reasons, trusted_correlations) -> tuple[str, tuple]:
+    """Soft bounces that may count against the address: since `since` and its last delivery, and
+    only those that could act (synchronous, or correlated by trusted evidence)."""
+    excluded = sorted(excluded_reasons)
+    trusted = sorted(trusted_correlations)
+    last_delivery = f"COALESCE((SELECT MAX(at) FROM events WHERE {d.ci_eq('recipient')} AND kind = 'delivered'), 0)"
+    return (
+        f"{d.ci_eq('e.recipient')} AND e.kind = 'bounce' AND e.bounce_type = 'soft' "
+        f"AND e.reason NOT IN ({', '.join('?' * len(excluded)) or 'NULL'}) "
+        f"AND (e.source = 'sync' OR e.correlation IN ({', '.join('?' * len(trusted)) or 'NULL'})) "
+        f"AND e.at >= {d.greatest('?', last_delivery)}",
+        (address, *excluded, *trusted, float(since), address),
+    )
+
+
+def soft_bounce_span(d: Dialect, address: str, since: float, excluded_reasons, trusted_correlations) -> Unit:
+    where, params = _soft_where(d, address, since, excluded_reasons, trusted_correlations)
+    return (yield fetch(f"SELECT MAX(e.at) - MIN(e.at) AS span FROM events e WHERE {where}", params))[0]["span"]
+
+
+def soft_bounces(d: Dialect, address: str, since: float, excluded_reasons, trusted_correlations) -> Unit:
+    where, params = _soft_where(d, address, since, excluded_reasons, trusted_correlations)
+    rows = yield fetch(
+        "SELECT e.at, e.relay_id, m.message_id, m.content_sha256, m.verp_token "
+        f"FROM events e LEFT JOIN messages m ON m.id = e.relay_id WHERE {where} ORDER BY e.at, e.id", params)
+    return [SoftBounce(r["at"], r["relay_id"], r["message_id"], r["content_sha256"], r["verp_token"]) for r in rows]
+
+
+def event_id_for(d: Dialect, event: BounceEvent) -> Unit:
+    if event.inbound_id is not None:
+        rows = yield fetch("SELECT id FROM events WHERE inbound_id = ? AND COALESCE(recipient, '') = ?",
+                           (event.inbound_id, event.recipient or ""))
+    else:
+        rows = yield fetch("SELECT id FROM events WHERE relay_id IS NOT DISTINCT FROM ? AND recipient = ? AND source = ? "
+                           "ORDER BY id DESC LIMIT 1", (event.relay_id, event.recipient, _plain(event.source)))
+    return rows[0]["id"] if rows else None
+
+
+# -- the reputation guard ---------------------------------------------------------------------------
+def pause_identity(d: Dialect, identity: str, at: float, why: str) -> Unit:
+    yield execute("INSERT INTO paused_identities (identity, paused_at, why) VALUES (?, ?, ?) "
+                  "ON CONFLICT (identity) DO UPDATE SET paused_at=excluded.paused_at, why=excluded.why",
+                  (identity, at, why))
+
+
+def resume_identity(d: Dialect, identity: str) -> Unit:
+    return (yield execute("DELETE FROM paused_identities WHERE identity = ?", (identity,))) > 0
+
+
+def paused_identities(d: Dialect) -> Unit:
+    return {r["identity"]: r["why"] for r in (yield fetch("SELECT identity, why FROM paused_identities ORDER BY identity"))}
+
+
+# -- moving a log between backends ------------------------------------------------------------------
+def table_rows(d: Dialect, table: str, after: tuple | None, limit: int) -> Unit:
+    """Rows of one table in key order, after the key `after`: a copy reads any size in pages."""
+    key = TABLES[table]
+    cond = f"WHERE ({', '.join(key)}) > ({', '.join('?' * len(key))})" if after else ""
+    rows = yield fetch(f"SELECT * FROM {table} {cond} ORDER BY {', '.join(key)} LIMIT ?", (*(after or ()), limit))
+    return [{k: (bytes(v) if isinstance(v, memoryview) else v) for k, v in r.items()} for r in rows]
+
+
+def insert_rows(d: Dialect, table: str, rows: list[dict]) -> Unit:
+    """Insert rows a copy read; rows already there (same key) are left alone, so a second copy adds nothing.
+    Ids assigned by the database move past the copied ones."""
+    if not rows:
+        return
+    TABLES[table]  # only known tables
+    columns = list(rows[0])
+    yield execute_many(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING",
+        [tuple(r[c] for c in columns) for r in rows])
+    move_ids = d.after_explicit_ids(table)
+    if move_ids:
+        yield fetch(move_ids)
+
+
+def count_rows(d: Dialect, table: str) -> Unit:
+    TABLES[table]
+    return int((yield fetch(f"SELECT COUNT(*) AS n FROM {table}"))[0]["n"])
