@@ -150,8 +150,9 @@ async def upstream():
     up.server.close()
 
 
-def make_config(tmp_path: Path, upstream_port: int | None = None, **sections) -> Config:
-    """A Config on ephemeral loopback ports and a SQLite file under tmp_path."""
+def make_config(tmp_path: Path, upstream_port: int | None = None, store_url: str | None = None, **sections) -> Config:
+    """A Config on ephemeral loopback ports and a SQLite file under tmp_path (or the PostgreSQL
+    database `store_url` names)."""
     up = UpstreamConfig(profile="simulator")
     if upstream_port is not None:
         up = UpstreamConfig(profile="smtp", host="127.0.0.1", port=upstream_port, tls="none",
@@ -160,6 +161,8 @@ def make_config(tmp_path: Path, upstream_port: int | None = None, **sections) ->
     inbound = InboundConfig(listen=Address("127.0.0.1", 0), hostname="mx.test", bounce_domains=("bounces.test",),
                             settle_seconds=0.2)
     store = StoreConfig(path=str(tmp_path / "bounceproxy.db"), commit_interval_ms=1)
+    if store_url:
+        store = StoreConfig(backend="postgresql", url=store_url, path="")
     base = {"relay": relay, "upstream": up, "inbound": inbound, "store": store,
             "api": ApiConfig(listen=Address("127.0.0.1", 0)), "preflight": PreflightConfig(),
             "suppression": SuppressionConfig()}
@@ -202,3 +205,33 @@ def pg_url(pg_server):
         pg_server.drop_database_sync(url.rsplit("/", 1)[1])
     except Exception as exc:  # the server goes away with the session anyway
         warnings.warn(f"pg_url: could not drop {url}: {exc!r}")
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request, tmp_path):
+    """Each backend in turn: `None` for the default SQLite file under tmp_path, or a fresh PostgreSQL
+    database's URL (skipped with a reason where PostgreSQL cannot run)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+async def any_store(store_url, tmp_path):
+    """An open Store on each backend in turn (a fresh log)."""
+    from proxy.store import store_for_url
+
+    store = store_for_url(store_url or f"sqlite:///{tmp_path / 'store.db'}")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def service_any(tmp_path, upstream, store_url):
+    """`service` on each backend in turn: the same Service over SQLite, then over PostgreSQL."""
+    async with Service(make_config(tmp_path, upstream.port, store_url=store_url)) as svc:
+        yield svc
