@@ -1,0 +1,287 @@
+"""The Store protocol on both backends: every test runs on a real SQLite file and on a real PostgreSQL
+(tests/pg.py), through the protocol only, and asserts the same answers."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from proxy.model import (
+    BounceEvent, BounceType, Correlation, InboundResult, Kind, MessageRecord, MessageStatus, ParseState,
+    RecipientRecord, RecipientStatus, Source, StatusSource, Suppression,
+)
+from proxy.store import EventFilter, InboundFilter, MessageFilter, StoreError, SuppressionFilter, store_for_url
+
+NOW = time.time()
+
+
+def message(relay_id: str, *recipients: tuple[str, RecipientStatus], at: float = NOW, sender: str = "app@Shop.example",
+            status: MessageStatus = MessageStatus.SENT, message_id: str | None = None) -> MessageRecord:
+    return MessageRecord(id=relay_id, created_at=at, sender=sender, message_id=message_id or f"{relay_id}@shop.example",
+                         status=status, upstream_id=f"up-{relay_id}", client_peer="127.0.0.1:5000",
+                         recipients=[RecipientRecord(a, s, "250 ok" if s == RecipientStatus.ACCEPTED else "550 5.1.1 gone")
+                                     for a, s in recipients])
+
+
+def bounce(recipient: str, relay_id: str | None, *, source=Source.SYNC, bounce_type=BounceType.HARD,
+           reason="userunknown", at: float = NOW, inbound_id: int | None = None, kind=Kind.BOUNCE,
+           correlation=Correlation.NONE) -> BounceEvent:
+    return BounceEvent(at=at, source=source, kind=kind, recipient=recipient, bounce_type=bounce_type, reason=reason,
+                       status="5.1.1", status_source=StatusSource.DSN, smtp_code=550, diagnostic="user unknown",
+                       relay_id=relay_id, inbound_id=inbound_id, correlation=correlation, smtp_command="RCPT")
+
+
+A, R = RecipientStatus.ACCEPTED, RecipientStatus.REJECTED
+
+
+async def second(store, tmp_path):
+    """Another Store on the same log, as a second bounceproxy instance would open it."""
+    url = store.url
+    other = store_for_url(url)
+    return await other.open()
+
+
+async def test_message_round_trip_keeps_recipients_in_order(any_store):
+    m = message("m1", ("zed@b.example", A), ("Amy@b.example", R), ("mid@b.example", A))
+    await any_store.record_message(m, [bounce("Amy@b.example", "m1")])
+    got = await any_store.get_message("m1")
+    assert got.sender == "app@Shop.example" and got.status == MessageStatus.SENT and got.upstream_id == "up-m1"
+    assert [(r.address, r.status) for r in got.recipients] == [("zed@b.example", A), ("Amy@b.example", R),
+                                                               ("mid@b.example", A)]
+    # the outcome rewrites the in-flight record in place, recipients too
+    m.status, m.recipients[1].status = MessageStatus.PARTIAL, RecipientStatus.DEFERRED
+    await any_store.record_message(m)
+    got = await any_store.get_message("m1")
+    assert got.status == MessageStatus.PARTIAL and got.recipients[1].status == RecipientStatus.DEFERRED
+    [event] = await any_store.message_events("m1")
+    assert (event.relay_id, event.recipient, event.reason, event.bounce_type, event.smtp_command) == (
+        "m1", "Amy@b.example", "userunknown", BounceType.HARD, "RCPT")
+    assert await any_store.get_message("nope") is None
+
+
+async def test_lookups_by_evidence_and_address_ignore_case(any_store):
+    await any_store.record_message(message("old", ("Ann@B.example", A), at=NOW - 100))
+    await any_store.record_message(message("new", ("ann@b.example", A), at=NOW - 10))
+    assert (await any_store.find_message_by_upstream_id("up-old")).id == "old"
+    assert (await any_store.find_message_by_message_id("new@shop.example")).id == "new"
+    assert (await any_store.find_latest_message_to("ANN@b.EXAMPLE", NOW - 1000)).id == "new"
+    assert (await any_store.find_latest_message_to("ann@b.example", NOW - 50)).id == "new"
+    assert await any_store.find_latest_message_to("ann@b.example", NOW) is None
+    listed = await any_store.list_messages(MessageFilter(recipient="ANN@B.EXAMPLE"))
+    assert [m.id for m in listed] == ["new", "old"]
+    assert [m.id for m in await any_store.list_messages(MessageFilter(sender="APP@shop.example", limit=1))] == ["new"]
+
+
+async def test_inbound_events_record_once_and_reparse_in_place(any_store):
+    raw = b"From: MAILER-DAEMON\r\n\r\nbounce"
+    inbound_id = await any_store.store_inbound("192.0.2.1", "", ["bounce+x@bounces.test"], raw)
+    stored = await any_store.get_inbound(inbound_id)
+    assert stored.raw == raw and stored.rcpt_tos == ["bounce+x@bounces.test"] and stored.state == ParseState.PENDING
+    assert await any_store.inbound_ids(["pending"]) == [inbound_id]
+    event = bounce("gone@b.example", None, source=Source.ASYNC, inbound_id=inbound_id, correlation=Correlation.VERP)
+    result = InboundResult(ParseState.PARSED, "v1", "bounce", "rfc3464", events=[event], sha256=stored.sha256)
+    assert await any_store.record_inbound_result(inbound_id, result)
+    assert await any_store.record_inbound_result(inbound_id, result)  # a reparse: same row, not a duplicate
+    event.reason, event.bounce_type = "mailboxfull", BounceType.SOFT
+    await any_store.record_inbound_result(inbound_id, result)
+    entries = await any_store.list_events(EventFilter(recipient="GONE@b.example"))
+    assert [(e.event.reason, e.event.bounce_type, e.event.inbound_id) for e in entries] == [
+        ("mailboxfull", BounceType.SOFT, inbound_id)]
+    listed = await any_store.list_inbound(InboundFilter(state="parsed"))
+    assert [(i.id, i.format, i.size, i.raw) for i in listed] == [(inbound_id, "rfc3464", len(raw), None)]
+
+
+async def test_the_same_report_at_two_bounce_mxs_records_once(any_store, tmp_path):
+    other = await second(any_store, tmp_path)
+    try:
+        raw = b"the same DSN, byte for byte"
+        ids = await asyncio.gather(any_store.store_inbound("a", "", [], raw), other.store_inbound("b", "", [], raw))
+        assert len(set(ids)) == 2
+        sha = (await any_store.get_inbound(ids[0])).sha256
+
+        def result(i):
+            e = bounce("x@b.example", None, source=Source.ASYNC, inbound_id=i)
+            return InboundResult(ParseState.PARSED, "v1", "bounce", "rfc3464", events=[e], sha256=sha)
+        recorded = await asyncio.gather(any_store.record_inbound_result(ids[0], result(ids[0])),
+                                        other.record_inbound_result(ids[1], result(ids[1])))
+        assert sorted(recorded) == [False, True]
+        assert len(await any_store.list_events(EventFilter(recipient="x@b.example"))) == 1
+        errors = [(await any_store.get_inbound(i)).error for i in ids]
+        assert sum(1 for e in errors if e and e.startswith("duplicate of inbound #")) == 1
+    finally:
+        await other.close()
+
+
+async def test_a_failing_unit_fails_only_its_caller(any_store):
+    good = message("good", ("a@b.example", A))
+    outcome = await asyncio.gather(any_store.insert_rows("messages", [{"no_such_column": 1}]),
+                                   any_store.record_message(good), return_exceptions=True)
+    assert isinstance(outcome[0], StoreError)
+    assert outcome[1] is None
+    assert (await any_store.get_message("good")).recipients[0].address == "a@b.example"
+    assert not any_store.failing  # one bad unit is no outage
+
+
+async def test_read_then_write_is_atomic(any_store, tmp_path):
+    other = await second(any_store, tmp_path)
+    try:
+        await any_store.upsert_suppressions([Suppression("", "gone@b.example", "userunknown", "hard", NOW)])
+        removed = await asyncio.gather(*(s.delete_suppression("", "gone@b.example")
+                                         for s in (any_store, other, any_store, other)))
+        assert sorted(removed) == [False, False, False, True]
+        await any_store.pause_identity("shop.example", NOW, "hard bounce rate 12%")
+        resumed = await asyncio.gather(any_store.resume_identity("shop.example"), other.resume_identity("shop.example"))
+        assert sorted(resumed) == [False, True]
+    finally:
+        await other.close()
+
+
+async def test_suppression_writes_are_seen_in_order_by_other_instances(any_store, tmp_path):
+    other = await second(any_store, tmp_path)
+    try:
+        start = await other.suppression_seq()
+        await asyncio.gather(*(store.upsert_suppressions([Suppression("", f"u{i}@b.example", "userunknown", "hard", NOW)])
+                               for i, store in enumerate([any_store, other] * 10)))
+        seen = await other.suppressions_after(start)
+        assert sorted(a for _, a, _ in seen) == sorted(f"u{i}@b.example" for i in range(20))
+        seqs = [s for _, _, s in seen]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 20
+        # a later write of the same address wins and moves past what was seen
+        await any_store.upsert_suppressions([Suppression("shop.example", "u1@b.example", "mailboxfull", "soft", NOW,
+                                                         NOW + 86400)])
+        assert [(s, a) for s, a, _ in await other.suppressions_after(max(seqs))] == [("shop.example", "u1@b.example")]
+        got = await other.get_suppression("shop.example", "u1@b.example")
+        assert (got.kind, got.reason, got.expires_at) == ("soft", "mailboxfull", NOW + 86400)
+        keys = [k async for chunk in other.suppression_keys(chunk=7) for k in chunk]
+        assert len(keys) == 21
+        listed = await other.list_suppressions(SuppressionFilter(scope="", limit=None))
+        assert len(listed) == 20
+    finally:
+        await other.close()
+
+
+async def test_ids_never_collide_between_instances(any_store, tmp_path):
+    other = await second(any_store, tmp_path)
+    try:
+        ids = await asyncio.gather(*(store.store_inbound("p", "", [], f"mail {i}".encode())
+                                     for i, store in enumerate([any_store, other] * 15)))
+        assert len(set(ids)) == 30
+    finally:
+        await other.close()
+
+
+async def test_stats_and_identities(any_store):
+    await any_store.record_message(message("m1", ("a@b.example", A), ("gone@b.example", R)),
+                                   [bounce("gone@b.example", "m1")])
+    await any_store.record_message(message("m2", ("c@b.example", A), sender="news@Other.example"))
+    inbound_id = await any_store.store_inbound("p", "", [], b"complaint")
+    complaint = bounce("c@b.example", "m2", source=Source.ASYNC, kind=Kind.COMPLAINT, reason="feedback",
+                       bounce_type=BounceType.UNDETERMINED, inbound_id=inbound_id, correlation=Correlation.VERP)
+    foreign = bounce("stranger@b.example", "m2", source=Source.ASYNC, inbound_id=inbound_id,
+                     correlation=Correlation.FOREIGN_RECIPIENT)
+    await any_store.record_inbound_result(inbound_id, InboundResult(ParseState.PARSED, "v1", "complaint", "arf",
+                                                                    events=[complaint, foreign]))
+    stats = await any_store.stats(NOW - 60)
+    assert stats.messages == {"sent": 2} and stats.recipients == 3 and stats.duplicates == 0
+    assert sorted((e["source"], e["kind"], e["reason"], e["n"]) for e in stats.events) == [
+        ("async", "complaint", "feedback", 1), ("sync", "bounce", "userunknown", 1)]  # the foreign one left out
+    assert stats.correlations == {"verp": 1, "foreign_recipient": 1}
+    identities = {i.identity: (i.recipients, i.hard_bounces, i.complaints) for i in await any_store.identity_stats(NOW - 60)}
+    assert identities == {"shop.example": (2, 1, 0), "other.example": (1, 0, 1)}
+    assert [i.identity for i in await any_store.identity_stats(NOW - 60, "other.example")] == ["other.example"]
+    counts = await any_store.metric_counts(NOW)
+    assert counts.messages == {"sent": 2} and counts.recipients == {"accepted": 2, "rejected": 1}
+    assert counts.inbound == {"parsed": 1} and counts.correlations == {"verp": 1, "foreign_recipient": 1}
+    assert sorted(counts.events) == [("async", "bounce", "hard", 1), ("async", "complaint", "undetermined", 1),
+                                     ("sync", "bounce", "hard", 1)]
+
+
+async def test_duplicates_are_messages_repeating_one_that_went_out(any_store):
+    await any_store.record_message(message("first", ("a@b.example", A), message_id="same@shop", at=NOW - 5))
+    await any_store.record_message(message("retry", ("A@b.example", A), message_id="same@shop", at=NOW - 1))
+    await any_store.record_message(message("split", ("z@b.example", A), message_id="same@shop", at=NOW))
+    listed = {m.id: m.duplicate for m in await any_store.list_messages(MessageFilter())}
+    assert listed == {"first": True, "retry": True, "split": False}
+    assert (await any_store.stats(NOW - 60)).duplicates == 1
+    assert [m.id for m in await any_store.list_messages(MessageFilter(duplicates=True))] == ["retry", "first"]
+
+
+async def test_soft_bounces_count_since_the_last_delivery(any_store):
+    address = "Full@b.example"
+    for i, at in enumerate((NOW - 300, NOW - 200, NOW - 100)):
+        await any_store.record_message(message(f"s{i}", (address, R), at=at),
+                                       [bounce(address, f"s{i}", bounce_type=BounceType.SOFT, reason="mailboxfull", at=at)])
+    args = ("full@B.example", NOW - 1000, ("expired",), ("verp", "upstream_id"))
+    assert await any_store.soft_bounce_span(*args) == pytest.approx(200)
+    assert [b.relay_id for b in await any_store.soft_bounces(*args)] == ["s0", "s1", "s2"]
+    delivered = bounce(address, "s1", kind=Kind.DELIVERED, bounce_type=BounceType.UNDETERMINED, reason="delivered",
+                       at=NOW - 150)
+    await any_store.record_message(message("d", (address, A), at=NOW - 150), [delivered])
+    assert [b.relay_id for b in await any_store.soft_bounces(*args)] == ["s2"]
+    assert await any_store.soft_bounce_span("nobody@b.example", NOW - 1000, (), ()) is None
+
+
+async def test_in_flight_messages_become_possibly_sent(any_store):
+    await any_store.record_message(message("inflight", ("a@b.example", A), status=MessageStatus.PENDING, at=NOW - 10))
+    await any_store.record_message(message("later", ("a@b.example", A), status=MessageStatus.PENDING, at=NOW + 10))
+    assert await any_store.mark_possibly_sent(NOW) == 1
+    got = await any_store.get_message("inflight")
+    assert got.status == MessageStatus.POSSIBLY_SENT and "no final reply recorded" in got.upstream_reply
+    assert (await any_store.get_message("later")).status == MessageStatus.PENDING
+
+
+async def test_verdicts_rewritten_by_event_id(any_store):
+    await any_store.record_message(message("m", ("a@b.example", R)), [bounce("a@b.example", "m")])
+    [event] = await any_store.events_to_reclassify()
+    event.reason, event.bounce_type, event.decided_by = "mailboxfull", BounceType.SOFT, "text: rule 1"
+    await any_store.update_events_verdicts([event])
+    [again] = await any_store.message_events("m")
+    assert (again.reason, again.bounce_type, again.decided_by) == ("mailboxfull", BounceType.SOFT, "text: rule 1")
+    assert await any_store.event_id_for(again) == again.id
+
+
+async def test_outbox_and_rows_in_pages(any_store):
+    await any_store.record_message(message("m", ("a@b.example", A)), raw=b"\x00binary\xffbody")
+    assert await any_store.outbox_raw("m") == b"\x00binary\xffbody"
+    for i in range(5):
+        await any_store.record_message(message(f"p{i}", ("a@b.example", A)))
+    page1 = await any_store.table_rows("messages", None, 4)
+    page2 = await any_store.table_rows("messages", (page1[-1]["id"],), 4)
+    assert [r["id"] for r in page1 + page2] == sorted(["m"] + [f"p{i}" for i in range(5)])
+    assert await any_store.count_rows("messages") == 6
+    with pytest.raises(StoreError):
+        await any_store.count_rows("sqlite_master")
+
+
+async def test_schema_is_current_and_a_read_only_open_reads(any_store):
+    applied, known = await any_store.schema_version()
+    assert applied == known >= 7
+    await any_store.record_message(message("m", ("a@b.example", A)))
+    reader = await store_for_url(any_store.url).open(readonly=True)
+    try:
+        assert (await reader.get_message("m")).id == "m"
+        with pytest.raises(StoreError):
+            await reader.record_message(message("x", ("a@b.example", A)))
+    finally:
+        await reader.close()
+
+
+def test_store_urls_are_checked():
+    with pytest.raises(StoreError, match="sqlite:/// or postgresql://"):
+        store_for_url("mysql://db/x")
+    with pytest.raises(StoreError, match="password_env") as exc:
+        store_for_url("postgresql://u:hunter2@127.0.0.1/db")
+    assert "hunter2" not in str(exc.value)
+
+
+async def test_an_unreachable_postgresql_is_one_store_error():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = store_for_url(f"postgresql://bounceproxy@127.0.0.1:{port}/nothing")
+    store.connect_timeout = 2
+    with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
+        await store.open()
