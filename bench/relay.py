@@ -29,7 +29,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -115,7 +114,7 @@ class Sink:
 
 class Bounceproxy:
     def __init__(self, workdir: Path, upstream_port: int, workers: int, pool_size: int | None, verp: bool,
-                 command: str = BOUNCEPROXY):
+                 command: str = BOUNCEPROXY, extra_env: dict[str, str] | None = None):
         self.port = free_port()
         self.db = workdir / "bounceproxy.db"
         env = dict(
@@ -136,6 +135,7 @@ class Bounceproxy:
             env["BOUNCEPROXY_UPSTREAM__POOL_SIZE"] = str(pool_size)
         if verp:
             env.setdefault("BOUNCEPROXY_VERP_KEY", "bench-" + "k" * 40)
+        env.update(extra_env or {})
         self.log_path = workdir / "bounceproxy.log"
         self.log = open(self.log_path, "w")
         # its own working directory, so that no config.toml of the caller's is read
@@ -157,14 +157,21 @@ class Bounceproxy:
     def peak_memory_kb(self) -> dict[int, int]:
         return {pid: kb for pid in self.pids() if (kb := _status_kb(pid, "VmHWM")) is not None}
 
-    def counts(self) -> dict[str, int]:
-        try:
-            db = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+    def counts(self, store_url: str | None = None) -> dict[str, int]:
+        """Messages in the bounce log by status, read through the Store protocol."""
+        import asyncio
+
+        from proxy.store import StoreError, store_for_url
+
+        async def read():
+            store = await store_for_url(store_url or f"sqlite://{self.db.resolve()}").open(readonly=True)
             try:
-                return dict(db.execute("SELECT status, count(*) FROM messages GROUP BY status").fetchall())
+                return (await store.metric_counts(time.time())).messages
             finally:
-                db.close()
-        except sqlite3.Error as exc:
+                await store.close()
+        try:
+            return asyncio.run(read())
+        except StoreError as exc:
             return {"error": str(exc)}  # type: ignore[dict-item]
 
     def stop(self) -> None:
