@@ -28,8 +28,12 @@ class BounceType(StrEnum):
 
 
 class Source(StrEnum):
+    """Where an event was learnt: the SMTP conversation, a report mailed to the bounce MX, or SES's
+    own notification (SNS), which is kept beside the DSN-derived event for the same recipient."""
+
     SYNC = "sync"
     ASYNC = "async"
+    SES = "ses"
 
 
 class StatusSource(StrEnum):

@@ -285,3 +285,14 @@ async def test_an_unreachable_postgresql_is_one_store_error():
     store.connect_timeout = 2
     with pytest.raises(StoreError, match=f"127.0.0.1:{port}"):
         await store.open()
+
+
+async def test_an_outside_notification_records_once_by_any_of_its_keys(any_store):
+    ses = bounce("gone@b.example", None, source=Source.SES, correlation=Correlation.UPSTREAM_ID)
+    assert await any_store.record_notification(["sns:1", "ses:feedback-a"], [ses])
+    assert not await any_store.record_notification(["sns:1", "ses:feedback-a"], [ses])  # a replay
+    assert not await any_store.record_notification(["sns:2", "ses:feedback-a"], [ses])  # the same bounce, another topic
+    entries = await any_store.list_events(EventFilter(source="ses"))
+    assert [(e.event.recipient, e.event.source) for e in entries] == [("gone@b.example", Source.SES)]
+    with pytest.raises(StoreError):
+        await any_store.record_notification([], [ses])

@@ -80,6 +80,12 @@ class SqlStore:
     async def record_inbound_result(self, inbound_id: int, result: InboundResult) -> bool:
         return await self._write(units.record_inbound_result, inbound_id, result)
 
+    async def record_notification(self, keys: Sequence[str], events: Iterable[BounceEvent]) -> bool:
+        """Record an outside notification's events once (keys: its SNS MessageId, SES feedbackId...)."""
+        if not keys:
+            raise StoreError("a notification needs at least one key to be recorded once")
+        return await self._write(units.record_notification, time.time(), list(keys), list(events))
+
     async def events_to_reclassify(self) -> list[BounceEvent]:
         return await self._read(units.events_to_reclassify)
 

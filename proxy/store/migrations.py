@@ -146,4 +146,12 @@ MIGRATIONS: list[str] = [
     UPDATE recipients SET position = {ROWID};
     CREATE INDEX events_inbound ON events(inbound_id);
     """,
+    # issue 14: SES's own notifications over SNS are recorded once: each one's keys (the SNS MessageId,
+    # SES's feedbackId) are remembered, and a notification any of whose keys was seen adds nothing
+    """
+    CREATE TABLE notifications_seen (
+        key   TEXT PRIMARY KEY,
+        at    {REAL} NOT NULL
+    );
+    """,
 ]

@@ -69,6 +69,7 @@ INBOUND_LISTED = ("id, received_at, peer, mail_from, rcpt_tos, length(raw) AS si
 TABLES: dict[str, tuple[str, ...]] = {
     "messages": ("id",), "recipients": ("relay_id", "address"), "inbound": ("id",), "events": ("id",),
     "outbox": ("relay_id",), "suppressions": ("scope", "address"), "paused_identities": ("identity",),
+    "notifications_seen": ("key",),
 }
 
 
@@ -249,6 +250,21 @@ def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult) ->
         (_plain(result.state), result.parser_version, result.kind, result.format, error,
          result.foreign_recipients if events else 0, result.flag if events else None, result.truncated, inbound_id))
     return duplicate_of is None
+
+
+def record_notification(d: Dialect, at: float, keys: Sequence[str], events: list[BounceEvent]) -> Unit:
+    """Events of one outside notification (SES over SNS), once: its keys (SNS MessageId, SES feedbackId)
+    are remembered in the same transaction, and when any of them was seen before nothing is added.
+    Returns whether the events were recorded."""
+    keys = sorted(set(keys))
+    seen = yield fetch(f"SELECT key FROM notifications_seen WHERE key IN ({', '.join('?' * len(keys))})", keys)
+    yield execute_many("INSERT INTO notifications_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                       [(k, at) for k in keys])
+    if seen:
+        return False
+    if events:
+        yield execute_many(_insert_event(d), [event_row(e) for e in events])
+    return True
 
 
 def events_to_reclassify(d: Dialect) -> Unit:
