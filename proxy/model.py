@@ -400,3 +400,54 @@ class MetricCounts:
     suppressions: dict[str, int]
     last_event_at: float | None
     last_message_at: float | None
+
+
+# -- telling applications (webhooks) ------------------------------------------------------------------
+class NotificationType(StrEnum):
+    """What a webhook tells an application; `[webhooks]` filters by these names."""
+
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    DELAY = "delay"
+    SEND_FAILURE = "send_failure"
+    SUPPRESSION_ADDED = "suppression_added"
+    SUPPRESSION_REMOVED = "suppression_removed"
+
+
+# Event kinds an application hears of; auto-replies, deliveries and unknown mail are no news for it.
+NOTIFIED_KINDS = {Kind.BOUNCE: NotificationType.BOUNCE, Kind.COMPLAINT: NotificationType.COMPLAINT,
+                  Kind.DELAY: NotificationType.DELAY}
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """One `[webhooks]` URL and the notification types it wants (None: all of them)."""
+
+    url: str
+    types: frozenset[str] | None = None
+
+    def wants(self, kind: str) -> bool:
+        return self.types is None or kind in self.types
+
+
+@dataclass(slots=True)
+class OutboxEntry:
+    """One notification for one URL in the durable outbox, written in the transaction of what it tells.
+
+    `key` is the stable event id receivers de-duplicate on; entries for one (url, address) are
+    delivered in order, each only after the one before it was delivered or given up (`dead`)."""
+
+    id: int
+    key: str
+    url: str
+    type: NotificationType
+    address: str
+    created_at: float
+    state: str  # pending, delivered, dead
+    attempts: int = 0
+    next_at: float = 0.0
+    relay_id: str | None = None
+    event_id: int | None = None
+    snapshot: dict | None = None  # what a suppression change or a send failure said, as it was
+    last_error: str | None = None
+    delivered_at: float | None = None

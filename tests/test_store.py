@@ -296,3 +296,57 @@ async def test_an_outside_notification_records_once_by_any_of_its_keys(any_store
     assert [(e.event.recipient, e.event.source) for e in entries] == [("gone@b.example", Source.SES)]
     with pytest.raises(StoreError):
         await any_store.record_notification([], [ses])
+
+
+async def test_webhook_outbox_is_written_with_the_event_and_served_in_order_per_address(any_store, tmp_path):
+    from proxy.model import NotificationType, WebhookTarget
+
+    any_store.webhook_targets = (WebhookTarget("http://a.test/hook"),
+                                 WebhookTarget("http://b.test/hook", frozenset({"complaint", "suppression_removed"})))
+    failed = message("f", ("x@b.example", R), status=MessageStatus.FAILED)
+    failed.send_failure = "454 Throttling failure: Maximum sending rate exceeded."
+    await any_store.record_message(message("m", ("gone@b.example", R)), [bounce("gone@b.example", "m")])
+    await any_store.record_message(failed)
+    await any_store.record_message(failed)  # recorded again: still one notification
+    await any_store.upsert_suppressions([Suppression("", "gone@b.example", "userunknown", "hard", NOW)])
+    assert await any_store.delete_suppression("", "gone@b.example")
+    inbound_id = await any_store.store_inbound("p", "", [], b"arf")
+    complaint = bounce("gone@b.example", "m", source=Source.ASYNC, kind=Kind.COMPLAINT, inbound_id=inbound_id,
+                       correlation=Correlation.VERP)
+    await any_store.record_inbound_result(inbound_id, InboundResult(ParseState.PARSED, "v1", "complaint", "arf",
+                                                                    events=[complaint]))
+    queued = sorted(((e.url, e.type, e.address) for e in await any_store.list_webhooks()), key=str)
+    assert queued == sorted([
+        ("http://a.test/hook", NotificationType.BOUNCE, "gone@b.example"),
+        ("http://a.test/hook", NotificationType.SEND_FAILURE, "app@shop.example"),
+        ("http://a.test/hook", NotificationType.SUPPRESSION_ADDED, "gone@b.example"),
+        ("http://a.test/hook", NotificationType.SUPPRESSION_REMOVED, "gone@b.example"),
+        ("http://b.test/hook", NotificationType.SUPPRESSION_REMOVED, "gone@b.example"),
+        ("http://a.test/hook", NotificationType.COMPLAINT, "gone@b.example"),
+        ("http://b.test/hook", NotificationType.COMPLAINT, "gone@b.example")], key=str)
+    T = time.time() + 1
+    other = await second(any_store, tmp_path)
+    try:
+        # two instances claim at once: each head of a (url, address) queue goes to one of them
+        a, b = await asyncio.gather(any_store.claim_webhooks("one", T, 30, 10), other.claim_webhooks("two", T, 30, 10))
+        claimed = [(e.url, e.address) for e in a + b]
+        assert len(claimed) == len(set(claimed)) == 3  # a.test/gone, a.test/app, b.test/gone
+        head = next(e for e in a + b if e.url == "http://a.test/hook" and e.address == "gone@b.example")
+        assert head.type == NotificationType.BOUNCE and head.event_id is not None
+        assert (await any_store.get_event(head.event_id)).reason == "userunknown"
+        assert await any_store.claim_webhooks("one", T, 30, 10) == []  # leased, and the rest wait their turn
+        assert await any_store.webhook_failed(head.id, "one", "HTTP 500", T + 5)
+        assert await any_store.claim_webhooks("one", T + 1, 30, 10) == []  # the head waits, its queue with it
+        [again] = [e for e in await any_store.claim_webhooks("one", T + 6, 30, 10) if e.id == head.id]
+        assert again.attempts == 1 and again.last_error == "HTTP 500"
+        assert await any_store.webhook_delivered(head.id, "one", T + 6)
+        nxt = [e for e in await any_store.claim_webhooks("one", T + 7, 30, 10) if e.address == "gone@b.example"
+               and e.url == "http://a.test/hook"]
+        assert [e.type for e in nxt] == [NotificationType.SUPPRESSION_ADDED]
+        assert nxt[0].snapshot["reason"] == "userunknown"
+        assert await any_store.webhook_failed(nxt[0].id, "one", "gave up", None)
+        assert [e.id for e in await any_store.list_webhooks("dead")] == [nxt[0].id]
+        assert await any_store.retry_webhooks() == 1
+        assert (await any_store.webhook_counts())["delivered"][0] == 1
+    finally:
+        await other.close()

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from proxy.model import (
     BounceEvent, EventEntry, IdentityStats, InboundRecord, InboundResult, LogStats, MessageRecord, MetricCounts,
-    SoftBounce, Suppression,
+    OutboxEntry, SoftBounce, Suppression, WebhookTarget,
 )
 from proxy.store.errors import StoreError
 from proxy.store.query import EventFilter, InboundFilter, MessageFilter, SuppressionFilter, parse_since
@@ -29,6 +29,9 @@ class Store(Protocol):
 
     url: str  # sqlite:///path or postgresql://user@host:port/db (never a password)
     commits: int  # write transactions committed by this process
+    # `[webhooks]` targets: each event, send failure and suppression change they want is queued in the
+    # durable outbox in the same transaction as what it tells
+    webhook_targets: tuple[WebhookTarget, ...]
     failing: bool  # a write was refused and none has committed since (`/healthz`)
 
     # -- life cycle --------------------------------------------------------------------------
@@ -80,6 +83,15 @@ class Store(Protocol):
     async def soft_bounces(self, address: str, since: float, excluded_reasons: Iterable[str],
                            trusted_correlations: Iterable[str]) -> list[SoftBounce]: ...
     async def event_id_for(self, event: BounceEvent) -> int | None: ...
+
+    # -- the webhooks' durable outbox --------------------------------------------------------
+    async def claim_webhooks(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[OutboxEntry]: ...
+    async def webhook_delivered(self, entry_id: int, owner: str, at: float) -> bool: ...
+    async def webhook_failed(self, entry_id: int, owner: str, error: str, next_at: float | None) -> bool: ...
+    async def list_webhooks(self, state: str | None = None, limit: int = 100) -> list[OutboxEntry]: ...
+    async def retry_webhooks(self, ids: Sequence[int] | None = None) -> int: ...
+    async def webhook_counts(self) -> dict[str, tuple[int, float | None]]: ...
+    async def get_event(self, event_id: int) -> BounceEvent | None: ...
 
     # -- the reputation guard ----------------------------------------------------------------
     async def pause_identity(self, identity: str, at: float, why: str) -> None: ...

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 from proxy.model import (
     BounceEvent, EventEntry, IdentityStats, InboundRecord, InboundResult, LogStats, MessageRecord, MetricCounts,
-    SoftBounce, Suppression,
+    OutboxEntry, SoftBounce, Suppression, WebhookTarget,
 )
 from proxy.store import units
 from proxy.store.dialect import Dialect
@@ -27,6 +27,8 @@ class SqlStore:
     url: str = ""
 
     def __init__(self) -> None:
+        # `[webhooks]` URLs: what they want is queued in the transaction of the event it tells (the app sets it)
+        self.webhook_targets: tuple[WebhookTarget, ...] = ()
         self.commits = 0  # write transactions committed, for stats and benchmarks
         self.failed_batches = 0
         self._failing_since: float | None = None
@@ -51,7 +53,8 @@ class SqlStore:
                              raw: bytes | None = None, recipients: bool = True) -> None:
         """Commit a message, its recipients (unless `recipients` is False: unchanged since its in-flight
         record) and its synchronous events in one transaction."""
-        await self._write(units.record_message, message, list(events), raw, recipients)
+        await self._write(units.record_message, message, list(events), raw, recipients, self.webhook_targets,
+                          time.time())
 
     async def mark_possibly_sent(self, before: float) -> int:
         return await self._write(units.mark_possibly_sent, before)
@@ -78,13 +81,14 @@ class SqlStore:
         return await self._read(units.list_inbound, flt)
 
     async def record_inbound_result(self, inbound_id: int, result: InboundResult) -> bool:
-        return await self._write(units.record_inbound_result, inbound_id, result)
+        return await self._write(units.record_inbound_result, inbound_id, result, self.webhook_targets, time.time())
 
     async def record_notification(self, keys: Sequence[str], events: Iterable[BounceEvent]) -> bool:
         """Record an outside notification's events once (keys: its SNS MessageId, SES feedbackId...)."""
         if not keys:
             raise StoreError("a notification needs at least one key to be recorded once")
-        return await self._write(units.record_notification, time.time(), list(keys), list(events))
+        return await self._write(units.record_notification, time.time(), list(keys), list(events),
+                                 self.webhook_targets)
 
     async def events_to_reclassify(self) -> list[BounceEvent]:
         return await self._read(units.events_to_reclassify)
@@ -139,10 +143,10 @@ class SqlStore:
         return await self._read(units.get_suppression, scope, address)
 
     async def upsert_suppressions(self, rows: Iterable[Suppression]) -> None:
-        await self._write(units.upsert_suppressions, list(rows))
+        await self._write(units.upsert_suppressions, list(rows), self.webhook_targets, time.time())
 
     async def delete_suppression(self, scope: str, address: str) -> bool:
-        return await self._write(units.delete_suppression, scope, address)
+        return await self._write(units.delete_suppression, scope, address, self.webhook_targets, time.time())
 
     async def list_suppressions(self, flt: SuppressionFilter) -> list[Suppression]:
         return await self._read(units.list_suppressions, flt)
@@ -159,6 +163,28 @@ class SqlStore:
 
     async def event_id_for(self, event: BounceEvent) -> int | None:
         return await self._read(units.event_id_for, event)
+
+    # -- the webhooks' outbox ---------------------------------------------------------------
+    async def claim_webhooks(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[OutboxEntry]:
+        return await self._write(units.claim_webhooks, owner, now, lease_seconds, limit)
+
+    async def webhook_delivered(self, entry_id: int, owner: str, at: float) -> bool:
+        return await self._write(units.webhook_delivered, entry_id, owner, at)
+
+    async def webhook_failed(self, entry_id: int, owner: str, error: str, next_at: float | None) -> bool:
+        return await self._write(units.webhook_failed, entry_id, owner, error, next_at)
+
+    async def list_webhooks(self, state: str | None = None, limit: int = 100) -> list[OutboxEntry]:
+        return await self._read(units.list_webhooks, state, limit)
+
+    async def retry_webhooks(self, ids: Sequence[int] | None = None) -> int:
+        return await self._write(units.retry_webhooks, list(ids) if ids else None, time.time())
+
+    async def webhook_counts(self) -> dict[str, tuple[int, float | None]]:
+        return await self._read(units.webhook_counts)
+
+    async def get_event(self, event_id: int) -> BounceEvent | None:
+        return await self._read(units.get_event, event_id)
 
     # -- the reputation guard ----------------------------------------------------------------
     async def pause_identity(self, identity: str, at: float, why: str) -> None:

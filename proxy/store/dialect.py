@@ -50,6 +50,10 @@ class Dialect:
         """The lower-cased domain of an address column."""
         raise NotImplementedError
 
+    def skip_locked(self) -> str:
+        """A clause that lets several instances claim rows without waiting on each other's."""
+        return ""
+
     def after_explicit_ids(self, table: str) -> str | None:
         """A statement that moves a table's id generator past ids inserted explicitly (by a copy)."""
         return None
@@ -118,8 +122,11 @@ class PostgresDialect(Dialect):
     def lock(self, name):
         return f"SELECT pg_advisory_xact_lock({self._LOCKS[name]})"
 
+    def skip_locked(self):
+        return " FOR UPDATE OF w SKIP LOCKED"
+
     def after_explicit_ids(self, table):
-        if table not in ("inbound", "events"):
+        if table not in ("inbound", "events", "webhook_outbox"):
             return None
         return (f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"GREATEST((SELECT MAX(id) FROM {table}), 1))")

@@ -154,4 +154,30 @@ MIGRATIONS: list[str] = [
         at    {REAL} NOT NULL
     );
     """,
+    # issue 14: the webhooks' durable outbox. A row per notification and URL, written in the transaction of
+    # the event it tells; key is the stable event id receivers de-duplicate on; a (url, address) queue
+    # is delivered in id order; a lease lets several instances share the work without sending twice
+    """
+    CREATE TABLE webhook_outbox (
+        id           {ID},
+        key          TEXT NOT NULL,
+        url          TEXT NOT NULL,
+        type         TEXT NOT NULL,
+        address      TEXT NOT NULL DEFAULT '',
+        relay_id     TEXT,
+        event_id     {BIGINT},
+        snapshot     TEXT,
+        created_at   {REAL} NOT NULL,
+        state        TEXT NOT NULL DEFAULT 'pending',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      {REAL} NOT NULL,
+        last_error   TEXT,
+        delivered_at {REAL},
+        lease_owner  TEXT,
+        lease_until  {REAL}
+    );
+    CREATE UNIQUE INDEX webhook_outbox_once ON webhook_outbox(key, url);
+    CREATE INDEX webhook_outbox_due ON webhook_outbox(state, next_at);
+    CREATE INDEX webhook_outbox_queue ON webhook_outbox(url, address, state, id);
+    """,
 ]

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.model import (
-    BounceEvent, BounceType, Correlation, EventEntry, IdentityStats, InboundRecord, InboundResult, Kind, LogStats,
-    MAY_HAVE_GONE_OUT, MessageRecord, MessageStatus, MetricCounts, ParseState, RecipientRecord, RecipientStatus,
-    SoftBounce, Source, StatusSource, Suppression,
+    NOTIFIED_KINDS, BounceEvent, BounceType, Correlation, EventEntry, IdentityStats, InboundRecord, InboundResult, Kind,
+    LogStats, MAY_HAVE_GONE_OUT, MessageRecord, MessageStatus, MetricCounts, NotificationType, OutboxEntry, ParseState,
+    RecipientRecord, RecipientStatus, SoftBounce, Source, StatusSource, Suppression, WebhookTarget,
 )
 from proxy.store.dialect import Dialect
 from proxy.store.query import EventFilter, InboundFilter, MessageFilter, SuppressionFilter
@@ -69,7 +69,7 @@ INBOUND_LISTED = ("id, received_at, peer, mail_from, rcpt_tos, length(raw) AS si
 TABLES: dict[str, tuple[str, ...]] = {
     "messages": ("id",), "recipients": ("relay_id", "address"), "inbound": ("id",), "events": ("id",),
     "outbox": ("relay_id",), "suppressions": ("scope", "address"), "paused_identities": ("identity",),
-    "notifications_seen": ("key",),
+    "notifications_seen": ("key",), "webhook_outbox": ("id",),
 }
 
 
@@ -154,17 +154,52 @@ def _where(clauses: list[str]) -> str:
     return f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
 
+# -- events and what applications hear of them ------------------------------------------------------
+Targets = tuple[WebhookTarget, ...]
+
+
+def _record_events(d: Dialect, events: list[BounceEvent], targets: Targets, at: float) -> Unit:
+    """Insert events; with webhook targets, each one's outbox rows in the same transaction."""
+    if not events:
+        return
+    if not targets:
+        yield execute_many(_insert_event(d), [event_row(e) for e in events])
+        return
+    for e in events:
+        event_id = (yield fetch(_insert_event(d) + " RETURNING id", event_row(e)))[0]["id"]
+        kind = NOTIFIED_KINDS.get(e.kind)
+        if kind is None or e.correlation == Correlation.FOREIGN_RECIPIENT:  # an attack is no news for the app
+            continue
+        yield from _enqueue(d, targets, f"event-{event_id}", kind, e.recipient or "", at, relay_id=e.relay_id,
+                            event_id=event_id)
+
+
+def _enqueue(d: Dialect, targets: Targets, key: str, kind: NotificationType, address: str, at: float,
+             relay_id: str | None = None, event_id: int | None = None, snapshot: dict | None = None) -> Unit:
+    rows = [(key, t.url, kind.value, address.lower(), relay_id, event_id,
+             json.dumps(snapshot, sort_keys=True) if snapshot is not None else None, at, at)
+            for t in targets if t.wants(kind.value)]
+    if rows:
+        yield execute_many(
+            "INSERT INTO webhook_outbox (key, url, type, address, relay_id, event_id, snapshot, created_at, next_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, url) DO NOTHING", rows)
+
+
 # -- the relay --------------------------------------------------------------------------------------
 def record_message(d: Dialect, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None,
-                   recipients: bool = True) -> Unit:
-    """A message, its recipients (unless unchanged since its in-flight record) and its synchronous events."""
+                   recipients: bool = True, targets: Targets = (), at: float = 0.0) -> Unit:
+    """A message, its recipients (unless unchanged since its in-flight record) and its synchronous events;
+    a send failure is news for the webhooks too."""
     yield execute(_insert_message(d), message_row(message))
     if recipients and message.recipients:
         yield execute_many(_INSERT_RECIPIENT, [(message.id, r.address, _plain(r.status), r.reply, i)
                                                for i, r in enumerate(message.recipients)])
-    rows = [event_row(e) for e in events]
-    if rows:
-        yield execute_many(_insert_event(d), rows)
+    yield from _record_events(d, list(events), targets, at)
+    if targets and message.send_failure and message.status != MessageStatus.PENDING:
+        yield from _enqueue(d, targets, f"failure-{message.id}", NotificationType.SEND_FAILURE,
+                            _address_of(message.sender), at, relay_id=message.id,
+                            snapshot={"send_failure": message.send_failure, "upstream_reply": message.upstream_reply,
+                                      "recipients": [r.address for r in message.recipients]})
     if raw is not None:
         yield execute("INSERT INTO outbox (relay_id, raw) VALUES (?, ?) ON CONFLICT (relay_id) DO UPDATE SET raw=excluded.raw",
                       (message.id, raw))
@@ -226,7 +261,12 @@ def list_inbound(d: Dialect, flt: InboundFilter) -> Unit:
     return [to_inbound(r) for r in rows]
 
 
-def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult) -> Unit:
+def _address_of(sender: str) -> str:
+    return (sender or "").lower()
+
+
+def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult, targets: Targets = (),
+                          at: float = 0.0) -> Unit:
     """An inbound mail's verdict and events. When `result.sha256` is given and another row holding the same
     bytes was already recorded with its events (a second bounce MX got the same DSN, or a replay raced the
     first), this one is recorded as its duplicate instead, so that a report counts once. Returns whether
@@ -242,8 +282,7 @@ def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult) ->
         if first and first["id"] is not None:
             duplicate_of = first["id"]
             error, events = f"duplicate of inbound #{duplicate_of}", []
-    if events:
-        yield execute_many(_insert_event(d), [event_row(e) for e in events])
+    yield from _record_events(d, events, targets, at)
     yield execute(
         "UPDATE inbound SET state=?, parser_version=?, kind=?, format=?, error=?, foreign_recipients=?, flag=?, "
         "truncated=? WHERE id=?",
@@ -252,7 +291,8 @@ def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult) ->
     return duplicate_of is None
 
 
-def record_notification(d: Dialect, at: float, keys: Sequence[str], events: list[BounceEvent]) -> Unit:
+def record_notification(d: Dialect, at: float, keys: Sequence[str], events: list[BounceEvent],
+                        targets: Targets = ()) -> Unit:
     """Events of one outside notification (SES over SNS), once: its keys (SNS MessageId, SES feedbackId)
     are remembered in the same transaction, and when any of them was seen before nothing is added.
     Returns whether the events were recorded."""
@@ -262,8 +302,7 @@ def record_notification(d: Dialect, at: float, keys: Sequence[str], events: list
                        [(k, at) for k in keys])
     if seen:
         return False
-    if events:
-        yield execute_many(_insert_event(d), [event_row(e) for e in events])
+    yield from _record_events(d, events, targets, at)
     return True
 
 
@@ -461,7 +500,7 @@ def get_suppression(d: Dialect, scope: str, address: str) -> Unit:
     return to_suppression(row) if row else None
 
 
-def upsert_suppressions(d: Dialect, rows: Iterable[Suppression]) -> Unit:
+def upsert_suppressions(d: Dialect, rows: Iterable[Suppression], targets: Targets = (), at: float = 0.0) -> Unit:
     """Add or replace entries (a later one wins). Each write takes the next `seq`, under a lock that
     makes seq order commit order, so another instance polling `seq > last` misses none."""
     rows = list(rows)
@@ -478,10 +517,26 @@ def upsert_suppressions(d: Dialect, rows: Iterable[Suppression]) -> Unit:
         "expires_at=excluded.expires_at, seq=excluded.seq",
         [(s.scope, s.address, s.reason, s.kind, s.source_event, s.created_at, s.expires_at, seq + i)
          for i, s in enumerate(rows, start=1)])
+    for i, s in enumerate(rows, start=1) if targets else ():
+        yield from _enqueue(d, targets, f"suppression-{s.scope}-{s.address}-{seq + i}",
+                            NotificationType.SUPPRESSION_ADDED, s.address, at, event_id=s.source_event,
+                            snapshot=_suppression_snapshot(s))
 
 
-def delete_suppression(d: Dialect, scope: str, address: str) -> Unit:
-    return (yield execute("DELETE FROM suppressions WHERE scope = ? AND address = ?", (scope, address))) > 0
+def _suppression_snapshot(s: Suppression) -> dict:
+    return {"scope": s.scope, "address": s.address, "reason": s.reason, "kind": s.kind, "created_at": s.created_at,
+            "expires_at": s.expires_at, "source_event": s.source_event}
+
+
+def delete_suppression(d: Dialect, scope: str, address: str, targets: Targets = (), at: float = 0.0) -> Unit:
+    row = _one((yield fetch("DELETE FROM suppressions WHERE scope = ? AND address = ? RETURNING *", (scope, address))))
+    if row is None:  # never there, or another instance removed it first
+        return False
+    if targets:
+        s = to_suppression(row)
+        yield from _enqueue(d, targets, f"unsuppression-{scope}-{address}-{s.seq}-{at!r}",
+                            NotificationType.SUPPRESSION_REMOVED, address, at, snapshot=_suppression_snapshot(s))
+    return True
 
 
 def list_suppressions(d: Dialect, flt: SuppressionFilter) -> Unit:
@@ -534,6 +589,73 @@ def event_id_for(d: Dialect, event: BounceEvent) -> Unit:
         rows = yield fetch("SELECT id FROM events WHERE relay_id IS NOT DISTINCT FROM ? AND recipient = ? AND source = ? "
                            "ORDER BY id DESC LIMIT 1", (event.relay_id, event.recipient, _plain(event.source)))
     return rows[0]["id"] if rows else None
+
+
+# -- the webhooks' outbox ---------------------------------------------------------------------------
+def to_outbox(row: dict) -> OutboxEntry:
+    return OutboxEntry(
+        id=row["id"], key=row["key"], url=row["url"], type=NotificationType(row["type"]), address=row["address"],
+        created_at=row["created_at"], state=row["state"], attempts=row["attempts"], next_at=row["next_at"],
+        relay_id=row["relay_id"], event_id=row["event_id"],
+        snapshot=json.loads(row["snapshot"]) if row["snapshot"] else None, last_error=row["last_error"],
+        delivered_at=row["delivered_at"])
+
+
+def claim_webhooks(d: Dialect, owner: str, now: float, lease_seconds: float, limit: int) -> Unit:
+    """Due entries at the head of their (url, address) queue, leased to `owner` so that no other instance
+    sends them meanwhile. An entry waits while an earlier one of its queue is pending: order per address."""
+    rows = yield fetch(
+        "SELECT w.id FROM webhook_outbox w WHERE w.state = 'pending' AND w.next_at <= ? "
+        "AND (w.lease_until IS NULL OR w.lease_until < ?) AND NOT EXISTS (SELECT 1 FROM webhook_outbox o "
+        "WHERE o.url = w.url AND o.address = w.address AND o.state = 'pending' AND o.id < w.id) "
+        f"ORDER BY w.id LIMIT ?{d.skip_locked()}", (now, now, limit))
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    marks = ", ".join("?" * len(ids))
+    yield execute(f"UPDATE webhook_outbox SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})",
+                  (owner, now + lease_seconds, *ids))
+    return [to_outbox(r) for r in (yield fetch(f"SELECT * FROM webhook_outbox WHERE id IN ({marks}) ORDER BY id", ids))]
+
+
+def webhook_delivered(d: Dialect, entry_id: int, owner: str, at: float) -> Unit:
+    return (yield execute("UPDATE webhook_outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1, "
+                          "last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'pending'",
+                          (at, entry_id))) > 0
+
+
+def webhook_failed(d: Dialect, entry_id: int, owner: str, error: str, next_at: float | None) -> Unit:
+    """A failed try: the entry waits until `next_at`, or is given up (`dead`) when that is None."""
+    return (yield execute(
+        "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = ?, lease_owner = NULL, lease_until = NULL, "
+        "state = CASE WHEN ? THEN 'dead' ELSE 'pending' END, next_at = COALESCE(?, next_at) "
+        "WHERE id = ? AND state = 'pending'", (error[:500], next_at is None, next_at, entry_id))) > 0
+
+
+def list_webhooks(d: Dialect, state: str | None, limit: int) -> Unit:
+    where = "WHERE state = ?" if state else ""
+    rows = yield fetch(f"SELECT * FROM webhook_outbox {where} ORDER BY id DESC LIMIT ?",
+                       (state, limit) if state else (limit,))
+    return [to_outbox(r) for r in rows]
+
+
+def retry_webhooks(d: Dialect, ids: Sequence[int] | None, now: float) -> Unit:
+    """Given-up entries (or these ids) go back to pending, due now, with their count of tries reset."""
+    if ids:
+        return (yield execute(f"UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_at = ?, lease_until = NULL "
+                              f"WHERE state != 'delivered' AND id IN ({', '.join('?' * len(ids))})", (now, *ids)))
+    return (yield execute("UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_at = ?, lease_until = NULL "
+                          "WHERE state = 'dead'", (now,)))
+
+
+def webhook_counts(d: Dialect) -> Unit:
+    rows = yield fetch("SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM webhook_outbox GROUP BY state")
+    return {r["state"]: (int(r["n"]), r["oldest"]) for r in rows}
+
+
+def get_event(d: Dialect, event_id: int) -> Unit:
+    row = _one((yield fetch("SELECT * FROM events WHERE id = ?", (event_id,))))
+    return to_event(row) if row else None
 
 
 # -- the reputation guard ---------------------------------------------------------------------------
