@@ -28,6 +28,10 @@ from proxy.suppression import Suppressor
 
 log = logging.getLogger("bounceproxy")
 
+# On a shared store (PostgreSQL), a message pending for longer than this (or 2 x [upstream] command_timeout)
+# has no live transfer behind it: it becomes possibly_sent.
+IN_FLIGHT_MIN_BOUND = 600.0
+
 
 class Service:
     """The running house. Usable from tests: `async with Service(config) as svc: ...`."""
@@ -50,6 +54,7 @@ class Service:
         self.inbound_worker: InboundWorker | None = None
         self.health: UpstreamHealth | None = None  # the upstream's state, for /healthz and /metrics
         self._probe: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None  # PostgreSQL: marks stale in-flight messages (_sweep_loop)
         self.sessions = Sessions()  # both listeners' sessions: drained on SIGTERM, new certificate on SIGHUP
         self.client_tls: ssl.SSLContext | None = None  # what the next relay session offers at STARTTLS
         self.verbose = False  # `serve -v`: debug whatever [log] level says
@@ -100,13 +105,13 @@ class Service:
         started = time.time()
         try:
             self.store = await open_store(cfg.store)
-        except StoreError as exc:
-            raise ConfigError(f"{cfg.source}: [store] path: {exc}") from None
+        except StoreError as exc:  # the error names the store (its path or URL)
+            raise ConfigError(f"{cfg.source}: [store] {'url' if self._shared_store else 'path'}: {exc}") from None
         if self.worker == 0:
-            left = await self.store.mark_possibly_sent(before=started)
-            if left:
-                log.warning("%d message(s) were in flight when bounceproxy last stopped: marked possibly_sent "
-                            "(`bounceproxy messages --status possibly_sent`)", left)
+            await self._sweep_in_flight(started if not self._shared_store else started - self._in_flight_bound,
+                                        at_start=True)
+            if self._shared_store:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="in-flight-sweep")
         self.upstream = self._upstream()
         self.health = UpstreamHealth(self.upstream.name)
         self.signer = self._verp_signer()
@@ -150,6 +155,40 @@ class Service:
         if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:  # last: nothing fails after
             self._probe = asyncio.get_running_loop().create_task(
                 probe_loop(self.upstream, self.health, cfg.upstream.probe_interval), name="upstream-probe")
+
+    # -- messages left in flight -------------------------------------------------------------
+    # A message is `pending` from the commit just before its end of data goes upstream to the commit of the
+    # upstream's answer. On SQLite (one host, these processes) every pending row older than this start was
+    # left by a previous run. On PostgreSQL other relays may share the log and have transfers in flight:
+    # only rows older than any live transfer can be are marked, at start and then periodically (a relay that
+    # died leaves its rows for the others, or its own next start, to mark).
+    @property
+    def _shared_store(self) -> bool:
+        return getattr(self.config.store, "backend", "sqlite") == "postgresql"
+
+    @property
+    def _in_flight_bound(self) -> float:
+        """Seconds no live transfer stays pending longer than: DATA and the body's end each wait at most
+        [upstream] command_timeout for their reply (with room for the commits around them)."""
+        return max(IN_FLIGHT_MIN_BOUND, 2 * self.config.upstream.command_timeout)
+
+    async def _sweep_in_flight(self, before: float, at_start: bool = False) -> int:
+        left = await self.store.mark_possibly_sent(before=before)
+        if left:
+            log.warning("%d message(s) were in flight when %s: marked possibly_sent "
+                        "(`bounceproxy messages --status possibly_sent`)", left,
+                        "bounceproxy last stopped" if at_start and not self._shared_store else
+                        f"their relay stopped or lost the store (pending for over {self._in_flight_bound:.0f}s)")
+        return left
+
+    async def _sweep_loop(self) -> None:
+        every = max(30.0, self._in_flight_bound / 4)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._sweep_in_flight(time.time() - self._in_flight_bound)
+            except Exception as exc:  # noqa: BLE001 - retried at the next tick
+                log.warning("marking stale in-flight messages failed: %s", exc)
 
     def _health(self) -> str | None:
         """None when healthy, else why not: what `/healthz` answers with HTTP 503."""
@@ -288,13 +327,14 @@ class Service:
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, 421 to idle sessions, transfers finish within [service] shutdown_grace."""
         grace = self.config.service.shutdown_grace if grace is None else grace
-        if self._probe is not None:
-            self._probe.cancel()
-            try:
-                await self._probe
-            except asyncio.CancelledError:
-                pass
-            self._probe = None
+        for task in (self._probe, self._sweeper):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._probe = self._sweeper = None
         if self.api_runner is not None:
             await self.api_runner.cleanup()
             self.api_runner = None

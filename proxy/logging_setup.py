@@ -153,21 +153,22 @@ def log_message(message, relay: str) -> None:
     emit(message_log, logging.INFO, fields)
 
 
-def log_inbound(inbound_id: int, row: dict, report, events) -> None:
-    """The one line per mail the bounce MX received, once it is parsed and correlated."""
+def log_inbound(inbound_id: int, row, report, events) -> None:
+    """The one line per mail the bounce MX received, once it is parsed and correlated (`row`: its
+    proxy.model.InboundRecord)."""
     recipients = [e.recipient for e in events if e.recipient]
     correlations = sorted({str(e.correlation) for e in events if e.correlation is not None})
-    messages = sorted({e.message_id for e in events if e.message_id})
+    messages = sorted({e.relay_id for e in events if e.relay_id})
     fields = {
         "id": f"inbound#{inbound_id}",
-        "from": _angle(row.get("mail_from")),
+        "from": _angle(row.mail_from),
         "kind": str(report.kind),
         "format": report.format,
         "recipients": len(recipients),
         "to": ",".join(_angle(r) for r in recipients[:10]) + (",..." if len(recipients) > 10 else ""),
         "correlation": ",".join(correlations) or "none",
         "message": ",".join(messages[:10]) or "-",
-        "peer": row.get("peer") or "",
+        "peer": row.peer or "",
     }
     types = sorted({f"{e.bounce_type}/{e.reason}" for e in events if str(e.kind) == "bounce"})
     if types:

@@ -22,7 +22,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from proxy.model import NEVER_ACTS, SENDER_SIDE_REASONS, BounceEvent, BounceType, Correlation, Kind, Source
+from proxy.model import (
+    NEVER_ACTS, SENDER_SIDE_REASONS, BounceEvent, BounceType, Correlation, IdentityStats, Kind, SoftBounce, Source, Suppression,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,10 @@ SOFT_COUNTING_REASONS_EXCLUDED = SENDER_SIDE_REASONS | {"vacation", "feedback", 
 # SES's mailbox simulator: SES never suppresses these addresses nor counts them, so neither do we, and
 # a test run can be repeated and still see the simulator's own replies.
 SES_SIMULATOR_DOMAIN = "simulator.amazonses.com"
-# What ties an MTA's retries of one message together: the relay's id (several reports of one send),
-# the client's Message-ID (Postfix keeps it), the client's bytes (no Message-ID: the relay adds a new
-# one each time) and the VERP return path.
-RETRY_KEYS = ("relay_id", "header_id", "content_sha256", "verp_token")
+# What ties an MTA's retries of one message together (fields of proxy.model.SoftBounce): the relay's id
+# (several reports of one send), the client's Message-ID (Postfix keeps it), the client's bytes (no
+# Message-ID: the relay adds a new one each time) and the VERP return path.
+RETRY_KEYS = ("relay_id", "message_id", "content_sha256", "verp_token")
 # A soft suppression answers RCPT with a temporary reply that says what it is: reason -> code,
 # enhanced status (RFC 3463) and what the address keeps doing.
 SOFT_REPLIES = {
@@ -156,7 +158,7 @@ class Policy:
         return (event.kind == Kind.BOUNCE and event.bounce_type == BounceType.SOFT
                 and event.reason not in SOFT_COUNTING_REASONS_EXCLUDED)
 
-    def soft_count(self, bounces: list[dict]) -> int:
+    def soft_count(self, bounces: list[SoftBounce]) -> int:
         """How many of these soft bounces (oldest first, as `Store.soft_bounces` gives them) count.
 
         A bounce sharing any RETRY_KEYS value with an earlier one is a retry of that message and adds
@@ -167,12 +169,12 @@ class Policy:
         seen: set[tuple[str, str]] = set()
         count, last = 0, None
         for bounce in bounces:
-            keys = {(name, bounce[name]) for name in RETRY_KEYS if bounce.get(name)}
+            keys = {(name, getattr(bounce, name)) for name in RETRY_KEYS if getattr(bounce, name)}
             retry = bool(keys & seen)
             seen |= keys
-            if retry or (last is not None and bounce["at"] - last < period):
+            if retry or (last is not None and bounce.at - last < period):
                 continue
-            count, last = count + 1, bounce["at"]
+            count, last = count + 1, bounce.at
         return count
 
     def may_reach_threshold(self, span: float | None) -> bool:
@@ -187,24 +189,24 @@ class Policy:
         return None
 
 
-def refusal(row: dict, address: str, style: str) -> str:
+def refusal(row: Suppression, address: str, style: str) -> str:
     """The RCPT reply for a suppressed address: permanent for a hard bounce, a complaint or an
     operator's entry; temporary for a soft suppression (it expires, and the sending MTA must keep the
     message queued rather than bounce it for good), with the reason's own enhanced status."""
-    when = _date(row["created_at"])
-    if row["kind"] == "soft":
-        code, status, what = SOFT_REPLIES.get(row["reason"], SOFT_REPLY_OTHER)
-        until = f" until {_date(row['expires_at'])}" if row.get("expires_at") else ""
+    when = _date(row.created_at)
+    if row.kind == "soft":
+        code, status, what = SOFT_REPLIES.get(row.reason, SOFT_REPLY_OTHER)
+        until = f" until {_date(row.expires_at)}" if row.expires_at else ""
         if style == "ses":
             return (f"{code} {status} Amazon SES did not send the message to this address because it is "
                     f"temporarily on the suppression list for your account ({what}{until}).")
-        return f"{code} {status} <{address}>: {what} since {when} (soft suppression{until}, {row['reason']})"
+        return f"{code} {status} <{address}>: {what} since {when} (soft suppression{until}, {row.reason})"
     if style == "ses":
         return ("550 5.1.1 Amazon SES did not send the message to this address because it is on the "
                 "suppression list for your account.")
     what = {"hard": "hard bounce", "complaint": "complaint",
-            "manual": "added by an operator", "import": "imported"}.get(row["kind"], row["kind"])
-    return f"550 5.1.1 <{address}>: address is on the suppression list ({what} {when}, {row['reason']})"
+            "manual": "added by an operator", "import": "imported"}.get(row.kind, row.kind)
+    return f"550 5.1.1 <{address}>: address is on the suppression list ({what} {when}, {row.reason})"
 
 
 def _date(at: float) -> str:
@@ -261,14 +263,14 @@ class Suppressor:
         self.paused = await self.store.paused_identities()
 
     # -- the relay's questions ------------------------------------------------------------------
-    async def lookup(self, sender: str, recipient: str) -> dict | None:
+    async def lookup(self, sender: str, recipient: str) -> Suppression | None:
         """The active suppression for this recipient (in this sender's scope), or None."""
         scope = sender_scope(sender, self.cfg.scope)
         address = normalize_address(recipient)
         if address.rpartition("@")[2] == SES_SIMULATOR_DOMAIN or not self.index.maybe(scope, address):
             return None
         row = await self.store.get_suppression(scope, address)
-        if row is None or (row["expires_at"] is not None and row["expires_at"] <= self.clock()):
+        if row is None or (row.expires_at is not None and row.expires_at <= self.clock()):
             return None
         return row
 
@@ -301,8 +303,9 @@ class Suppressor:
             scope = sender_scope(scope_sender or "", self.cfg.scope)
             address = normalize_address(event.recipient)
             source = await self.store.event_id_for(event)
-            await self.store.upsert_suppression(scope, address, decision.reason, decision.kind, source, now,
-                                                decision.expires_at)
+            await self.store.upsert_suppressions([Suppression(
+                scope, address, decision.reason, decision.kind, created_at=now, expires_at=decision.expires_at,
+                source_event=source)])
             self.index.add(scope, address)
             added.append(address)
             log.info("suppressed %s (%s, %s)", address, decision.kind, decision.reason)
@@ -311,10 +314,10 @@ class Suppressor:
         return added
 
     async def _message_sender(self, event: BounceEvent) -> str | None:
-        if event.message_id is None:
+        if event.relay_id is None:
             return None
-        message = await self.store.get_message(event.message_id)
-        return message["sender"] if message else None
+        message = await self.store.get_message(event.relay_id)
+        return message.sender if message else None
 
     async def guard(self, sender: str | None) -> None:
         """Rates for the sender's identity; warn, and pause when configured to."""
@@ -323,11 +326,11 @@ class Suppressor:
         identity = normalize_address(sender).rpartition("@")[2]
         since = self.clock() - self.cfg.rate_window_hours * 3600
         found = await self.store.identity_stats(since, identity)
-        rates = found[0] if found else {"recipients": 0, "hard_bounces": 0, "complaints": 0}
-        if rates["recipients"] < self.cfg.rate_min_recipients:
+        rates = found[0] if found else IdentityStats(identity, 0, 0, 0)
+        if rates.recipients < self.cfg.rate_min_recipients:
             return
-        bounce_rate = rates["hard_bounces"] / rates["recipients"]
-        complaint_rate = rates["complaints"] / rates["recipients"]
+        bounce_rate = rates.hard_bounces / rates.recipients
+        complaint_rate = rates.complaints / rates.recipients
         cfg = self.cfg
         why = None
         if cfg.pause_bounce_rate and bounce_rate >= cfg.pause_bounce_rate:
@@ -343,4 +346,4 @@ class Suppressor:
         if warn and self.clock() - self._warned.get(identity, 0) > 3600:
             self._warned[identity] = self.clock()
             log.warning("reputation guard: %s hard bounce rate %.1f%%, complaint rate %.2f%% over %d recipients",
-                        identity, bounce_rate * 100, complaint_rate * 100, rates["recipients"])
+                        identity, bounce_rate * 100, complaint_rate * 100, rates.recipients)

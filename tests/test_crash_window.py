@@ -7,12 +7,13 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 
 import aiosmtplib
 
 from proxy.model import MessageRecord, MessageStatus, RecipientRecord, RecipientStatus
-from proxy.store import SqliteStore
-from tests.conftest import start_upstream
+from proxy.app import Service
+from tests.conftest import make_config, start_upstream
 from tests.test_durability import Serve
 from tests.test_message_status import HeldUpstream
 
@@ -75,18 +76,43 @@ async def test_kill_between_end_of_data_and_commit_leaves_a_possibly_sent_row_an
     assert "1 message(s) were in flight when bounceproxy last stopped: marked possibly_sent" in log
 
 
-async def test_recovery_marks_only_what_a_previous_run_left(tmp_path):
+async def test_recovery_marks_only_what_a_previous_run_left(any_store):
     """Relay workers start one after another: leftovers are rows older than this start, never a row
     another worker has in flight now."""
-    store = await SqliteStore(str(tmp_path / "b.db")).open()
-    try:
-        await store.record_message(MessageRecord(id="old", created_at=100.0, message_id="x@y",
-                                                 recipients=[RecipientRecord("a@x", RecipientStatus.ACCEPTED)]))
-        await store.record_message(MessageRecord(id="now", created_at=200.0))
-        await store.record_message(MessageRecord(id="done", created_at=100.0, status=MessageStatus.SENT,
-                                                 upstream_reply="250 Ok"))
-        assert await store.mark_possibly_sent(before=150.0) == 1
-        status = {i: (await store.get_message(i))["status"] for i in ("old", "now", "done")}
-        assert status == {"old": "possibly_sent", "now": "pending", "done": "sent"}
-    finally:
-        await store.close()
+    store = any_store
+    await store.record_message(MessageRecord(id="old", created_at=100.0, message_id="x@y",
+                                             recipients=[RecipientRecord("a@x", RecipientStatus.ACCEPTED)]))
+    await store.record_message(MessageRecord(id="now", created_at=200.0))
+    await store.record_message(MessageRecord(id="done", created_at=100.0, status=MessageStatus.SENT,
+                                             upstream_reply="250 Ok"))
+    assert await store.mark_possibly_sent(before=150.0) == 1
+    status = {i: (await store.get_message(i)).status for i in ("old", "now", "done")}
+    assert status == {"old": "possibly_sent", "now": "pending", "done": "sent"}
+    assert "may have accepted it" in (await store.get_message("old")).upstream_reply
+
+
+async def test_a_relay_starting_on_a_shared_store_leaves_other_relays_transfers_in_flight(tmp_path, upstream, pg_url):
+    """Several relays on one PostgreSQL: a start marks only rows pending for longer than any live transfer
+    lasts (2 x command_timeout, 600 s at least), never another relay's message going upstream now; the
+    periodic sweep marks the rest once they are that old."""
+    now = time.time()
+    config = make_config(tmp_path, upstream.port, store_url=pg_url)
+    async with Service(config) as first:  # creates the schema
+        await first.store.record_message(MessageRecord(id="stale", created_at=now - 700))
+        await first.store.record_message(MessageRecord(id="live", created_at=now - 5))
+    async with Service(config) as second:
+        status = {i: (await second.store.get_message(i)).status for i in ("stale", "live")}
+        assert status == {"stale": "possibly_sent", "live": "pending"}
+        assert second._sweeper is not None  # and the sweep runs on
+        assert await second._sweep_in_flight(now + 600) == 1  # the live one, once older than the bound
+        assert (await second.store.get_message("live")).status == "possibly_sent"
+
+
+async def test_a_relay_starting_on_sqlite_marks_every_earlier_in_flight_row(tmp_path, upstream):
+    now = time.time()
+    config = make_config(tmp_path, upstream.port)
+    async with Service(config) as first:
+        await first.store.record_message(MessageRecord(id="earlier", created_at=now - 5))
+    async with Service(config) as second:
+        assert (await second.store.get_message("earlier")).status == "possibly_sent"
+        assert second._sweeper is None

@@ -18,7 +18,6 @@ import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from proxy.store import SqliteStore
+from proxy.store import EventFilter, MessageFilter, store_for_url
 from tests.conftest import ROOT
 from tests.postfix import free_port
 
@@ -123,6 +122,15 @@ async def peer(port_of, acked: set[str], stop: asyncio.Event, worker: int) -> No
             await asyncio.sleep(0.05)
 
 
+async def log_view(path: Path, read):
+    """What `read(store)` finds in the log a running (or killed) serve writes, through the Store protocol."""
+    store = await store_for_url(f"sqlite:///{path}").open(readonly=True)
+    try:
+        return await read(store)
+    finally:
+        await store.close()
+
+
 async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
     sink_port = free_port()
     dumps = Path(tempfile.mkdtemp(prefix="bp-sink-"))  # outside pytest's 0700 tree: smtp-sink writes as nobody
@@ -155,9 +163,8 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
         await asyncio.gather(*tasks)
         deadline = time.time() + 30
         while time.time() < deadline:  # the restarted process parses what the killed one stored
-            with sqlite3.connect(serve.db) as db:
-                if db.execute("SELECT COUNT(*) FROM inbound WHERE state = 'pending'").fetchone()[0] == 0:
-                    break
+            if not await log_view(serve.db, lambda store: store.inbound_ids(["pending"])):
+                break
             await asyncio.sleep(0.2)
     finally:
         stop.set()
@@ -167,18 +174,21 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
                 proc.kill()
         sink.kill()
 
-    db = sqlite3.connect(serve.db)
-    stored = {}
-    for msgid, n in db.execute("SELECT message_id, COUNT(*) FROM messages WHERE message_id LIKE '%@durability.test' "
-                               "AND status = 'sent' GROUP BY message_id"):
-        stored[msgid] = n
+    store = await store_for_url(f"sqlite:///{serve.db}").open(readonly=True)
+    try:
+        messages = await store.list_messages(MessageFilter(limit=10**7))
+        inbound = [await store.get_inbound(i) for i in await store.inbound_ids()]
+        async_events = await store.list_events(EventFilter(source="async", limit=10**7))
+        counted = (await store.stats(0)).duplicates
+    finally:
+        await store.close()
+    stored = collections.Counter(m.message_id for m in messages
+                                 if m.message_id and m.message_id.endswith("@durability.test") and m.status == "sent")
     lost = acked_mail - set(stored)
-    went_out = collections.Counter(dict(db.execute(
-        "SELECT message_id, COUNT(*) FROM messages WHERE status IN ('sent', 'partial', 'possibly_sent') "
-        "GROUP BY message_id")))
-    possibly_sent = db.execute("SELECT COUNT(*) FROM messages WHERE status = 'possibly_sent'").fetchone()[0]
-    pending_left = db.execute("SELECT COUNT(*) FROM messages WHERE status = 'pending'").fetchone()[0]
-    rows_total = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    went_out = collections.Counter(m.message_id for m in messages if m.status in ("sent", "partial", "possibly_sent"))
+    possibly_sent = sum(1 for m in messages if m.status == "possibly_sent")
+    pending_left = sum(1 for m in messages if m.status == "pending")
+    rows_total = len(messages)
     # what the upstream got: every Message-ID in smtp-sink's dumps (the relay adds one when a client has none)
     at_sink: collections.Counter = collections.Counter()
     for dump in dumps.iterdir():
@@ -189,19 +199,13 @@ async def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path):
     missing_upstream = set(at_sink) - set(went_out)
     duplicates = {m: n for m, n in went_out.items() if n > 1}
     raws = {}
-    for row_id, raw, state in db.execute("SELECT id, raw, state FROM inbound"):
-        marker = raw.split(b"\r\n", 1)[0].split(b": ", 1)[1].decode()
-        raws.setdefault(marker, []).append((row_id, state))
-    events_by_inbound = dict(db.execute("SELECT inbound_id, COUNT(*) FROM events WHERE source = 'async' GROUP BY inbound_id"))
-    db.close()
+    for row in inbound:
+        marker = row.raw.split(b"\r\n", 1)[0].split(b": ", 1)[1].decode()
+        raws.setdefault(marker, []).append((row.id, row.state))
+    events_by_inbound = collections.Counter(e.event.inbound_id for e in async_events)
     lost_dsn = acked_dsn - set(raws)
     pending = [r for rows in raws.values() for r in rows if r[1] != "parsed"]
     wrong_events = [rid for rows in raws.values() for rid, _ in rows if events_by_inbound.get(rid) != 1]
-    store = await SqliteStore(str(serve.db)).open(readonly=True)
-    try:
-        counted = (await store.stats(0))["duplicates"]
-    finally:
-        await store.close()
     print(f"kills {kills}; tracked messages acknowledged {len(acked_mail)} of {len(tried_mail)} tried "
           f"({sum(tried_mail.values())} attempts), stored as sent {len(stored)}; all messages: {rows_total} rows, "
           f"delivered upstream {len(at_sink)} distinct ({sum(at_sink.values())} at the sink), "

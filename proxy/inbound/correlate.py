@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from proxy.model import Correlation, RecipientStatus, Report
+from proxy.model import Correlation, MessageRecord, RecipientRecord, RecipientStatus, Report
 from proxy.relay.verp import VerpSigner, VerpToken
 from proxy.suppression import normalize_address
 
@@ -25,7 +25,7 @@ SES_MESSAGE_ID_DOMAINS = ("amazonses.com",)
 @dataclass(slots=True)
 class Match:
     correlation: Correlation
-    message: dict | None = None  # the messages row
+    message: MessageRecord | None = None  # the message the evidence identified
     recipient: str | None = None  # the recipient the evidence names, when it names one
     own: frozenset[str] = frozenset()  # normalised addresses the evidence vouches for
 
@@ -72,31 +72,31 @@ async def correlate_report(store, report: Report, tokens: list[VerpToken]) -> Ma
     """The evidence the whole report carries (VERP, upstream id, Message-ID): looked up once,
     whatever the number of recipients, with the addresses that evidence vouches for."""
     for token in tokens:
-        message = await store.get_message(token.message_id)
+        message = await store.get_message(token.relay_id)
         if message is not None:
-            rcpts = await store.message_recipients(message["id"])
+            rcpts = message.recipients
             own = _accepted(rcpts)
             if token.recipient_index is None:
                 return Match(Correlation.VERP, message, None, own)
             # A token that names a recipient vouches for that one alone.
             named = None
             if 0 <= token.recipient_index < len(rcpts):
-                named = rcpts[token.recipient_index]["address"]
+                named = rcpts[token.recipient_index].address
             return Match(Correlation.VERP, message, named, own & {normalize_address(named)} if named else frozenset())
     for upstream_id in upstream_id_candidates(report):
         message = await store.find_message_by_upstream_id(upstream_id)
         if message is not None:
-            return Match(Correlation.UPSTREAM_ID, message, None, _accepted(await store.message_recipients(message["id"])))
+            return Match(Correlation.UPSTREAM_ID, message, None, _accepted(message.recipients))
     for message_id in message_id_candidates(report):
         message = await store.find_message_by_message_id(message_id)
         if message is not None:
-            return Match(Correlation.MESSAGE_ID, message, None, _accepted(await store.message_recipients(message["id"])))
+            return Match(Correlation.MESSAGE_ID, message, None, _accepted(message.recipients))
     return Match(Correlation.NONE)
 
 
-def _accepted(recipients: list[dict]) -> frozenset[str]:
+def _accepted(recipients: list[RecipientRecord]) -> frozenset[str]:
     """The identified message's own recipients: those the upstream accepted it for."""
-    return frozenset(normalize_address(r["address"]) for r in recipients if r["status"] == RecipientStatus.ACCEPTED)
+    return frozenset(normalize_address(r.address) for r in recipients if r.status == RecipientStatus.ACCEPTED)
 
 
 async def correlate_recipient(store, report_match: Match, addresses: list[str | None], window_start: float

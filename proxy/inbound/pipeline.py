@@ -8,7 +8,7 @@ first, so replays and reparses add nothing.
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 
 from proxy.dsn import PARSER_VERSION as _PARSER, parse
@@ -17,7 +17,7 @@ from proxy.dsn.limits import DEFAULT_LIMITS, Limits
 from proxy.dsn.parser import recipient_kind
 from proxy.inbound.correlate import Match, correlate_recipient, correlate_report, verp_tokens
 from proxy.logging_setup import log_inbound
-from proxy.model import BounceEvent, BounceType, Correlation, Kind, ParseState, Report, Source
+from proxy.model import BounceEvent, BounceType, Correlation, InboundResult, Kind, ParseState, Report, Source, StatusSource
 from proxy.relay.verp import VerpSigner
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,17 @@ class Pipeline:
         self.processed = 0
 
     async def process(self, inbound_id: int) -> list[BounceEvent]:
-        """Parse one stored inbound mail and record its events; returns them."""
+        """Parse one stored inbound mail and record its events; returns them (none when the same bytes
+        were already recorded from another row: a second bounce MX, a replay)."""
         row = await self.store.get_inbound(inbound_id)
         if row is None:
             return []
-        first = await self.store.first_inbound_with_sha(row["sha256"])
-        if first != inbound_id:
-            await self.store.record_inbound_result(
-                inbound_id, ParseState.PARSED, PARSER_VERSION, None, None, f"duplicate of inbound #{first}", [])
+        first = await self.store.first_inbound_with_sha(row.sha256)
+        if first != inbound_id:  # the cheap pre-check; the store decides atomically below
+            await self.store.record_inbound_result(inbound_id, InboundResult(
+                ParseState.PARSED, PARSER_VERSION, error=f"duplicate of inbound #{first}"))
             return []
-        raw: bytes = row["raw"]
+        raw = row.raw or b""
         try:
             if len(raw) > PARSE_IN_THREAD_ABOVE:
                 report = await asyncio.to_thread(parse, raw, self.limits)
@@ -57,20 +58,22 @@ class Pipeline:
                 report = parse(raw, self.limits)
         except Exception as exc:  # noqa: BLE001 - a parser bug must cost a `failed` row, never the mail
             log.error("inbound #%d: parse failed: %s", inbound_id, exc)
-            await self.store.record_inbound_result(
-                inbound_id, ParseState.FAILED, PARSER_VERSION, None, None, f"{type(exc).__name__}: {exc}", [])
+            await self.store.record_inbound_result(inbound_id, InboundResult(
+                ParseState.FAILED, PARSER_VERSION, error=f"{type(exc).__name__}: {exc}"))
             return []
-        rcpt_tos = json.loads(row["rcpt_tos"] or "[]")
-        events = await self.events_for(report, inbound_id, rcpt_tos, row["received_at"])
+        events = await self.events_for(report, inbound_id, row.rcpt_tos, row.received_at)
         foreign, flag = foreign_flag(events)
         if flag:
             log.warning("inbound #%d: %s", inbound_id, flag)
         truncated = "; ".join(report.truncated) or None
         if truncated:
             log.warning("inbound #%d: parse limits reached: %s", inbound_id, truncated)
-        await self.store.record_inbound_result(
-            inbound_id, ParseState.PARSED, PARSER_VERSION, str(report.kind), report.format, None, events,
-            foreign_recipients=foreign, flag=flag, truncated=truncated)
+        recorded = await self.store.record_inbound_result(inbound_id, InboundResult(
+            ParseState.PARSED, PARSER_VERSION, kind=str(report.kind), format=report.format, events=events,
+            foreign_recipients=foreign, flag=flag, truncated=truncated, sha256=row.sha256))
+        if not recorded:  # another row with the same bytes recorded them first (another bounce MX)
+            log.info("inbound #%d: a duplicate of a mail already recorded; its events count once", inbound_id)
+            return []
         self.processed += 1
         log_inbound(inbound_id, row, report, events)
         if self.suppressor is not None:
@@ -92,7 +95,7 @@ class Pipeline:
                     bounce_type=rr.bounce_type, reason=rr.reason, status=rr.status,
                     status_source=rr.status_source, smtp_code=rr.smtp_code, diagnostic=rr.diagnostic,
                     remote_mta=rr.remote_mta, reporting_mta=report.reporting_mta,
-                    correlation=match.correlation, message_id=_id(match), inbound_id=inbound_id,
+                    correlation=match.correlation, relay_id=_id(match), inbound_id=inbound_id,
                     evidence=rr.evidence, feedback_type=report.feedback_type, parser_version=PARSER_VERSION,
                     smtp_command=rr.command, action=rr.action, decided_by=rr.decided_by,
                 ))
@@ -109,7 +112,7 @@ class Pipeline:
         events.append(BounceEvent(
             at=received_at, source=Source.ASYNC, kind=report.kind, recipient=recipient.lower() if recipient else None,
             bounce_type=BounceType.UNDETERMINED, reason=reason, reporting_mta=report.reporting_mta,
-            correlation=match.correlation, message_id=_id(match), inbound_id=inbound_id,
+            correlation=match.correlation, relay_id=_id(match), inbound_id=inbound_id,
             evidence=f"report format {report.format}, kind {report.kind}", feedback_type=report.feedback_type,
             parser_version=PARSER_VERSION,
         ))
@@ -119,14 +122,16 @@ class Pipeline:
         """Re-derive reason and bounce_type of stored events with the current classifier, from the
         inputs the first verdict was made from (status as the mail gave it, reply code, text, Action and
         SMTP stage): an unchanged classifier gives every event the verdict it has."""
-        rows = await self.store.events_to_reclassify()
+        events = await self.store.events_to_reclassify()
         updates = []
-        for e in rows:
-            status = e["status"] if e["status_source"] == "dsn" else None
-            verdict = classify(status, e["smtp_code"], e["diagnostic"], Kind(e["kind"]), e["action"],
-                               command=e["smtp_command"], recipient=e["recipient"])
-            updates.append((verdict.reason, verdict.bounce_type, verdict.status, verdict.status_source,
-                            verdict.evidence, PARSER_VERSION, verdict.decided_by, e["id"]))
+        for e in events:
+            status = e.status if e.status_source == StatusSource.DSN else None
+            verdict = classify(status, e.smtp_code, e.diagnostic, e.kind, e.action,
+                               command=e.smtp_command, recipient=e.recipient)
+            updates.append(dataclasses.replace(
+                e, reason=verdict.reason, bounce_type=verdict.bounce_type, status=verdict.status,
+                status_source=verdict.status_source, evidence=verdict.evidence, parser_version=PARSER_VERSION,
+                decided_by=verdict.decided_by))
         await self.store.update_events_verdicts(updates)
         return len(updates)
 
@@ -144,13 +149,13 @@ def foreign_flag(events: list[BounceEvent]) -> tuple[int, str | None]:
     foreign = [e for e in events if e.correlation == Correlation.FOREIGN_RECIPIENT]
     if not foreign:
         return 0, None
-    message = foreign[0].message_id
-    own = sum(1 for e in events if e.message_id == message and e.correlation != Correlation.FOREIGN_RECIPIENT)
+    message = foreign[0].relay_id
+    own = sum(1 for e in events if e.relay_id == message and e.correlation != Correlation.FOREIGN_RECIPIENT)
     sample = ", ".join(e.recipient or "?" for e in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
     return len(foreign), (f"names {len(foreign)} of {len(events)} addresses that message {message} was never sent to "
                           f"({sample}); {own} of its own recipients named; not acted on")
 
 
 def _id(match: Match) -> str | None:
-    return match.message["id"] if match.message else None
+    return match.message.id if match.message else None
 

@@ -251,7 +251,7 @@ class RelayHandler:
                     message.recipients.append(RecipientRecord(address, RecipientStatus.SUPPRESSED, reply))
                     return reply
                 self.suppressor.observed += 1
-                log.info("observe mode: %s is suppressed (%s), sent anyway", address, row["reason"])
+                log.info("observe mode: %s is suppressed (%s), sent anyway", address, row.reason)
         if self.preflight is not None:
             domain = address.rpartition("@")[2]
             verdict = await self.preflight.check(domain)
@@ -366,7 +366,7 @@ class RelayHandler:
                 at=now, source=Source.SYNC, kind=Kind.BOUNCE, recipient=rcpt.lower(),
                 bounce_type=verdict.bounce_type, reason=verdict.reason, status=verdict.status,
                 status_source=verdict.status_source, smtp_code=reply.code, diagnostic=reply.line(),
-                remote_mta=remote_mta or getattr(self.upstream, "name", None), message_id=tx.message.id,
+                remote_mta=remote_mta or getattr(self.upstream, "name", None), relay_id=tx.message.id,
                 evidence=verdict.evidence, smtp_command=verdict.stage or command, decided_by=verdict.decided_by,
             ))
 

@@ -1,4 +1,4 @@
-"""Signed VERP return paths: `<local>+<message id>[-<recipient index>]-<signature>@<bounce domain>`.
+"""Signed VERP return paths: `<local>+<relay id>[-<recipient index>]-<signature>@<bounce domain>`.
 
 The token names the message (and, when known, which of its recipients) and carries a truncated
 HMAC-SHA256 so that the bounce MX accepts only addresses it issued: a forged or altered token is
@@ -19,7 +19,7 @@ _TOKEN = re.compile(r"^([a-z2-7]{8,32})(?:-(\d{1,4}))?-([a-z2-7]{%d})$" % SIGNAT
 
 @dataclass(frozen=True, slots=True)
 class VerpToken:
-    message_id: str
+    relay_id: str  # the relay's id of the message (MessageRecord.id)
     recipient_index: int | None
 
 
@@ -35,8 +35,8 @@ class VerpSigner:
         digest = hmac.new(self.key, payload.encode("ascii"), hashlib.sha256).digest()
         return base64.b32encode(digest).decode("ascii").lower()[:SIGNATURE_CHARS]
 
-    def address(self, message_id: str, recipient_index: int | None = None) -> str:
-        payload = message_id if recipient_index is None else f"{message_id}-{recipient_index}"
+    def address(self, relay_id: str, recipient_index: int | None = None) -> str:
+        payload = relay_id if recipient_index is None else f"{relay_id}-{recipient_index}"
         return f"{self.local}+{payload}-{self._signature(payload)}@{self.domain}"
 
     def verify(self, address: str, domains: tuple[str, ...] | None = None) -> VerpToken | None:
@@ -50,8 +50,8 @@ class VerpSigner:
         m = _TOKEN.match(token)
         if not m:
             return None
-        message_id, index, signature = m.groups()
-        payload = message_id if index is None else f"{message_id}-{index}"
+        relay_id, index, signature = m.groups()
+        payload = relay_id if index is None else f"{relay_id}-{index}"
         if not hmac.compare_digest(signature, self._signature(payload)):
             return None
-        return VerpToken(message_id, int(index) if index is not None else None)
+        return VerpToken(relay_id, int(index) if index is not None else None)
