@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +15,7 @@ import click
 
 from proxy.errors import ConfigError
 from proxy.model import Correlation
+from proxy.queries import EVENT_COLUMNS, EXPLAIN_COLUMNS, INBOUND_COLUMNS, MESSAGE_COLUMNS, SUPPRESSION_COLUMNS
 
 if TYPE_CHECKING:
     from proxy.config import Config
@@ -37,12 +37,6 @@ def _load(config_path: str | None) -> Config:
     return load_config(config_path)
 
 
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _since(text: str | None) -> float | None:
     from proxy.store import parse_since
 
@@ -54,21 +48,38 @@ def _since(text: str | None) -> float | None:
         raise click.BadParameter(str(exc)) from None
 
 
+class StoreFailure(Failure):
+    """The store could not be opened or answer: `bounceproxy: <store>: <reason>`, exit 1."""
+
+
 def _run(coro):
     import asyncio
 
+    from proxy.queries import QueryError
     from proxy.store import StoreError
 
     try:
         return asyncio.run(coro)
     except StoreError as exc:
+        raise StoreFailure(str(exc)) from None
+    except QueryError as exc:
         raise Failure(str(exc)) from None
 
 
+def _is_sqlite(config: Config) -> bool:
+    return config.store.backend != "postgresql"
+
+
+def _log_exists(config: Config) -> bool:
+    """A SQLite file is there to read (PostgreSQL: always try, a connection failure says why)."""
+    return not _is_sqlite(config) or Path(config.store.path).exists()
+
+
 async def _with_store(config: Config, fn):
+    """A read-only store for `fn` (SQLite: the file must exist; nothing is created by a query)."""
     from proxy.store import open_store
 
-    if not Path(config.store.path).exists():
+    if not _log_exists(config):
         raise Failure(f"no bounce log at {config.store.path} ([store] path in {config.source}); run `bounceproxy serve` first")
     store = await open_store(config.store, readonly=True)
     try:
@@ -77,9 +88,15 @@ async def _with_store(config: Config, fn):
         await store.close()
 
 
+def _flat(row: dict) -> dict:
+    """Lists (a message's recipients, an inbound mail's envelope recipients) as one comma-separated cell."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+
+
 def _emit(rows: list[dict], columns: list[str], fmt: str, titles: dict[str, str] | None = None) -> None:
     """Rows as a human table, JSON lines or CSV."""
     out = click.get_text_stream("stdout")
+    rows = [_flat(row) for row in rows]
     if fmt == "json":
         for row in rows:
             out.write(json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False) + "\n")
@@ -204,10 +221,6 @@ def _parse_files(files: tuple[str, ...], slice_index: int, as_json: bool, out) -
     return failed
 
 
-EVENT_COLUMNS = ["id", "at", "source", "kind", "recipient", "bounce_type", "reason", "status", "smtp_code",
-                 "correlation", "message_id", "diagnostic"]
-
-
 @cli.command()
 @config_option
 @click.option("--since", help="Only newer than this: 30m, 1h, 7d or an ISO date.")
@@ -218,26 +231,27 @@ EVENT_COLUMNS = ["id", "at", "source", "kind", "recipient", "bounce_type", "reas
 @click.option("--kind", type=click.Choice(["bounce", "delay", "complaint", "autoreply", "delivered", "unknown"]))
 @click.option("--correlation", type=click.Choice(CORRELATIONS),
               help="foreign_recipient: addresses a report named that its message was never sent to.")
-@click.option("--message", help="Only events of this message id.")
+@click.option("--message", "relay_id", metavar="ID", help="Only events of this message (its relay id).")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "ses"]),
               help="ses: each bounce or complaint as the JSON notification SES would publish.")
 @click.option("--explain", is_flag=True,
               help="Also what each verdict was made from: SMTP stage, Action, status source, the rule that decided.")
 @output_options
-def bounces(config_path, since, recipient, bounce_type, reason, source, kind, correlation, message, limit, fmt,
+def bounces(config_path, since, recipient, bounce_type, reason, source, kind, correlation, relay_id, limit, fmt,
             explain) -> None:
     """Bounces, delays, complaints and auto-replies, newest first."""
+    from proxy import queries
     from proxy.store import EventFilter
 
     config = _load(config_path)
-    flt = EventFilter(_since(since), recipient, bounce_type, reason, source, kind, correlation, message, limit)
+    flt = EventFilter(since=_since(since), recipient=recipient, bounce_type=bounce_type, reason=reason, source=source,
+                      kind=kind, correlation=correlation, relay_id=relay_id, limit=limit)
     if fmt == "ses":
-        _print_ses(config, flt)
+        for notification in _run(_with_store(config, lambda s: queries.ses_notifications(s, flt))):
+            click.echo(json.dumps(notification, ensure_ascii=False))
         return
-    rows = _run(_with_store(config, lambda s: s.list_events(flt)))
-    for row in rows:
-        row["at"] = _iso(row["at"])
+    rows = _run(_with_store(config, lambda s: queries.list_events(s, flt)))
     if not explain:
         _emit(rows, EVENT_COLUMNS, fmt)
     elif fmt in ("json", "csv"):
@@ -246,53 +260,19 @@ def bounces(config_path, since, recipient, bounce_type, reason, source, kind, co
         _emit_explained(rows)
 
 
-# What an event's verdict was made from (issue 11), for `bounces --explain` and `messages show`.
-EXPLAIN_COLUMNS = ["smtp_command", "action", "status_source", "decided_by", "evidence"]
-
-
-def _why(e: dict) -> str:
-    """One line: the stage, Action and status source the verdict read, and the rule that decided."""
-    made_from = ", ".join(f"{k} {e[k]}" for k in ("smtp_command", "action", "status_source") if e.get(k))
-    return f"why: {e.get('decided_by') or '(not recorded)'}" + (f" [{made_from}]" if made_from else "")
-
-
 def _emit_explained(rows: list[dict]) -> None:
     """Each event on its line, then the why under it."""
+    from proxy.queries import why
+
     out = click.get_text_stream("stdout")
     if not rows:
         out.write("(none)\n")
     for e in rows:
         out.write(f"{e['at']}  {e['source']}  {e['kind']}  {e['recipient'] or '-'}  {e['bounce_type']}  {e['reason']}  "
                   f"{e['status'] or '-'}  via {e['correlation']}  (event {e['id']})\n")
-        out.write(f"    {_why(e)}\n")
+        out.write(f"    {why(e)}\n")
         if e.get("diagnostic"):
             out.write(f"    text: {e['diagnostic'][:300]}\n")
-
-
-def _print_ses(config: Config, flt) -> None:
-    from proxy.dsn.ses import ses_notification
-
-    async def notifications(store):
-        out = []
-        for event in await store.list_events(flt):
-            if event["kind"] not in ("bounce", "complaint"):
-                continue
-            message = None
-            if event["message_id"]:
-                message = await store.get_message(event["message_id"])
-                if message is not None:
-                    message["recipients"] = [r["address"] for r in await store.message_recipients(event["message_id"])]
-                    message["created_at"] = _iso(message["created_at"])
-            event["at"] = _iso(event["at"])
-            out.append(ses_notification(event, message))
-        return out
-
-    for notification in _run(_with_store(config, notifications)):
-        click.echo(json.dumps(notification, ensure_ascii=False))
-
-
-MESSAGE_COLUMNS = ["id", "created_at", "status", "sender", "recipients", "message_id", "duplicate", "upstream_id",
-                   "size", "upstream_reply"]
 
 
 @cli.group(invoke_without_command=True)
@@ -310,66 +290,34 @@ def messages(ctx, config_path, since, recipient, status, sender, duplicates, lim
     """Relayed messages, newest first (`messages show ID` for one message's whole story)."""
     if ctx.invoked_subcommand is not None:
         return
+    from proxy import queries
     from proxy.store import MessageFilter
 
     config = _load(config_path)
-    flt = MessageFilter(_since(since), recipient, status, sender, limit, duplicates)
-    rows = _run(_with_store(config, lambda s: s.list_messages(flt)))
-    for row in rows:
-        row["created_at"] = _iso(row["created_at"])
-    _emit(rows, MESSAGE_COLUMNS, fmt)
+    flt = MessageFilter(since=_since(since), recipient=recipient, status=status, sender=sender, limit=limit,
+                        duplicates=duplicates)
+    _emit(_run(_with_store(config, lambda s: queries.list_messages(s, flt))), MESSAGE_COLUMNS, fmt)
 
 
 @messages.command("show")
 @config_option
-@click.argument("message_id")
+@click.argument("relay_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="The story as one JSON object.")
 @click.option("--raw", is_flag=True, help="Print the message as the simulator kept it.")
-def messages_show(config_path, message_id, as_json, raw) -> None:
+def messages_show(config_path, relay_id, as_json, raw) -> None:
     """One message: its recipients, the upstream's replies, and every later bounce."""
+    from proxy import queries
+
     config = _load(config_path)
-
-    async def story(store):
-        message = await store.get_message(message_id)
-        if message is None:
-            return None
-        message["recipients"] = await store.message_recipients(message_id)
-        message["events"] = await store.message_events(message_id)
-        message["raw"] = await store.outbox_raw(message_id) if raw else None
-        return message
-
-    message = _run(_with_store(config, story))
-    if message is None:
-        raise Failure(f"no message {message_id!r}")
     if raw:
-        if message["raw"] is None:
-            raise Failure(f"message {message_id} was delivered upstream; only the simulator keeps bodies")
-        sys.stdout.buffer.write(message["raw"])
+        sys.stdout.buffer.write(_run(_with_store(config, lambda s: queries.message_raw(s, relay_id))))
         return
-    message.pop("raw")
+    story = _run(_with_store(config, lambda s: queries.message_story(s, relay_id)))
     if as_json:
-        click.echo(json.dumps(message, ensure_ascii=False, default=str))
+        click.echo(json.dumps(story, ensure_ascii=False))
         return
-    click.echo(f"message {message['id']}  {_iso(message['created_at'])}  {message['status']}")
-    for key in ("client_peer", "client_user", "sender", "header_from", "message_id", "subject", "upstream_id",
-                "verp_token", "size", "upstream_reply", "send_failure"):
-        if message.get(key) not in (None, ""):
-            click.echo(f"  {key + ':':16}{message[key]}")
-    click.echo("recipients:")
-    for r in message["recipients"]:
-        click.echo(f"  {r['address']:40} {r['status']:10} {r['reply']}")
-    click.echo("events:")
-    if not message["events"]:
-        click.echo("  (none)")
-    for e in message["events"]:
-        click.echo(
-            f"  {_iso(e['at'])} {e['source']:5} {e['kind']:9} {e['recipient'] or '-'} {e['bounce_type']} "
-            f"{e['reason']} {e['status'] or ''} via {e['correlation']}"
-        )
-        if e["diagnostic"]:
-            click.echo(f"      {e['diagnostic']}")
-        if e.get("kind") in ("bounce", "delay"):
-            click.echo(f"      {_why(e)}")
+    for line in queries.story_lines(story):
+        click.echo(line)
 
 
 @cli.command()
@@ -378,46 +326,20 @@ def messages_show(config_path, message_id, as_json, raw) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def stats(config_path, since, as_json) -> None:
     """Counts of messages and bounces, and the bounce rate, over a window."""
-    from proxy.store.summary import summarize
+    from proxy import queries
 
     config = _load(config_path)
     start = _since(since)
-
-    async def gather(store):
-        return await store.stats(start), await store.identity_stats(start), await store.paused_identities()
-
-    data, identities, paused = _run(_with_store(config, gather))
-    summary = summarize(data, start)
-    for row in identities:
-        n = row["recipients"] or 0
-        row["hard_bounce_rate"] = round(row["hard_bounces"] / n, 4) if n else 0.0
-        row["complaint_rate"] = round(row["complaints"] / n, 4) if n else 0.0
-        row["paused"] = paused.get(row["identity"])
-    summary["identities"] = identities
-    sent, rcpts = summary["messages"], summary["recipients"]
-    bounced, hard, complaints = summary["bounces"], summary["hard_bounces"], summary["complaints"]
+    summary = _run(_with_store(config, lambda s: queries.stats_summary(s, start)))
     if as_json:
         click.echo(json.dumps(summary))
         return
-    click.echo(f"since {summary['since']}: {sent} messages to {rcpts} recipients "
-               f"({', '.join(f'{k} {v}' for k, v in sorted(data['messages'].items())) or 'none'})")
-    if summary["duplicates"]:
-        click.echo(f"duplicates {summary['duplicates']}: messages that went out again with the Message-ID of one "
-                   "that had gone out (`bounceproxy messages --duplicates`)")
-    click.echo(f"bounces {bounced} (hard {hard}), complaints {complaints}; bounce rate "
-               f"{summary['bounce_rate']:.2%}, complaint rate {summary['complaint_rate']:.2%}")
-    if summary["foreign_recipients"]:
-        click.echo(f"foreign recipients {summary['foreign_recipients']}: addresses named by reports about messages "
-                   "never sent to them (forged or forwarded; never acted on, not in any rate): "
-                   "bounceproxy bounces --correlation foreign_recipient")
-    _emit(data["events"], ["source", "kind", "bounce_type", "reason", "n"], "table")
+    for line in queries.stats_lines(summary):
+        click.echo(line)
+    _emit(summary["by_reason"], ["source", "kind", "bounce_type", "reason", "n"], "table")
     click.echo("by sending identity:")
-    _emit(identities, ["identity", "recipients", "hard_bounces", "complaints", "hard_bounce_rate", "complaint_rate",
-                       "paused"], "table")
-
-
-INBOUND_COLUMNS = ["id", "received_at", "state", "kind", "format", "size", "peer", "mail_from", "rcpt_tos",
-                   "parser_version", "error", "foreign_recipients", "flag", "truncated"]
+    _emit(summary["identities"], ["identity", "recipients", "hard_bounces", "complaints", "hard_bounce_rate",
+                                  "complaint_rate", "paused"], "table")
 
 
 @cli.command()
@@ -431,18 +353,15 @@ INBOUND_COLUMNS = ["id", "received_at", "state", "kind", "format", "size", "peer
 @output_options
 def inbound(config_path, state, since, limit, raw_id, flagged, fmt) -> None:
     """Mails received by the bounce MX, with their parse state."""
+    from proxy import queries
+    from proxy.store import InboundFilter
+
     config = _load(config_path)
     if raw_id is not None:
-        row = _run(_with_store(config, lambda s: s.get_inbound(raw_id)))
-        if row is None:
-            raise Failure(f"no inbound mail #{raw_id}")
-        sys.stdout.buffer.write(row["raw"])
+        sys.stdout.buffer.write(_run(_with_store(config, lambda s: queries.inbound_raw(s, raw_id))))
         return
-    rows = _run(_with_store(config, lambda s: s.list_inbound(state, _since(since), limit, flagged)))
-    for row in rows:
-        row["received_at"] = _iso(row["received_at"])
-        row["rcpt_tos"] = ",".join(json.loads(row["rcpt_tos"] or "[]"))
-    _emit(rows, INBOUND_COLUMNS, fmt)
+    flt = InboundFilter(state=state, since=_since(since), limit=limit, flagged=flagged)
+    _emit(_run(_with_store(config, lambda s: queries.list_inbound(s, flt))), INBOUND_COLUMNS, fmt)
 
 
 @cli.command()
@@ -460,7 +379,7 @@ def reparse(config_path, everything, classify_only) -> None:
     from proxy.store import open_store
 
     config = _load(config_path)
-    if not Path(config.store.path).exists():
+    if not _log_exists(config):
         raise Failure(f"no bounce log at {config.store.path} ([store] path in {config.source})")
     inbound_cfg = config.inbound
     key = config.secret(inbound_cfg.hmac_key_env)
@@ -529,10 +448,6 @@ def _scope(config: Config, sender_domain: str | None) -> str:
     return (sender_domain or "").lower()
 
 
-SUPPRESSION_COLUMNS = ["address", "scope", "kind", "reason", "created_at", "expires_at", "source_event"]
-SES_REASON = {"complaint": "COMPLAINT"}
-
-
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def suppressions(ctx) -> None:
@@ -549,15 +464,14 @@ def suppressions(ctx) -> None:
 @output_options
 def suppressions_list(config_path=None, address=None, sender_domain=None, limit=100, fmt="table") -> None:
     """Suppressed addresses, newest first."""
+    from proxy import queries
+    from proxy.store import SuppressionFilter
     from proxy.suppression import normalize_address
 
     config = _load(config_path)
-    scope = _scope(config, sender_domain) if sender_domain else None
-    rows = _run(_with_store(config, lambda s: s.list_suppressions(normalize_address(address) if address else None, scope, limit)))
-    for row in rows:
-        row["created_at"] = _iso(row["created_at"])
-        row["expires_at"] = _iso(row["expires_at"]) or None
-    _emit(rows, SUPPRESSION_COLUMNS, fmt)
+    flt = SuppressionFilter(address=normalize_address(address) if address else None,
+                            scope=_scope(config, sender_domain) if sender_domain else None, limit=limit)
+    _emit(_run(_with_store(config, lambda s: queries.list_suppressions(s, flt))), SUPPRESSION_COLUMNS, fmt)
 
 
 @suppressions.command("add")
@@ -568,20 +482,16 @@ def suppressions_list(config_path=None, address=None, sender_domain=None, limit=
 @click.option("--sender-domain", help="Add to this sender domain's list.")
 def suppressions_add(config_path, addresses, reason, days, sender_domain) -> None:
     """Suppress addresses by hand."""
-    import time as _time
-
+    from proxy import queries
     from proxy.suppression import normalize_address
 
     config = _load(config_path)
     scope = _scope(config, sender_domain)
-    now = _time.time()
-    rows = [(scope, normalize_address(a), reason, "manual", None, now, now + days * 86400 if days else None)
-            for a in addresses]
-    for (_, address, *_rest) in rows:
-        if "@" not in address:
+    for address in addresses:
+        if "@" not in normalize_address(address):
             raise click.BadParameter(f"{address!r} is not an email address")
-    _run(_with_writer(config, lambda s: s.upsert_suppressions(rows)))
-    click.echo(f"suppressed {len(rows)} address(es)")
+    count = _run(_with_writer(config, lambda s: queries.add_suppressions(s, scope, addresses, reason, days)))
+    click.echo(f"suppressed {count} address(es)")
 
 
 @suppressions.command("remove")
@@ -590,15 +500,11 @@ def suppressions_add(config_path, addresses, reason, days, sender_domain) -> Non
 @click.option("--sender-domain", help="Remove from this sender domain's list.")
 def suppressions_remove(config_path, addresses, sender_domain) -> None:
     """Take addresses off the list (the next message to them is sent)."""
-    from proxy.suppression import normalize_address
+    from proxy import queries
 
     config = _load(config_path)
     scope = _scope(config, sender_domain)
-
-    async def remove(store):
-        return [a for a in addresses if not await store.delete_suppression(scope, normalize_address(a))]
-
-    missing = _run(_with_writer(config, remove))
+    missing = _run(_with_writer(config, lambda s: queries.remove_suppressions(s, scope, addresses)))
     click.echo(f"removed {len(addresses) - len(missing)} address(es)")
     if missing:
         raise Failure(f"not on the list: {', '.join(missing)}")
@@ -609,14 +515,12 @@ def suppressions_remove(config_path, addresses, sender_domain) -> None:
 @click.option("--sender-domain", help="Export this sender domain's list.")
 def suppressions_export(config_path, sender_domain) -> None:
     """CSV as SES's suppression list: EmailAddress,Reason,LastUpdateTime."""
+    from proxy import queries
+
     config = _load(config_path)
     scope = _scope(config, sender_domain)
-    rows = _run(_with_store(config, lambda s: s.list_suppressions(None, scope, None)))
-    writer = csv.writer(click.get_text_stream("stdout"))
-    writer.writerow(["EmailAddress", "Reason", "LastUpdateTime"])
-    for row in rows:
-        stamp = datetime.fromtimestamp(row["created_at"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-        writer.writerow([row["address"], SES_REASON.get(row["kind"], "BOUNCE"), stamp])
+    out = click.get_text_stream("stdout")
+    _run(_with_store(config, lambda s: queries.export_suppressions_csv(s, scope, out)))
 
 
 @suppressions.command("import")
@@ -625,31 +529,16 @@ def suppressions_export(config_path, sender_domain) -> None:
 @click.option("--sender-domain", help="Import into this sender domain's list.")
 def suppressions_import(config_path, file, sender_domain) -> None:
     """Import a CSV with columns EmailAddress,Reason[,LastUpdateTime] (SES's export; BOUNCE or COMPLAINT)."""
-    import time as _time
-
-    from proxy.suppression import normalize_address
+    from proxy import queries
 
     config = _load(config_path)
     scope = _scope(config, sender_domain)
-    reader = csv.DictReader(file)
-    if not reader.fieldnames or "EmailAddress" not in reader.fieldnames:
-        raise Failure(f"{file.name}: expected a header row with EmailAddress,Reason[,LastUpdateTime]")
-    rows = []
-    for number, record in enumerate(reader, start=2):
-        address = (record.get("EmailAddress") or "").strip()
-        reason = (record.get("Reason") or "BOUNCE").strip().upper()
-        if "@" not in address or reason not in ("BOUNCE", "COMPLAINT"):
-            raise Failure(f"{file.name}:{number}: expected an address and BOUNCE or COMPLAINT, got {address!r}, {reason!r}")
-        stamp = _time.time()
-        if record.get("LastUpdateTime"):
-            try:
-                stamp = datetime.fromisoformat(record["LastUpdateTime"].strip().replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                raise Failure(f"{file.name}:{number}: LastUpdateTime {record['LastUpdateTime']!r} is not a date") from None
-        kind = "complaint" if reason == "COMPLAINT" else "import"
-        rows.append((scope, normalize_address(address), reason.lower(), kind, None, stamp, None))
-    _run(_with_writer(config, lambda s: s.upsert_suppressions(rows)))
-    click.echo(f"imported {len(rows)} address(es)")
+    try:
+        rows = queries.parse_suppressions_csv(file, file.name, scope)
+    except queries.QueryError as exc:
+        raise Failure(str(exc)) from None
+    count = _run(_with_writer(config, lambda s: queries.import_suppressions(s, rows)))
+    click.echo(f"imported {count} address(es)")
 
 
 @cli.command()
@@ -659,36 +548,26 @@ def suppressions_import(config_path, file, sender_domain) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def check(config_path, address, sender, as_json) -> None:
     """Is this address suppressed, and why? And what does DNS say of its domain?"""
-    from proxy.relay.preflight import Preflight
-    from proxy.suppression import normalize_address, sender_scope
-
-    config = _load(config_path)
-    normalized = normalize_address(address)
-    scope = sender_scope(sender, config.suppression.scope)
-    row = None
-    if Path(config.store.path).exists():
-        row = _run(_with_store(config, lambda s: s.get_suppression(scope, normalized)))
     import asyncio
-
     import dataclasses
 
+    from proxy import queries
+    from proxy.relay.preflight import Preflight
+    from proxy.suppression import sender_scope
+
+    config = _load(config_path)
+    scope = sender_scope(sender, config.suppression.scope)
+    if _log_exists(config):
+        result = _run(_with_store(config, lambda s: queries.check_address(s, address, scope)))
+    else:  # no log yet: nothing is suppressed
+        result = asyncio.run(queries.check_address(None, address, scope))
     lookups = dataclasses.replace(config.preflight, enabled=True)  # asked for: look even when the relay doesn't
-    verdict = asyncio.run(Preflight(lookups).check(normalized.rpartition("@")[2]))
-    result = {
-        "address": normalized,
-        "suppressed": bool(row),
-        "suppression": ({k: (_iso(v) if k in ("created_at", "expires_at") else v) for k, v in row.items()} if row else None),
-        "dns": verdict.verdict, "dns_detail": verdict.detail,
-    }
+    verdict = asyncio.run(Preflight(lookups).check(result["address"].rpartition("@")[2]))
+    result.update(dns=verdict.verdict, dns_detail=verdict.detail)
     if as_json:
         click.echo(json.dumps(result))
         return
-    if row:
-        click.echo(f"{normalized}: suppressed ({row['kind']}, {row['reason']}) since {_iso(row['created_at'])}"
-                   + (f" until {_iso(row['expires_at'])}" if row["expires_at"] else "")
-                   + (f", source event #{row['source_event']}" if row["source_event"] else ""))
-    else:
-        click.echo(f"{normalized}: not suppressed")
+    click.echo(queries.check_line(result))
     click.echo(f"dns: {verdict.verdict}: {verdict.detail}")
 
 
@@ -697,10 +576,55 @@ def check(config_path, address, sender, as_json) -> None:
 @click.argument("identity")
 def resume(config_path, identity) -> None:
     """Resume sending for an identity the reputation guard paused."""
+    from proxy import queries
+
     config = _load(config_path)
-    if not _run(_with_writer(config, lambda s: s.resume_identity(identity.lower()))):
-        raise Failure(f"{identity} is not paused")
-    click.echo(f"resumed {identity.lower()}")
+    click.echo(f"resumed {_run(_with_writer(config, lambda s: queries.resume_identity(s, identity)))}")
+
+
+@cli.command()
+@config_option
+def migrate(config_path) -> None:
+    """Apply the schema migrations to the configured store (either backend) and print its version.
+
+    Safe to repeat: a store already up to date is left as it is."""
+    config = _load(config_path)
+
+    async def version(store):
+        return await store.schema_version()
+
+    applied, known = _run(_with_writer(config, version))
+    where = config.store.path if _is_sqlite(config) else config.store.url
+    click.echo(f"{where}: schema version {applied} of {known}" + (" (up to date)" if applied == known else ""))
+
+
+@cli.command()
+@click.option("--from", "source", metavar="URL", required=True,
+              help="The store to copy: sqlite:///path/to/bounceproxy.db or postgresql://user@host:port/db.")
+@click.option("--to", "destination", metavar="URL", required=True, help="The store to copy into (created or migrated).")
+@click.option("--batch", type=click.IntRange(1, 1_000_000), default=1000, show_default=True, help="Rows per page.")
+@click.option("--password-env", default="BOUNCEPROXY_STORE_PASSWORD", show_default=True, metavar="NAME",
+              help="Environment variable holding the destination's password (PostgreSQL).")
+@click.option("--source-password-env", metavar="NAME",
+              help="Environment variable holding the source's password (PostgreSQL; default: --password-env).")
+def copy(source, destination, batch, password_env, source_password_env) -> None:
+    """Copy a whole bounce log from one store to another (e.g. SQLite to PostgreSQL), table by table.
+
+    Rows already in the destination are left alone, so running it again adds nothing. Prints one line
+    per table; exits 1 when the destination has fewer rows than the source."""
+    import os
+
+    from proxy.store.copy import copy_store
+
+    env = os.environ
+    result = _run(copy_store(source, destination, batch=batch,
+                             source_password=env.get(source_password_env or password_env) or None,
+                             password=env.get(password_env) or None))
+    for table in result:
+        click.echo(table.line())
+    short = [t.table for t in result if t.destination < t.source]
+    if short:
+        raise Failure(f"the destination has fewer rows than the source in: {', '.join(short)}")
 
 
 @cli.command()
@@ -747,7 +671,7 @@ def selftest(config_path, sender, timeout) -> None:
                                "(for SES, one on a verified identity)")
     if sender and "@" not in sender:
         raise click.BadParameter(f"{sender!r} is not an email address", param_hint="--from")
-    if not asyncio.run(st.run(config, sender, timeout, click.echo)):
+    if not _run(st.run(config, sender, timeout, click.echo)):
         sys.exit(1)
 
 
@@ -768,6 +692,9 @@ def main() -> None:
     except ConfigError as exc:
         click.echo(f"bounceproxy: config error: {exc}", err=True)
         sys.exit(2)
+    except StoreFailure as exc:  # the store names itself: `bounceproxy: <store>: <reason>`
+        click.echo(f"bounceproxy: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"bounceproxy: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)

@@ -257,6 +257,8 @@ async def check_open_relay(config: Config) -> list[Check]:
 
 
 def check_store(config: Config) -> Check:
+    if config.store.backend == "postgresql":
+        return Check(PASS, "store", f"PostgreSQL {config.store.url} (checked below)")
     path = Path(config.store.path)
     if path.exists():
         return Check(PASS, "store", f"{path} ({path.stat().st_size} bytes)")
@@ -266,9 +268,29 @@ def check_store(config: Config) -> Check:
     return Check(FAIL, "store", f"directory {parent} does not exist ([store] path)")
 
 
+async def check_store_connects(config: Config) -> Check:
+    """PostgreSQL: the server answers with these credentials and the schema is this bounceproxy's."""
+    from proxy.store import StoreError, open_store
+
+    try:
+        store = await open_store(config.store, readonly=True)
+    except StoreError as exc:
+        return Check(FAIL, "store connection", str(exc))
+    try:
+        applied, known = await store.schema_version()
+    except StoreError as exc:
+        return Check(FAIL, "store connection", str(exc))
+    finally:
+        await store.close()
+    return Check(PASS, "store connection", f"schema version {applied} of {known}")
+
+
 async def run_checks(config: Config, sender_domains: list[str]) -> list[Check]:
     resolver = _resolver(config)
-    checks = [check_store(config), *check_secrets(config)]
+    checks = [check_store(config)]
+    if config.store.backend == "postgresql":
+        checks.append(await check_store_connects(config))
+    checks += check_secrets(config)
     checks += check_profile(config)
     checks.append(await check_upstream(config))
     checks += await check_bounce_mx(config, resolver)
@@ -286,16 +308,21 @@ async def run_checks(config: Config, sender_domains: list[str]) -> list[Check]:
 
 async def gather_sender_domains(config: Config, extra: tuple[str, ...]) -> list[str]:
     domains = list(extra)
-    if Path(config.store.path).exists():
-        from proxy.store import open_store
+    if config.store.backend == "postgresql" or Path(config.store.path).exists():
+        import time
 
-        store = await open_store(config.store, readonly=True)
+        from proxy.store import StoreError, open_store
+
         try:
-            import time
-
+            store = await open_store(config.store, readonly=True)
+        except StoreError:
+            return domains  # the store check says why
+        try:
             for row in await store.identity_stats(time.time() - 30 * 86400):
-                if row["identity"]:
-                    domains.append(row["identity"])
+                if row.identity:
+                    domains.append(row.identity)
+        except StoreError:
+            pass
         finally:
             await store.close()
     return domains

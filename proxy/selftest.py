@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 
 from proxy.config import Address, Config
+from proxy.model import BounceEvent, MessageRecord
 from proxy.relay.server import parse_users
 
 SIMULATOR = "simulator.amazonses.com"
@@ -30,8 +31,8 @@ class Step:
     expect: str  # "delivered" | "hard" | "suppressed" | "autoreply" | "complaint"
     sender: str = ""
     sent: str = ""  # the replies the relay gave
-    message: dict | None = None
-    events: list[dict] = field(default_factory=list)
+    message: MessageRecord | None = None
+    events: list[BounceEvent] = field(default_factory=list)
     status: str = ""
     detail: str = ""
 
@@ -101,25 +102,25 @@ async def _send(config: Config, step: Step, run: str, timeout: float) -> None:
 def _judge(step: Step, final: bool, bounce_mx: str) -> bool:
     """Whether the log shows what SES would do; on the last look, the sentence saying why not."""
     events = step.events
-    kinds = [(e["kind"], e["bounce_type"]) for e in events]
-    seen = ", ".join(f"{e['source']} {e['kind']} {e['bounce_type']}/{e['reason']}"
-                     + (f" via {e['correlation']}" if e["source"] != "sync" and e.get("correlation") else "")
+    kinds = [(str(e.kind), str(e.bounce_type)) for e in events]
+    seen = ", ".join(f"{e.source} {e.kind} {e.bounce_type}/{e.reason}"
+                     + (f" via {e.correlation}" if e.source != "sync" and e.correlation else "")
                      for e in events) or "no event"
     message = step.message
     if message is None:
         if final:
             step.status, step.detail = FAIL, f"relay said {step.sent!r}; nothing in the bounce log for it"
         return False
-    recorded = f"relay said {step.sent!r}; logged message {message['id']} {message['status']}, {seen}"
+    recorded = f"relay said {step.sent!r}; logged message {message.id} {message.status}, {seen}"
     ok = False
     if step.expect == "delivered":
-        ok = message["status"] == "sent" and not any(k == "bounce" for k, _ in kinds)
+        ok = message.status == "sent" and not any(k == "bounce" for k, _ in kinds)
         waiting = False
     elif step.expect == "hard":
         ok = ("bounce", "hard") in kinds
         waiting = not ok
     elif step.expect == "suppressed":
-        ok = any(e["kind"] == "bounce" and e["reason"] == "suppressed" for e in events)
+        ok = any(e.kind == "bounce" and e.reason == "suppressed" for e in events)
         waiting = not ok
     else:
         ok = any(k == step.expect for k, _ in kinds)
@@ -144,7 +145,7 @@ async def _look(config: Config, steps: list[Step], since: float, final: bool) ->
                 continue  # never reached the relay
             found = await store.list_messages(MessageFilter(since=since - 1, sender=step.sender, limit=1))
             step.message = found[0] if found else None
-            step.events = await store.message_events(step.message["id"]) if step.message else []
+            step.events = await store.message_events(step.message.id) if step.message else []
             done &= _judge(step, final, str(config.inbound.listen))
         return done
     finally:
@@ -181,7 +182,7 @@ async def run(config: Config, sender: str | None, timeout: float, echo) -> bool:
     echo(f"[{status:>4}] bounce MX: {detail}")
     ok &= status == PASS
     await asyncio.gather(*(_send(config, step, run_id, min(timeout, 30)) for step in steps))
-    if not Path(config.store.path).exists():
+    if config.store.backend != "postgresql" and not Path(config.store.path).exists():
         echo(f"[FAIL] bounce log: no file at {config.store.path} ([store] path in {config.source})")
         return False
     deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""The HTTP API, /metrics and the dashboard, over real HTTP against a real SQLite bounce log."""
+"""The HTTP API, /metrics and the dashboard, over real HTTP against a real bounce log: SQLite, then PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,11 +10,12 @@ import pytest
 
 from proxy.api import create_api, start_api
 from proxy.api.dashboard import PAGE
-from proxy.config import Address, ApiConfig, Config, ConfigError, StoreConfig
-from proxy.model import (BounceEvent, BounceType, Correlation, Kind, MessageRecord, MessageStatus, ParseState,
-                         RecipientRecord, RecipientStatus, Source, StatusSource)
-from proxy.store import SqliteStore
-from proxy.store.summary import summarize
+from proxy import queries
+from proxy.config import Address, ApiConfig, Config, ConfigError
+from proxy.model import (BounceEvent, BounceType, Correlation, InboundResult, Kind, MessageRecord, MessageStatus,
+                         ParseState, RecipientRecord, RecipientStatus, Source, StatusSource)
+from proxy.store import Store, store_for_config
+from tests.conftest import make_config
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 NOW = time.time()
@@ -23,15 +24,13 @@ DSN = (b"From: MAILER-DAEMON@mx.example.net\r\nTo: bounce@bounces.test\r\nSubjec
 ARF = b"From: fbl@isp.example\r\nSubject: complaint\r\n\r\nabuse report\r\n"
 
 
-def config(tmp_path, listen: str = "127.0.0.1", token_env: str = "BOUNCEPROXY_TEST_API_TOKEN") -> Config:
-    return Config(
-        api=ApiConfig(listen=Address(listen, 0), token_env=token_env),
-        store=StoreConfig(path=str(tmp_path / "api.db"), commit_interval_ms=0),
-        source="test-config",
-    )
+def config(tmp_path, listen: str = "127.0.0.1", token_env: str = "BOUNCEPROXY_TEST_API_TOKEN",
+           store_url: str | None = None) -> Config:
+    cfg = make_config(tmp_path, store_url=store_url)
+    return dataclasses.replace(cfg, api=ApiConfig(listen=Address(listen, 0), token_env=token_env))
 
 
-async def seed(store: SqliteStore) -> dict:
+async def seed(store: Store) -> dict:
     """Two recent messages and one from last week; sync and async events; two inbound mails."""
     m1 = MessageRecord(
         id="m1", created_at=NOW - 600, client_peer="127.0.0.1", sender="app@example.com", header_from="App <app@example.com>",
@@ -43,7 +42,7 @@ async def seed(store: SqliteStore) -> dict:
     sync = BounceEvent(at=NOW - 600, source=Source.SYNC, kind=Kind.BOUNCE, recipient="b@example.com",
                        bounce_type=BounceType.HARD, reason="userunknown", status="5.1.1",
                        status_source=StatusSource.DSN, smtp_code=550, diagnostic="550 5.1.1 user unknown",
-                       correlation=Correlation.NONE, message_id="m1")
+                       correlation=Correlation.NONE, relay_id="m1")
     await store.record_message(m1, [sync])
     m2 = MessageRecord(id="m2", created_at=NOW - 300, sender="news@example.com", status=MessageStatus.SENT,
                        recipients=[RecipientRecord("c@example.com", RecipientStatus.ACCEPTED, "250 Ok")])
@@ -52,21 +51,23 @@ async def seed(store: SqliteStore) -> dict:
                         recipients=[RecipientRecord("d@example.com", RecipientStatus.ACCEPTED, "250 Ok")])
     old_event = BounceEvent(at=NOW - 6 * 86400, source=Source.ASYNC, kind=Kind.BOUNCE, recipient="d@example.com",
                             bounce_type=BounceType.SOFT, reason="mailboxfull", status="4.2.2",
-                            diagnostic="mailbox full", correlation=Correlation.VERP, message_id="m-old")
+                            diagnostic="mailbox full", correlation=Correlation.VERP, relay_id="m-old")
     await store.record_message(old, [old_event])
 
     dsn_id = await store.store_inbound("192.0.2.7", "", ["bounce+tok@bounces.test"], DSN)
     complaint = BounceEvent(at=NOW - 60, source=Source.ASYNC, kind=Kind.COMPLAINT, recipient="A@Example.com",
                             bounce_type=BounceType.UNDETERMINED, reason="feedback", correlation=Correlation.MESSAGE_ID,
-                            message_id="m1", inbound_id=dsn_id, feedback_type="abuse", parser_version="1")
-    await store.record_inbound_result(dsn_id, ParseState.PARSED, "1", "complaint", "arf", None, [complaint])
+                            relay_id="m1", inbound_id=dsn_id, feedback_type="abuse", parser_version="1")
+    await store.record_inbound_result(dsn_id, InboundResult(ParseState.PARSED, "1", "complaint", "arf", None,
+                                                            [complaint]))
     pending_id = await store.store_inbound("192.0.2.8", "x@y.example", ["bounce@bounces.test"], ARF)
     return {"dsn_id": dsn_id, "pending_id": pending_id}
 
 
 @pytest.fixture
-async def store(tmp_path):
-    s = await SqliteStore(str(tmp_path / "api.db"), commit_interval_ms=0).open()
+async def store(tmp_path, store_url):
+    """A seeded bounce log on each backend in turn (the Service's own store, as `serve` opens it)."""
+    s = await store_for_config(config(tmp_path, store_url=store_url).store).open()
     s.seeded = await seed(s)
     yield s
     await s.close()
@@ -121,7 +122,9 @@ async def test_bounces_and_their_filters(api):
     assert all(ISO.match(e["at"]) for e in events)
     sync = events[1]
     assert sync["source"] == "sync" and sync["bounce_type"] == "hard" and sync["reason"] == "userunknown"
-    assert sync["status"] == "5.1.1" and sync["smtp_code"] == 550 and sync["message_id"] == "m1"
+    assert sync["status"] == "5.1.1" and sync["smtp_code"] == 550 and sync["relay_id"] == "m1"
+    # one name per id: relay_id is the relay's id of the message, message_id its Message-ID header
+    assert sync["message_id"] == "<one@relay.test>" and sync["subject"] == "Hello"
     assert sync["message_sender"] == "app@example.com" and sync["upstream_id"] == "0100-one"
 
     async def recipients(query: str) -> list:
@@ -166,6 +169,7 @@ async def test_message_story(api):
         {"address": "a@example.com", "status": "accepted", "reply": "250 2.1.5 Ok"},
         {"address": "b@example.com", "status": "rejected", "reply": "550 5.1.1 user unknown"}]
     assert [(e["source"], e["kind"]) for e in m["events"]] == [("sync", "bounce"), ("async", "complaint")]
+    assert {e["relay_id"] for e in m["events"]} == {"m1"} and m["message_id"] == "<one@relay.test>"
     assert all(ISO.match(e["at"]) for e in m["events"])
 
     status, body, _ = await api.get("/api/messages/nope")
@@ -185,8 +189,14 @@ async def test_stats_is_the_cli_summary(api, store):
     assert body["bounce_rate"] == round(1 / 3, 4) and body["complaint_rate"] == round(1 / 3, 4)
     assert body["by_status"] == {"partial": 1, "sent": 1}
     assert ISO.match(body["since"])
+    assert body["identities"] == [{"identity": "example.com", "recipients": 3, "hard_bounces": 1, "complaints": 1,
+                                   "hard_bounce_rate": round(1 / 3, 4), "complaint_rate": round(1 / 3, 4),
+                                   "paused": None}]
+    await store.pause_identity("example.com", time.time(), "hard bounce rate 33% over 5%")
+    status, body, _ = await api.get("/api/stats")
+    assert body["identities"][0]["paused"] == "hard bounce rate 33% over 5%"
     since = NOW - 30 * 86400
-    expected = summarize(await store.stats(since), since)
+    expected = await queries.stats_summary(store, since)
     status, body, _ = await api.get("/api/stats?since=30d")
     assert {k: v for k, v in body.items() if k != "since"} == {k: v for k, v in expected.items() if k != "since"}
     assert body["messages"] == 3 and body["bounces"] == 2

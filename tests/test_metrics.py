@@ -1,6 +1,6 @@
 """/metrics of a real running service, written by prometheus_client: promtool's checks pass, counters
 end in _total and gauges do not, every family has HELP, process and Python metrics, the upstream's
-state and failures by kind, and the bounce MX's parse queue."""
+state and failures by kind, and the bounce MX's parse queue; on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +38,9 @@ async def traffic(svc: Service) -> None:
 
 
 @pytest.fixture
-async def text(tmp_path, upstream):
-    async with Service(make_config(tmp_path, upstream.port, upstream={"probe_interval": 0})) as svc:
+async def text(tmp_path, upstream, store_url):
+    """/metrics after some traffic, on each backend in turn (the store's figures come from either)."""
+    async with Service(make_config(tmp_path, upstream.port, store_url=store_url, upstream={"probe_interval": 0})) as svc:
         await traffic(svc)
         upstream.server.close()  # the upstream goes away: the next client attempt fails
         await upstream.server.wait_closed()

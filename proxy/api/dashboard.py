@@ -132,7 +132,7 @@ async function loadBounces() {
     cell(tr, e.smtp_code);
     cell(tr, e.correlation);
     const msg = cell(tr, "", "nowrap");
-    if (e.message_id) msg.appendChild(messageLink(e.message_id));
+    if (e.relay_id) msg.appendChild(messageLink(e.relay_id));
     cell(tr, e.diagnostic, "diag");
     body.appendChild(tr);
   }

@@ -1,6 +1,6 @@
 """/metrics through prometheus_client: the bounce log's figures, the live counters, process and Python.
 
-The bounce log's figures come from a few GROUP BY queries (`proxy.api.queries`), cached for `ttl`
+The bounce log's figures come from the store's row counts (`Store.metric_counts`), cached for `ttl`
 seconds so that scraping stays cheap; concurrent scrapes share one computation. Live figures (open
 sessions, the upstream's state, the bounce MX's parse queue...) come from an optional callback, read
 on every scrape, as `name` or `name{label="v",...}` -> value: a name ending in `_total` is a counter,
@@ -20,9 +20,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from proxy.api.queries import metric_counts
-from proxy.model import Correlation, MessageStatus, ParseState, RecipientStatus
-from proxy.store.sqlite import StoreError
+from proxy.model import Correlation, MessageStatus, MetricCounts, ParseState, RecipientStatus
+from proxy.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,8 @@ LIVE_HELP = {
 }
 
 
-def _by(rows: list[dict], label: str, known: list[str]) -> list[tuple[str, float]]:
+def _by(seen: dict[str, int], known: list[str]) -> list[tuple[str, float]]:
     """Samples per label value: every known value (0 when absent, so series exist from the start) + any other seen."""
-    seen = {r[label]: r["n"] for r in rows}
     values = known + sorted(str(v) for v in seen if v not in known)
     return [(v, seen.get(v, 0)) for v in values]
 
@@ -65,40 +63,39 @@ def _gauge(name: str, help_text: str, label: str | None, samples) -> GaugeMetric
     return family
 
 
-def store_families(counts: dict) -> list[Metric]:
+def store_families(counts: MetricCounts) -> list[Metric]:
     """The bounce log's figures. They are row counts that may fall (a reparse, a purge): gauges, so no `_total`."""
     families = [
         _gauge("bounceproxy_messages", "Relayed messages in the bounce log, by status.", "status",
-               _by(counts["messages"], "status", [s.value for s in MessageStatus])),
+               _by(counts.messages, [s.value for s in MessageStatus])),
         _gauge("bounceproxy_recipients", "Recipients of relayed messages, by status.", "status",
-               _by(counts["recipients"], "status", [s.value for s in RecipientStatus])),
+               _by(counts.recipients, [s.value for s in RecipientStatus])),
     ]
     events = GaugeMetricFamily(
         "bounceproxy_events",
         "Bounces, delays, complaints and auto-replies in the bounce log, by source, kind and bounce type.",
         labels=["source", "kind", "bounce_type"])
-    for r in sorted(counts["events"], key=lambda r: (r["source"], r["kind"], r["bounce_type"])):
-        events.add_metric([str(r["source"]), str(r["kind"]), str(r["bounce_type"])], r["n"])
+    for source, kind, bounce_type, n in sorted(counts.events):
+        events.add_metric([str(source), str(kind), str(bounce_type)], n)
     families.append(events)
     families.append(_gauge("bounceproxy_inbound", "Mails received by the bounce MX, by parse state.", "state",
-                           _by(counts["inbound"], "state", [s.value for s in ParseState])))
+                           _by(counts.inbound, [s.value for s in ParseState])))
     families.append(_gauge(
         "bounceproxy_report_events_by_correlation",
         "Events of late reports by the evidence that tied them to a message; foreign_recipient = an "
         "address the identified message was never sent to (never acted on).", "correlation",
-        _by(counts.get("correlations", []), "correlation", [c.value for c in Correlation])))
+        _by(counts.correlations, [c.value for c in Correlation])))
     families.append(_gauge(
         "bounceproxy_inbound_flagged",
         "Mails received by the bounce MX that named addresses their message never went to "
         "(foreign_recipients) or that a parse limit cut (truncated).", "flag",
-        _by(counts.get("inbound_flags", []), "flag", ["foreign_recipients", "truncated"])))
-    if counts.get("suppressions") is not None:
-        families.append(_gauge("bounceproxy_suppressions", "Active (unexpired) suppressions, by kind.", "kind",
-                               _by(counts["suppressions"], "kind", [])))
-    for key, name, what in (("last_event_at", "bounceproxy_last_event_timestamp_seconds", "event"),
-                            ("last_message_at", "bounceproxy_last_message_timestamp_seconds", "relayed message")):
-        if counts.get(key) is not None:
-            families.append(_gauge(name, f"Unix time of the newest {what} in the bounce log.", None, [(None, counts[key])]))
+        _by(counts.inbound_flags, ["foreign_recipients", "truncated"])))
+    families.append(_gauge("bounceproxy_suppressions", "Active (unexpired) suppressions, by kind.", "kind",
+                           _by(counts.suppressions, [])))
+    for at, name, what in ((counts.last_event_at, "bounceproxy_last_event_timestamp_seconds", "event"),
+                           (counts.last_message_at, "bounceproxy_last_message_timestamp_seconds", "relayed message")):
+        if at is not None:
+            families.append(_gauge(name, f"Unix time of the newest {what} in the bounce log.", None, [(None, at)]))
     return families
 
 
@@ -143,7 +140,7 @@ class MetricsCollector:
             if self._cached is not None and self.clock() - self._cached_at < self.ttl:
                 return self._cached, True
             try:
-                counts = await metric_counts(self.store)
+                counts = await self.store.metric_counts(time.time())
             except StoreError as exc:
                 log.warning("metrics: bounce log unavailable: %s", exc)
                 return [], False

@@ -21,10 +21,10 @@ from proxy.api.dashboard import PAGE as DASHBOARD_PAGE
 from proxy.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from proxy.api.metrics import LiveMetrics, MetricsCollector
 from proxy.config import Config, ConfigError
+from proxy import queries
 from proxy.model import REASONS, BounceType, Correlation, Kind, MessageStatus, ParseState, Source
-from proxy.store.query import EventFilter, MessageFilter, parse_since
-from proxy.store.sqlite import StoreError
-from proxy.store.summary import iso, summarize
+from proxy.queries import iso
+from proxy.store import EventFilter, InboundFilter, MessageFilter, StoreError, parse_since
 
 log = logging.getLogger(__name__)
 
@@ -111,26 +111,6 @@ def _int_id(value: str) -> int:
     return int(value)
 
 
-# -- rows -> JSON -------------------------------------------------------------------------------
-def _event(row: dict) -> dict:
-    row["at"] = iso(row["at"])
-    return row
-
-
-def _message(row: dict) -> dict:
-    row["created_at"] = iso(row["created_at"])
-    return row
-
-
-def _inbound(row: dict) -> dict:
-    row["received_at"] = iso(row["received_at"])
-    try:
-        row["rcpt_tos"] = json.loads(row["rcpt_tos"] or "[]")
-    except ValueError:
-        row["rcpt_tos"] = [row["rcpt_tos"]]
-    return row
-
-
 # -- handlers -----------------------------------------------------------------------------------
 async def healthz(request: web.Request) -> web.Response:
     """200 ok, or 503 degraded with the reason while the upstream is down or the bounce log refuses writes:
@@ -148,11 +128,10 @@ async def bounces(request: web.Request) -> web.Response:
         since=_since(p["since"]), recipient=p["recipient"],
         bounce_type=_choice("type", p["type"], BOUNCE_TYPES), reason=_choice("reason", p["reason"], REASONS),
         source=_choice("source", p["source"], SOURCES), kind=_choice("kind", p["kind"], KINDS),
-        correlation=_choice("correlation", p["correlation"], CORRELATIONS), message=p["message"],
+        correlation=_choice("correlation", p["correlation"], CORRELATIONS), relay_id=p["message"],
         limit=_limit(p["limit"]),
     )
-    rows = await request.app[STORE].list_events(flt)
-    return _json({"events": [_event(r) for r in rows]})
+    return _json({"events": await queries.list_events(request.app[STORE], flt)})
 
 
 async def messages(request: web.Request) -> web.Response:
@@ -162,58 +141,39 @@ async def messages(request: web.Request) -> web.Response:
         sender=p["sender"], limit=_limit(p["limit"]),
         duplicates=_choice("duplicates", p["duplicates"], ("true", "false")) == "true",
     )
-    rows = await request.app[STORE].list_messages(flt)
-    for row in rows:
-        row["recipients"] = row["recipients"].split(",") if row.get("recipients") else []
-        row["duplicate"] = bool(row.get("duplicate"))
-    return _json({"messages": [_message(r) for r in rows]})
+    return _json({"messages": await queries.list_messages(request.app[STORE], flt)})
 
 
 async def message_show(request: web.Request) -> web.Response:
     _params(request, ())
-    store = request.app[STORE]
-    message_id = request.match_info["id"]
-    message = await store.get_message(message_id)
-    if message is None:
-        raise ApiError(404, f"no message {_short(message_id)!r}")
-    message["recipients"] = await store.message_recipients(message_id)
-    message["events"] = [_event(e) for e in await store.message_events(message_id)]
-    return _json(_message(message))
+    story = await queries.message_story(request.app[STORE], request.match_info["id"])
+    story.pop("raw_kept", None)
+    return _json(story)
 
 
 async def message_raw(request: web.Request) -> web.Response:
     _params(request, ())
-    store = request.app[STORE]
-    message_id = request.match_info["id"]
-    if await store.get_message(message_id) is None:
-        raise ApiError(404, f"no message {_short(message_id)!r}")
-    raw = await store.outbox_raw(message_id)
-    if raw is None:
-        raise ApiError(404, f"message {_short(message_id)!r} was delivered upstream; only the simulator keeps bodies")
-    return _raw(raw, f"message-{message_id}.eml")
+    relay_id = request.match_info["id"]
+    return _raw(await queries.message_raw(request.app[STORE], relay_id), f"message-{relay_id}.eml")
 
 
 async def stats(request: web.Request) -> web.Response:
     p = _params(request, ("since",))
-    since = _since(p["since"] or "24h")
-    return _json(summarize(await request.app[STORE].stats(since), since))
+    return _json(await queries.stats_summary(request.app[STORE], _since(p["since"] or "24h")))
 
 
 async def inbound(request: web.Request) -> web.Response:
     p = _params(request, ("state", "since", "limit", "flagged"))
-    state = _choice("state", p["state"], PARSE_STATES)
-    flagged = _choice("flagged", p["flagged"], ("true", "false")) == "true"
-    rows = await request.app[STORE].list_inbound(state, _since(p["since"]), _limit(p["limit"]), flagged)
-    return _json({"inbound": [_inbound(r) for r in rows]})
+    flt = InboundFilter(state=_choice("state", p["state"], PARSE_STATES), since=_since(p["since"]),
+                        limit=_limit(p["limit"]),
+                        flagged=_choice("flagged", p["flagged"], ("true", "false")) == "true")
+    return _json({"inbound": await queries.list_inbound(request.app[STORE], flt)})
 
 
 async def inbound_raw(request: web.Request) -> web.Response:
     _params(request, ())
     inbound_id = _int_id(request.match_info["id"])
-    row = await request.app[STORE].get_inbound(inbound_id)
-    if row is None:
-        raise ApiError(404, f"no inbound mail {inbound_id}")
-    return _raw(row["raw"], f"inbound-{inbound_id}.eml")
+    return _raw(await queries.inbound_raw(request.app[STORE], inbound_id), f"inbound-{inbound_id}.eml")
 
 
 def _raw(raw: bytes, filename: str) -> web.Response:
@@ -244,6 +204,10 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         response = await handler(request)
     except ApiError as exc:
         response = _json({"error": exc.message}, exc.status, exc.headers)
+    except queries.NotFound as exc:
+        response = _json({"error": _short(str(exc), 200)}, 404)
+    except queries.QueryError as exc:
+        response = _json({"error": _short(str(exc), 200)}, 400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
