@@ -148,7 +148,14 @@ def test_serve_then_query_with_every_output_format(tmp_path):
     assert csv_out[0].startswith("id,at,source,kind,recipient") and len(csv_out) == 2
     messages = [json.loads(line) for line in run("messages", "--json", cwd=tmp_path).stdout.splitlines()]
     assert len(messages) == 1 and messages[0]["status"] == "partial"
+    assert event["relay_id"] == messages[0]["id"]  # one name per id: the relay's id of the event's message
+    assert "message_id" not in event and messages[0]["message_id"]  # a message's message_id is its header
+    by_message = run("bounces", "--json", "--message", messages[0]["id"], cwd=tmp_path).stdout.splitlines()
+    assert [json.loads(line)["id"] for line in by_message] == [event["id"]]
+    assert run("bounces", "--json", "--message", "no-such-id", cwd=tmp_path).stdout == ""
     story = run("messages", "show", messages[0]["id"], cwd=tmp_path).stdout
+    shown = json.loads(run("messages", "show", messages[0]["id"], "--json", cwd=tmp_path).stdout)
+    assert shown["id"] == messages[0]["id"] and [e["relay_id"] for e in shown["events"]] == [messages[0]["id"]]
     assert "bounce@simulator.amazonses.com" in story and "rejected" in story and "someone@example.org" in story
     stats = json.loads(run("stats", "--json", cwd=tmp_path).stdout)
     assert stats["messages"] == 1 and stats["recipients"] == 2 and stats["hard_bounces"] == 1

@@ -117,3 +117,19 @@ def test_doctor_json_prints_one_object_per_check(tmp_path):
     assert "simulator" in by_name["sender domains"]["detail"]
     assert all(c["status"] in ("pass", "warn", "fail") for c in checks)
     assert result.returncode == (1 if any(c["status"] == "fail" for c in checks) else 0)
+
+
+async def test_doctor_checks_a_postgresql_store_connects(tmp_path, pg_url):
+    """On PostgreSQL the store check connects: the schema's version when it answers, one failing line
+    (no password) when it does not."""
+    from proxy.store import store_for_url
+
+    await (await store_for_url(pg_url).open()).close()  # migrated, as `bounceproxy migrate` leaves it
+    good = make_config(tmp_path, store_url=pg_url)
+    (connects,) = [c for c in [await doctor.check_store_connects(good)] if c.name == "store connection"]
+    assert connects.status == doctor.PASS and connects.detail.startswith("schema version ")
+    assert doctor.check_store(good).status == doctor.PASS
+    bad = make_config(tmp_path, store_url="postgresql://bounceproxy@127.0.0.1:1/nothing")
+    failed = await doctor.check_store_connects(bad)
+    assert failed.status == doctor.FAIL and failed.detail.startswith("postgresql://bounceproxy@127.0.0.1:1/nothing: ")
+    assert await doctor.gather_sender_domains(bad, ("extra.test",)) == ["extra.test"]  # the store check says why
