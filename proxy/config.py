@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 import typing
@@ -194,6 +195,24 @@ class ServiceConfig:
     shutdown_grace: float = 30.0  # seconds transfers in flight may take to finish after SIGTERM
 
 
+# SNS's own hosts: sns.<region>.amazonaws.com, or .com.cn in China.
+SNS_CERT_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/SimpleNotificationService-[0-9a-f]+\.pem"
+SNS_SUBSCRIBE_URL_PATTERN = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/\?Action=ConfirmSubscription&[^\s#]*"
+
+
+@dataclass(frozen=True)
+class SnsConfig:
+    """SES notifications over SNS (proxy.sns), served by the API listener."""
+
+    enabled: bool = False
+    path: str = "/sns/ses"
+    topic_arns: tuple[str, ...] = ()  # required when enabled: only these topics are heard
+    cert_url_pattern: str = SNS_CERT_URL_PATTERN  # regex a SigningCertURL must match in full
+    subscribe_url_pattern: str = SNS_SUBSCRIBE_URL_PATTERN  # regex a SubscribeURL must match in full
+    max_age_seconds: float = 3600.0  # a message timestamped further away (past or future) is refused
+    basic_auth_env: str = ""  # environment variable holding "user:password" (basic auth in the subscription URL)
+
+
 @dataclass(frozen=True)
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
@@ -205,6 +224,7 @@ class Config:
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    sns: SnsConfig = field(default_factory=SnsConfig)
     source: str = "(defaults)"
 
     @property
@@ -230,6 +250,7 @@ SECTIONS: dict[str, type] = {
     "suppression": SuppressionConfig,
     "log": LogConfig,
     "service": ServiceConfig,
+    "sns": SnsConfig,
 }
 # Keys holding a file name: relative ones in the file resolve against the file's directory.
 PATH_KEYS = {("store", "path"), ("relay", "tls_cert"), ("relay", "tls_key"), ("upstream", "ca_file")}
@@ -370,8 +391,28 @@ def _validate_store(config: Config) -> None:
         raise ConfigError(f"{src}: [store] pool_size must be at least 1")
 
 
+def _validate_sns(config: Config) -> None:
+    src, sns = config.source, config.sns
+    if not sns.path.startswith("/"):
+        raise ConfigError(f"{src}: [sns] path must start with / (got {sns.path!r})")
+    for name in ("cert_url_pattern", "subscribe_url_pattern"):
+        try:
+            re.compile(getattr(sns, name))
+        except re.error as exc:
+            raise ConfigError(f"{src}: [sns] {name} is not a regular expression: {exc}") from None
+    for arn in sns.topic_arns:
+        if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}", arn):
+            raise ConfigError(f"{src}: [sns] topic_arns: {arn!r} is not an SNS topic ARN "
+                              "(arn:aws:sns:<region>:<account>:<topic>)")
+    if sns.enabled and not sns.topic_arns:
+        raise ConfigError(f"{src}: [sns] topic_arns must name at least one topic when enabled is true")
+    if not sns.max_age_seconds > 0:
+        raise ConfigError(f"{src}: [sns] max_age_seconds must be more than 0 (got {sns.max_age_seconds})")
+
+
 def _validate(config: Config) -> None:
     src = config.source
+    _validate_sns(config)
     up = config.upstream
     if up.profile != "simulator" and not up.host:
         raise ConfigError(f"{src}: [upstream] host is required when profile is {up.profile!r}")

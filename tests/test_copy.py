@@ -205,3 +205,32 @@ def test_read_commands_on_postgresql_without_a_server_say_so_in_one_line(tmp_pat
         assert done.returncode == 1, (args, done.stderr)
         assert done.stderr.startswith("bounceproxy: postgresql://bounceproxy@127.0.0.1:1/log: "), done.stderr
         assert done.stderr.count("\n") == 1 and "s3cret" not in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_a_destination_left_short_is_reported(tmp_path):
+    """A destination that ends with fewer rows than the source (here one that drops every other page)
+    makes the table incomplete: the CLI exits 1 on that."""
+    from proxy.store.copy import copy_tables
+
+    await populate(f"sqlite:///{tmp_path / 'a.db'}")
+    source = await store_for_url(f"sqlite:///{tmp_path / 'a.db'}").open(readonly=True)
+    destination = await store_for_url(f"sqlite:///{tmp_path / 'b.db'}").open()
+    pages = []
+    real_insert = destination.insert_rows
+
+    async def lossy(table, rows):
+        pages.append(table)
+        if len(pages) % 2 == 0:
+            return 0
+        return await real_insert(table, rows)
+
+    destination.insert_rows = lossy
+    try:
+        result = {t.table: t for t in await copy_tables(source, destination, batch=4)}
+    finally:
+        await destination.close()
+        await source.close()
+    messages = result["messages"]
+    assert not messages.complete and messages.destination < messages.source == MESSAGES
+    assert messages.line() == (f"messages: {MESSAGES} in source, {messages.destination} in destination, "
+                               f"{messages.copied} copied")
