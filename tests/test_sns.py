@@ -70,7 +70,7 @@ class Loopback:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self.base = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
         return self
 
     async def answer(self, request: web.Request) -> web.Response:
@@ -123,7 +123,7 @@ class Intake:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}{self.config.sns.path}"
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}{self.config.sns.path}"
         return self
 
     async def post(self, body, headers: dict | None = None) -> tuple[int, dict]:
