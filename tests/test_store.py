@@ -350,3 +350,26 @@ async def test_webhook_outbox_is_written_with_the_event_and_served_in_order_per_
         assert (await any_store.webhook_counts())["delivered"][0] == 1
     finally:
         await other.close()
+
+
+async def test_a_notification_delivered_twice_at_once_records_once(any_store, tmp_path):
+    stores = [any_store] + [await second(any_store, tmp_path) for _ in range(3)]
+    try:
+        ses = bounce("twice@b.example", None, source=Source.SES)
+        recorded = await asyncio.gather(*(s.record_notification(["sns:same", "ses:fb"], [ses]) for s in stores))
+        assert sorted(recorded) == [False, False, False, True]
+        assert len(await any_store.list_events(EventFilter(recipient="twice@b.example"))) == 1
+        assert await any_store.events_to_reclassify() == []  # SES's verdicts are SES's mapping, never reclassified
+    finally:
+        for s in stores[1:]:
+            await s.close()
+
+
+def test_sqlite_urls_absolute_and_relative(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert store_for_url(f"sqlite://{tmp_path}/a.db").path == f"{tmp_path}/a.db"
+    relative = store_for_url("sqlite:logs/b.db")
+    assert relative.path == "logs/b.db" and relative.url == f"sqlite://{tmp_path}/logs/b.db"
+    for bad in ("sqlite://", "sqlite:///", "sqlite://host/x.db"):
+        with pytest.raises(StoreError, match="sqlite:///absolute/path.db"):
+            store_for_url(bad)

@@ -100,20 +100,24 @@ class Store(Protocol):
 
     # -- moving a log between backends (bounceproxy copy) ------------------------------------
     async def table_rows(self, table: str, after: tuple | None, limit: int) -> list[dict]: ...
-    async def insert_rows(self, table: str, rows: list[dict]) -> int: ...
+    async def insert_rows(self, table: str, rows: list[dict]) -> None: ...
     async def count_rows(self, table: str) -> int: ...
 
 
 def store_for_url(url: str, password: str | None = None, commit_interval_ms: float = 0.0,
                   busy_timeout_ms: int = 5000, pool_size: int = 10) -> Store:
-    """`sqlite:///path/to/file.db` or `postgresql://user@host:port/db` -> a Store (not yet open)."""
-    if url.startswith("sqlite://"):
+    """`sqlite:///absolute/path.db`, `sqlite:relative/path.db` or `postgresql://user@host:port/db` -> a Store
+    (not yet open)."""
+    if url.startswith("sqlite:"):
         from proxy.store.sqlite import SqliteStore
 
-        path = url[len("sqlite://"):]
-        if not path or path == "/":
-            raise StoreError(f"{url}: expected sqlite:///path/to/file.db")
-        return SqliteStore(path[1:] if path.startswith("//") else path, commit_interval_ms, busy_timeout_ms)
+        # sqlite:///abs/path.db (as file:/// URLs: absolute), or sqlite:rel/path.db (relative to the directory)
+        path = url[len("sqlite://"):] if url.startswith("sqlite://") else url[len("sqlite:"):]
+        if not path.strip("/") or (url.startswith("sqlite://") and not path.startswith("/")):
+            raise StoreError(f"{url}: expected sqlite:///absolute/path.db or sqlite:relative/path.db")
+        if path.startswith("/"):
+            path = "/" + path.lstrip("/")  # sqlite:////abs.db, as some write it, is the same file
+        return SqliteStore(path, commit_interval_ms, busy_timeout_ms)
     if url.startswith(("postgresql://", "postgres://")):
         from proxy.store.postgres import PostgresStore
 

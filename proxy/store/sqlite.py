@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ class SqliteStore(SqlStore):
     def __init__(self, path: str, commit_interval_ms: float = 0.0, busy_timeout_ms: int = 5000):
         super().__init__()
         self.path = path
-        self.url = f"sqlite:///{path}" if not path.startswith("/") else f"sqlite://{path}"
+        self.url = f"sqlite://{os.path.abspath(path)}"
         self.busy_timeout_ms = busy_timeout_ms
         self.commit_interval = commit_interval_ms / 1000.0
         self._db: aiosqlite.Connection | None = None

@@ -297,17 +297,19 @@ def record_notification(d: Dialect, at: float, keys: Sequence[str], events: list
     are remembered in the same transaction, and when any of them was seen before nothing is added.
     Returns whether the events were recorded."""
     keys = sorted(set(keys))
-    seen = yield fetch(f"SELECT key FROM notifications_seen WHERE key IN ({', '.join('?' * len(keys))})", keys)
-    yield execute_many("INSERT INTO notifications_seen (key, at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                       [(k, at) for k in keys])
-    if seen:
+    # the insert itself decides (a concurrent twin waits on the key's index, then inserts nothing)
+    fresh = yield fetch(f"INSERT INTO notifications_seen (key, at) VALUES {', '.join('(?, ?)' for _ in keys)} "
+                        "ON CONFLICT (key) DO NOTHING RETURNING key", [v for k in keys for v in (k, at)])
+    if len(fresh) != len(keys):
         return False
     yield from _record_events(d, events, targets, at)
     return True
 
 
 def events_to_reclassify(d: Dialect) -> Unit:
-    return [to_event(r) for r in (yield fetch("SELECT * FROM events WHERE kind IN ('bounce', 'delay') ORDER BY id"))]
+    # SES's own notifications keep SES's verdict as it mapped it (proxy.sns): the classifier alone would lose it
+    return [to_event(r) for r in (yield fetch("SELECT * FROM events WHERE kind IN ('bounce', 'delay') "
+                                              "AND source != 'ses' ORDER BY id"))]
 
 
 def update_events_verdicts(d: Dialect, events: Iterable[BounceEvent]) -> Unit:
