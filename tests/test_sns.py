@@ -459,3 +459,36 @@ async def test_a_named_but_unset_basic_auth_variable_refuses_to_start(sns_host, 
     monkeypatch.delenv("TEST_SNS_UNSET", raising=False)
     with pytest.raises(ConfigError, match=r"\[sns\] basic_auth_env names TEST_SNS_UNSET"):
         sns_routes(sns_config(sns_host, basic_auth_env="TEST_SNS_UNSET"), store=None)
+
+
+async def test_the_api_mounts_the_intake_beyond_loopback_without_a_bearer_token(any_store, sns_host, sns_key,
+                                                                                 monkeypatch):
+    """The API as the service builds it, configured beyond loopback (so every other path needs the token):
+    SNS, which cannot send one, still reaches the intake, whose own checks guard it."""
+    from proxy.api.server import create_api
+    from proxy.config import Address, ApiConfig
+
+    monkeypatch.setenv("BOUNCEPROXY_API_TOKEN", "t" * 32)
+    config = dataclasses.replace(sns_config(sns_host), api=ApiConfig(listen=Address("192.0.2.10", 8025)))
+    handed: list = []
+    app = create_api(config, any_store, on_events=handed.extend)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()  # built for 192.0.2.10, tried on loopback
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        await relayed(any_store)
+        ses = ses_bounce("Permanent", "General", [{"emailAddress": "gone@b.example", "status": "5.1.1",
+                                                   "diagnosticCode": "smtp; 550 5.1.1 user unknown"}])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/api/bounces") as response:
+                assert response.status == 401
+            async with session.post(f"{base}/sns/ses", data=json.dumps(notification(sns_host, ses, sns_key))) as response:
+                assert (response.status, await response.json()) == (200, {"recorded": 1, "replay": False})
+            forged = notification(sns_host, ses, sns_key)
+            forged["Message"] = forged["Message"].replace("gone@", "victim@")
+            async with session.post(f"{base}/sns/ses", data=json.dumps(forged)) as response:
+                assert response.status == 403
+        assert [e.recipient for e in handed] == ["gone@b.example"]
+    finally:
+        await runner.cleanup()

@@ -233,12 +233,12 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
-def _bearer(token: str):
+def _bearer(token: str, public: frozenset[str] = PUBLIC_PATHS):
     expected = token.encode("utf-8")
 
     @web.middleware
     async def auth(request: web.Request, handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS:
+        if request.path not in public:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             given_bytes = given.strip().encode("utf-8", "surrogateescape")
             # compare_digest even on a wrong scheme, so the timing says nothing
@@ -266,13 +266,20 @@ def api_token(config: Config) -> str | None:
 
 
 def create_api(config: Config, store, live_metrics: LiveMetrics | None = None,
-               metrics_ttl: float = 5.0, health=None) -> web.Application:
-    """The aiohttp application; raises ConfigError when it would listen beyond loopback without a token."""
+               metrics_ttl: float = 5.0, health=None, on_events=None) -> web.Application:
+    """The aiohttp application; raises ConfigError when it would listen beyond loopback without a token.
+    `on_events` hears of the events SES notifications recorded (the suppressor acts on them)."""
+    from proxy.sns import sns_routes
+
     token = api_token(config)
+    sns = sns_routes(config, store, on_events=on_events)
     middlewares: list = [_errors]
     if token is not None:
-        middlewares.append(_bearer(token))
-    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+        # SNS cannot send a bearer token: its path is guarded by SNS's signature (and basic auth if set)
+        middlewares.append(_bearer(token, PUBLIC_PATHS | ({config.sns.path} if sns else set())))
+    # SNS messages reach 256 KiB; the intake itself refuses more than 1 MiB
+    app = web.Application(middlewares=middlewares, client_max_size=1024 * 1024 + 4096)
+    app.add_routes(sns)
     app[STORE] = store
     app[METRICS] = MetricsCollector(store, live_metrics, ttl=metrics_ttl)
     if health is not None:
@@ -291,10 +298,10 @@ def create_api(config: Config, store, live_metrics: LiveMetrics | None = None,
 
 
 async def start_api(config: Config, store, live_metrics: LiveMetrics | None = None,
-                    metrics_ttl: float = 5.0, health=None) -> tuple[web.AppRunner, tuple[str, int]]:
+                    metrics_ttl: float = 5.0, health=None, on_events=None) -> tuple[web.AppRunner, tuple[str, int]]:
     """Listen on `[api] listen` (port 0: an ephemeral port). Returns the runner (`await
     runner.cleanup()` to stop) and the address actually bound."""
-    app = create_api(config, store, live_metrics, metrics_ttl, health)
+    app = create_api(config, store, live_metrics, metrics_ttl, health, on_events)
     listen = config.api.listen
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0,
                            access_log=logging.getLogger("bounceproxy.api.access"))
