@@ -341,7 +341,7 @@ class Service:
         for server in self.servers:
             server.close()
         await self.sessions.drain(grace)
-        await settle_session_tasks()  # closed sessions record their outcome before the store closes
+        await settle_session_tasks(sessions=self.sessions)  # closed sessions record their outcome before the store closes
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1)

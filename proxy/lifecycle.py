@@ -95,11 +95,24 @@ class Sessions:
             await asyncio.sleep(0.05)
 
 
-async def settle_session_tasks(timeout: float = 5.0) -> None:
-    """Let the work of closed sessions (recording their outcome) finish before the store closes."""
+async def settle_session_tasks(timeout: float = 5.0, sessions: Sessions | None = None) -> None:
+    """Let the work of closed sessions (recording their outcome) finish before the store closes.
+
+    With `sessions`, only the SMTP sessions those listeners accepted are waited for: another aiosmtpd
+    server in the same process (a test's upstream, holding the relay's pooled connection open until
+    the pool closes) is none of ours."""
     current = asyncio.current_task()
-    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()
-               and getattr(t.get_coro(), "__qualname__", "").endswith(_SESSION_WORK)]
+    ours = None
+    if sessions is not None:
+        ours = {getattr(p, "_handler_coroutine", None) for p in list(sessions._all)} - {None}
+
+    def of_a_session(task: asyncio.Task) -> bool:
+        name = getattr(task.get_coro(), "__qualname__", "")
+        if not name.endswith(_SESSION_WORK):
+            return False
+        return ours is None or not name.endswith("SMTP._handle_client") or task in ours
+
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done() and of_a_session(t)]
     if not pending:
         return
     done, still = await asyncio.wait(pending, timeout=timeout)
