@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import sqlite3
+import sqlite3  # only to hold SQLite's write lock (test_locked_database_...): the store's own failure mode
 import ssl
 
 import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from tests.conftest import ScriptedUpstream, make_config, rows, start_upstream
+from proxy.model import BounceEvent, MessageRecord
+from proxy.store import EventFilter, MessageFilter, SuppressionFilter
+from tests.conftest import ScriptedUpstream, make_config, start_upstream
 
 # A real DKIM-signed message shape: signature header, folded headers, a body with a leading dot
 # and trailing whitespace that any re-serialisation would disturb.
@@ -34,6 +36,17 @@ SIGNED = (
 UNSIGNED = b"From: app@example.com\r\nTo: user@example.net\r\nSubject: no id\r\n\r\nHello\r\n"
 
 
+async def messages(svc: Service, **flt) -> list[MessageRecord]:
+    """The logged messages with their recipients, newest first, read through the Store."""
+    return await svc.store.list_messages(MessageFilter(limit=10**6, **flt))
+
+
+async def events(svc: Service, **flt) -> list[BounceEvent]:
+    return [e.event for e in await svc.store.list_events(EventFilter(limit=10**6, **flt))]
+
+
+async def svc_count(svc: Service, table: str) -> int:
+    return await svc.store.count_rows(table)
 
 
 async def client(svc: Service) -> aiosmtplib.SMTP:
@@ -43,7 +56,8 @@ async def client(svc: Service) -> aiosmtplib.SMTP:
     return smtp
 
 
-async def test_message_goes_upstream_byte_for_byte_and_is_recorded(service, upstream):
+async def test_message_goes_upstream_byte_for_byte_and_is_recorded(service_any, upstream):
+    service = service_any
     smtp = await client(service)
     reply = await smtp.ehlo()
     assert "PIPELINING" in reply.message and "8BITMIME" in reply.message
@@ -52,15 +66,17 @@ async def test_message_goes_upstream_byte_for_byte_and_is_recorded(service, upst
     sender, rcpts, content = upstream.handler.messages[-1]
     assert (sender, rcpts) == ("app@example.com", ["user@example.net"])
     assert content == SIGNED  # DKIM survives: not one byte changed
-    (msg,) = rows(service, "SELECT * FROM messages")
-    assert msg["status"] == "sent" and msg["message_id"] == "receipt-42@example.com"
-    assert msg["header_from"] == "App <app@example.com>" and msg["subject"] == "Café receipt"
-    assert msg["upstream_id"].startswith("0100018c") and msg["size"] == len(SIGNED)
-    assert [tuple(r) for r in rows(service, "SELECT address, status FROM recipients")] == [("user@example.net", "accepted")]
-    assert rows(service, "SELECT * FROM events") == []
+    (msg,) = await messages(service)
+    assert msg.status == "sent" and msg.message_id == "receipt-42@example.com"
+    assert msg.header_from == "App <app@example.com>" and msg.subject == "Café receipt"
+    assert msg.upstream_id.startswith("0100018c") and msg.size == len(SIGNED)
+    assert [(r.address, r.status) for r in msg.recipients] == [("user@example.net", "accepted")]
+    assert await svc_count(service, "recipients") == 1
+    assert await events(service) == [] and await svc_count(service, "events") == 0
 
 
-async def test_message_id_is_prepended_when_missing(service, upstream):
+async def test_message_id_is_prepended_when_missing(service_any, upstream):
+    service = service_any
     smtp = await client(service)
     await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
     await smtp.quit()
@@ -68,11 +84,12 @@ async def test_message_id_is_prepended_when_missing(service, upstream):
     first, rest = content.split(b"\r\n", 1)
     assert first.startswith(b"Message-ID: <") and first.endswith(b"@relay.test>")
     assert rest == UNSIGNED
-    (msg,) = rows(service, "SELECT message_id FROM messages")
-    assert first == f"Message-ID: <{msg['message_id']}>".encode()
+    (msg,) = await messages(service)
+    assert first == f"Message-ID: <{msg.message_id}>".encode()
 
 
-async def test_rcpt_refusal_is_relayed_verbatim_and_logged_as_sync_bounce(service, upstream):
+async def test_rcpt_refusal_is_relayed_verbatim_and_logged_as_sync_bounce(service_any, upstream):
+    service = service_any
     smtp = await client(service)
     await smtp.ehlo()
     await smtp.mail("app@example.com")
@@ -83,73 +100,80 @@ async def test_rcpt_refusal_is_relayed_verbatim_and_logged_as_sync_bounce(servic
     assert (await smtp.rcpt("good@example.net"))[0] == 250
     assert (await smtp.data(UNSIGNED))[0] == 250
     await smtp.quit()
-    (event,) = rows(service, "SELECT * FROM events")
-    assert event["source"] == "sync" and event["kind"] == "bounce"
-    assert event["recipient"] == "unknown.user@example.net"
-    assert (event["bounce_type"], event["reason"], event["status"], event["smtp_code"]) == ("hard", "userunknown", "5.1.1", 550)
-    assert event["status_source"] == "dsn"
-    (msg,) = rows(service, "SELECT * FROM messages")
-    assert msg["status"] == "partial" and event["message_id"] == msg["id"]
-    statuses = {r["address"]: r["status"] for r in rows(service, "SELECT * FROM recipients")}
+    (event,) = await events(service)
+    assert event.source == "sync" and event.kind == "bounce"
+    assert event.recipient == "unknown.user@example.net"
+    assert (event.bounce_type, event.reason, event.status, event.smtp_code) == ("hard", "userunknown", "5.1.1", 550)
+    assert event.status_source == "dsn"
+    (msg,) = await messages(service)
+    assert msg.status == "partial" and event.relay_id == msg.id
+    statuses = {r.address: r.status for r in msg.recipients}
     assert statuses == {"unknown.user@example.net": "rejected", "good@example.net": "accepted"}
     assert [m[1] for m in upstream.handler.messages] == [["good@example.net"]]
 
 
-async def test_refusal_after_data_concerns_every_accepted_recipient(service):
+async def test_refusal_after_data_concerns_every_accepted_recipient(service_any):
+    service = service_any
     smtp = await client(service)
     with pytest.raises(aiosmtplib.SMTPDataError) as refused:
         await smtp.sendmail("app@example.com", ["contentfail@example.net", "other@example.net"], UNSIGNED)
     assert refused.value.code == 554 and refused.value.message.startswith("5.6.0 Message rejected")
     await smtp.quit()
-    events = rows(service, "SELECT recipient, status, bounce_type FROM events ORDER BY recipient")
-    assert [(e["recipient"], e["status"]) for e in events] == [("contentfail@example.net", "5.6.0"), ("other@example.net", "5.6.0")]
-    assert all(e["bounce_type"] != "hard" for e in events)  # a content refusal says nothing about the address
-    (msg,) = rows(service, "SELECT status FROM messages")
-    assert msg["status"] == "rejected"
+    logged = sorted(await events(service), key=lambda e: e.recipient)
+    assert [(e.recipient, e.status) for e in logged] == [("contentfail@example.net", "5.6.0"), ("other@example.net", "5.6.0")]
+    assert all(e.bounce_type != "hard" for e in logged)  # a content refusal says nothing about the address
+    (msg,) = await messages(service)
+    assert msg.status == "rejected"
 
 
-async def test_sender_side_refusal_never_marks_the_recipient_hard(service):
+async def test_sender_side_refusal_never_marks_the_recipient_hard(service_any):
+    service = service_any
     smtp = await client(service)
     await smtp.ehlo()
     await smtp.mail("app@example.com")
     reply = await smtp.execute_command(b"RCPT", b"TO:<blocked@example.net>")
     assert reply.code == 554
     await smtp.quit()
-    (event,) = rows(service, "SELECT * FROM events")
-    assert event["bounce_type"] == "soft" and event["reason"] == "blocked"
+    (event,) = await events(service)
+    assert event.bounce_type == "soft" and event.reason == "blocked"
 
 
 @pytest.mark.parametrize("sender, code, failure", [
     ("throttled@example.com", 454, "throttled"),
     ("unverified@example.com", 554, "sender not verified"),
 ])
-async def test_account_failures_are_send_failures_not_bounces(service, sender, code, failure):
+async def test_account_failures_are_send_failures_not_bounces(service_any, sender, code, failure):
+    service = service_any
     smtp = await client(service)
     await smtp.ehlo()
     reply = await smtp.execute_command(b"MAIL", f"FROM:<{sender}>".encode())
     assert reply.code == code
     await smtp.quit()
-    (msg,) = rows(service, "SELECT * FROM messages")
-    assert msg["status"] == "failed" and msg["send_failure"].startswith(failure)
-    assert rows(service, "SELECT * FROM events") == []
+    (msg,) = await messages(service)
+    assert msg.status == "failed" and msg.send_failure.startswith(failure)
+    assert await events(service) == [] and await svc_count(service, "events") == 0
 
 
-async def test_greylisting_is_soft_and_deferred(service):
+async def test_greylisting_is_soft_and_deferred(service_any):
+    service = service_any
     smtp = await client(service)
     await smtp.ehlo()
     await smtp.mail("app@example.com")
     assert (await smtp.execute_command(b"RCPT", b"TO:<greylist@example.net>")).code == 450
     await smtp.rset()
     await smtp.quit()
-    (event,) = rows(service, "SELECT * FROM events")
-    assert event["bounce_type"] == "soft" and event["status"].startswith("4.")
-    assert [tuple(r) for r in rows(service, "SELECT address, status FROM recipients")] == [("greylist@example.net", "deferred")]
+    (event,) = await events(service)
+    assert event.bounce_type == "soft" and event.status.startswith("4.")
+    (msg,) = await messages(service)
+    assert [(r.address, r.status) for r in msg.recipients] == [("greylist@example.net", "deferred")]
+    assert await svc_count(service, "recipients") == 1
 
 
 @pytest.mark.parametrize("recipient, stage", [
     ("drop@example.net", "rcpt"), ("lostdata@example.net", "data"), ("closing@example.net", "rcpt"),
 ])
-async def test_connection_lost_upstream_gives_451_and_nothing_reported_sent(service, recipient, stage):
+async def test_connection_lost_upstream_gives_451_and_nothing_reported_sent(service_any, recipient, stage):
+    service = service_any
     smtp = await client(service)
     await smtp.ehlo()
     await smtp.mail("app@example.com")
@@ -166,12 +190,12 @@ async def test_connection_lost_upstream_gives_451_and_nothing_reported_sent(serv
     else:
         assert reply.code == 451 and reply.message.startswith("4.4.1 ")
         await smtp.quit()
-    assert rows(service, "SELECT * FROM messages WHERE status IN ('sent', 'partial')") == []
+    assert [m for m in await messages(service) if m.status in ("sent", "partial")] == []
     # and the relay keeps serving: the next message goes through on a fresh connection
     smtp = await client(service)
     await smtp.sendmail("app@example.com", ["fine@example.net"], UNSIGNED)
     await smtp.quit()
-    assert rows(service, "SELECT status FROM messages WHERE status = 'sent'")
+    assert await messages(service, status="sent")
 
 
 async def test_stalled_upstream_times_out_with_451(tmp_path, upstream):
@@ -185,19 +209,19 @@ async def test_stalled_upstream_times_out_with_451(tmp_path, upstream):
         await smtp.quit()
 
 
-async def test_unreachable_upstream_gives_451(tmp_path):
+async def test_unreachable_upstream_gives_451(tmp_path, store_url):
     probe = await start_upstream()
     port = probe.port
     probe.server.close()
     await probe.server.wait_closed()
-    async with Service(make_config(tmp_path, port)) as svc:
+    async with Service(make_config(tmp_path, port, store_url=store_url)) as svc:
         smtp = await client(svc)
         await smtp.ehlo()
         reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
         assert reply.code == 451 and reply.message.startswith("4.4.1 Upstream unavailable")
         await smtp.quit()
-        (msg,) = rows(svc, "SELECT * FROM messages")  # the refused attempt is on record (issue 10 §6)
-        assert msg["status"] == "failed" and msg["upstream_reply"].startswith("451 4.4.1 Upstream unavailable")
+        (msg,) = await messages(svc)  # the refused attempt is on record (issue 10 §6)
+        assert msg.status == "failed" and msg.upstream_reply.startswith("451 4.4.1 Upstream unavailable")
 
 
 async def test_upstream_connections_are_pooled_across_client_connections(service, upstream):
@@ -222,11 +246,18 @@ async def test_several_transactions_on_one_connection_and_rset(service, upstream
     assert [m[1] for m in upstream.handler.messages] == [["second@example.net"], ["third@example.net"]]
 
 
-async def test_committed_before_the_client_sees_250(service):
-    """The 250 after DATA is sent only after the commit: a second connection sees the row at once."""
+async def test_committed_before_the_client_sees_250(service_any):
+    """The 250 after DATA is sent only after the commit: another reader of the log sees the row at once."""
+    from proxy.store import store_for_url
+
+    service = service_any
     smtp = await client(service)
     await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
-    assert len(rows(service, "SELECT * FROM messages WHERE status = 'sent'")) == 1
+    reader = await store_for_url(service.store.url).open(readonly=True)  # its own connection
+    try:
+        assert len(await reader.list_messages(MessageFilter(status="sent"))) == 1
+    finally:
+        await reader.close()
     await smtp.quit()
 
 
@@ -270,9 +301,9 @@ async def test_wrong_upstream_credentials_are_a_send_failure(tmp_path, server_ce
         reply = await smtp.execute_command(b"MAIL", b"FROM:<app@example.com>")
         assert reply.code == 454 and "535" in reply.message
         await smtp.quit()
-        (msg,) = rows(svc, "SELECT status, send_failure FROM messages")
-        assert msg["status"] == "failed" and msg["send_failure"].startswith("upstream authentication")
-        assert rows(svc, "SELECT * FROM events") == []
+        (msg,) = await messages(svc)
+        assert msg.status == "failed" and msg.send_failure.startswith("upstream authentication")
+        assert await events(svc) == []
     up.server.close()
 
 
@@ -310,8 +341,8 @@ async def test_client_auth_and_starttls_when_configured(tmp_path, upstream, serv
         await smtp.login("app", "pw1")
         await smtp.sendmail("app@example.com", ["user@example.net"], UNSIGNED)
         await smtp.quit()
-        (msg,) = rows(svc, "SELECT client_user FROM messages")
-        assert msg["client_user"] == "app"
+        (msg,) = await messages(svc)
+        assert msg.client_user == "app"
 
 
 async def test_refuses_to_listen_beyond_loopback_without_auth(tmp_path, upstream):
@@ -357,8 +388,8 @@ async def test_helo_client_with_smtplib(service, upstream):
     assert upstream.handler.messages[-1][2].endswith(UNSIGNED)
 
 
-async def test_simulator_answers_like_ses_mailbox_simulator(tmp_path):
-    async with Service(make_config(tmp_path)) as svc:
+async def test_simulator_answers_like_ses_mailbox_simulator(tmp_path, store_url):
+    async with Service(make_config(tmp_path, store_url=store_url)) as svc:
         smtp = await client(svc)
         await smtp.ehlo()
         await smtp.mail("app@example.com")
@@ -371,11 +402,11 @@ async def test_simulator_answers_like_ses_mailbox_simulator(tmp_path):
         code, text = await smtp.data(UNSIGNED)
         assert code == 250 and text.startswith("Ok ")
         await smtp.quit()
-        (msg,) = rows(svc, "SELECT id, status FROM messages")
-        assert msg["status"] == "partial"
-        kept = rows(svc, "SELECT raw FROM outbox WHERE message_id = ?", (msg["id"],))
-        assert kept and kept[0]["raw"].endswith(UNSIGNED)  # kept, not delivered
-        reasons = {r["recipient"]: (r["reason"], r["bounce_type"]) for r in rows(svc, "SELECT * FROM events")}
+        (msg,) = await messages(svc)
+        assert msg.status == "partial"
+        kept = await svc.store.outbox_raw(msg.id)
+        assert kept and kept.endswith(UNSIGNED)  # kept, not delivered
+        reasons = {e.recipient: (e.reason, e.bounce_type) for e in await events(svc)}
         assert reasons["bounce@simulator.amazonses.com"] == ("userunknown", "hard")
         assert reasons["suppressionlist@simulator.amazonses.com"][0] == "suppressed"
 
@@ -383,8 +414,9 @@ async def test_simulator_answers_like_ses_mailbox_simulator(tmp_path):
 async def test_locked_database_gives_451_430_then_recovers(tmp_path, upstream, caplog):
     config = make_config(tmp_path, upstream.port, store={"busy_timeout_ms": 200})
     async with Service(config) as svc:
+        # SQLite's own failure mode, provoked: another process holds the write lock (nothing is read this way)
         blocker = sqlite3.connect(config.store.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        blocker.execute("BEGIN IMMEDIATE")
         try:
             for n in range(3):
                 smtp = await client(svc)
@@ -398,18 +430,19 @@ async def test_locked_database_gives_451_430_then_recovers(tmp_path, upstream, c
         smtp = await client(svc)
         await smtp.sendmail("app@example.com", ["after@example.net"], UNSIGNED)  # recovers by itself
         await smtp.quit()
-        assert [r["status"] for r in rows(svc, "SELECT status FROM messages")] == ["sent"]
+        assert [m.status for m in await messages(svc)] == ["sent"]
     failing = [r for r in caplog.records if "writes failing" in r.getMessage()]
     assert len(failing) == 1  # said once for the outage, not once per message
     assert any("writable again" in r.getMessage() for r in caplog.records)
 
 
-async def test_no_sender_side_refusal_marks_a_recipient_hard(service, upstream):
+async def test_no_sender_side_refusal_marks_a_recipient_hard(service_any, upstream):
     """Every sender-side reason, each with the real reply line of its classifier table, refused
     at RCPT through the relay: none may make the recipient a hard bounce."""
     from proxy.dsn.classify import PHRASES
     from proxy.model import SENDER_SIDE_REASONS
 
+    service = service_any
     cases = {}
     for reason, table in PHRASES:
         if reason in SENDER_SIDE_REASONS:
@@ -426,10 +459,10 @@ async def test_no_sender_side_refusal_marks_a_recipient_hard(service, upstream):
         assert reply.code == int(cases[local][:3])
         if smtp.is_connected:
             await smtp.quit()
-    hard = rows(service, "SELECT recipient, reason FROM events WHERE bounce_type = 'hard'")
+    hard = [(e.recipient, e.reason) for e in await events(service, bounce_type="hard")]
     assert hard == []
-    assert len(rows(service, "SELECT * FROM events")) >= len(SENDER_SIDE_REASONS) - 3  # 421s are send failures
-    assert rows(service, "SELECT * FROM suppressions") == []
+    assert len(await events(service)) >= len(SENDER_SIDE_REASONS) - 3  # 421s are send failures
+    assert await service.store.list_suppressions(SuppressionFilter(limit=None)) == []
 
 
 async def test_upstream_that_refuses_tls_or_talks_garbage_gives_451_and_recovers(tmp_path):
@@ -452,10 +485,10 @@ async def test_upstream_that_refuses_tls_or_talks_garbage_gives_451_and_recovers
                     assert reply.code == 451 and reply.message.startswith("4.4.1 ") and words in reply.message
                     await smtp.quit()
                 # Each refused attempt is recorded (issue 10 §6), as failed, never as sent.
-                attempts = rows(svc, "SELECT * FROM messages WHERE upstream_reply LIKE '451 4.4.1 %'")
+                attempts = [m for m in await messages(svc) if m.upstream_reply.startswith("451 4.4.1 ")]
                 assert len(attempts) == 2 * (1 if port == plain.port else 2)
-                assert {a["status"] for a in attempts} == {"failed"}
-                assert all(a["send_failure"].startswith("upstream unavailable") for a in attempts)
+                assert {a.status for a in attempts} == {"failed"}
+                assert all(a.send_failure.startswith("upstream unavailable") for a in attempts)
     finally:
         plain.server.close()
         junk.close()
@@ -474,7 +507,7 @@ async def test_helo_only_mta_client_smtp_source(service, upstream):
     assert proc.returncode == 0, err
     assert len(upstream.handler.messages) == 10
     assert all(m[1] == ["user@example.net"] for m in upstream.handler.messages)
-    assert [r["n"] for r in rows(service, "SELECT COUNT(*) AS n FROM messages WHERE status = 'sent'")] == [10]
+    assert len(await messages(service, status="sent")) == 10
 
 
 async def test_null_sender_passes_as_null_and_gets_no_return_path(tmp_path, upstream, monkeypatch):
