@@ -9,6 +9,7 @@ bulk, and check: nobody is suppressed, nothing counts against the sender, every 
 """
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -18,9 +19,10 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from proxy.model import Correlation, NEVER_ACTS
-from tests.conftest import ROOT, make_config, rows
-from tests.test_inbound import KEY, deliver, relay_one
+from proxy.model import NEVER_ACTS, Correlation, MessageRecord
+from proxy.store import InboundFilter, MessageFilter, SuppressionFilter
+from tests.conftest import ROOT, make_config
+from tests.test_inbound import KEY, deliver, events, relay_one
 
 CUSTOMER = "real.customer@example.net"  # what the attacker wants suppressed: a good address we mail
 BODY = b"From: app@example.com\r\nMessage-ID: <order-42@app.example.com>\r\nSubject: your order\r\n\r\nhi\r\n"
@@ -61,37 +63,51 @@ def arf(recipient: str, message_id: str = "order-42@app.example.com") -> bytes:
 
 
 @pytest.fixture
-async def svc(tmp_path, upstream, monkeypatch):
+async def svc(tmp_path, upstream, monkeypatch, store_url):
     monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", KEY)
     # Trust message_id too, and pause on a 5 % hard bounce rate: a forgery that got through would show.
-    config = make_config(tmp_path, upstream.port, inbound={"plain_addresses": ("bounces@bounces.test",)},
+    # On each backend in turn (SQLite, then PostgreSQL).
+    config = make_config(tmp_path, upstream.port, store_url=store_url,
+                         inbound={"plain_addresses": ("bounces@bounces.test",)},
                          suppression={"act_on_correlations": ("verp", "upstream_id", "message_id"),
                                       "pause_bounce_rate": 0.05, "rate_min_recipients": 1})
     async with Service(config) as service:
         yield service
 
 
-async def sent_to_victim_and_customer(svc) -> tuple[dict, dict]:
+async def suppressions(svc) -> list:
+    return await svc.store.list_suppressions(SuppressionFilter(limit=None))
+
+
+async def inbound_rows(svc) -> list:
+    return await svc.store.list_inbound(InboundFilter(limit=10**6))
+
+
+async def async_correlations(svc) -> dict[str, str]:
+    return {e.recipient: e.correlation for e in await events(svc, source="async")}
+
+
+async def sent_to_victim_and_customer(svc) -> tuple[MessageRecord, MessageRecord]:
     """The attacker receives one message (`attacker@`); the customer received another."""
     attacker_copy = await relay_one(svc, "attacker@evil.example", BODY)
     customer_copy = await relay_one(svc, CUSTOMER, BODY.replace(b"order-42", b"order-43"))
     return attacker_copy, customer_copy
 
 
-def assert_nobody_suppressed(svc, foreign: list[str]) -> None:
-    assert rows(svc, "SELECT * FROM suppressions") == []
-    assert rows(svc, "SELECT * FROM paused_identities") == []
-    recorded = {r["recipient"]: r["correlation"] for r in rows(svc, "SELECT * FROM events WHERE source = 'async'")}
+async def assert_nobody_suppressed(svc, foreign: list[str]) -> None:
+    assert await suppressions(svc) == [] and await svc.store.count_rows("suppressions") == 0
+    assert await svc.store.paused_identities() == {} and await svc.store.count_rows("paused_identities") == 0
+    recorded = await async_correlations(svc)
     for address in foreign:
         assert recorded[address] == "foreign_recipient"  # kept, never dropped, never acting
 
 
-def evidence_cases(svc, message: dict) -> dict[str, tuple]:
+def evidence_cases(svc, message: MessageRecord) -> dict[str, tuple]:
     """(bounce address, report builder) for every kind of evidence the message can be named by."""
-    upstream_id = message["upstream_id"]
+    upstream_id = message.upstream_id
     return {
-        "verp": (message["verp_token"], lambda rs: dsn(rs, message_id="unrelated@x.example")),
-        "verp with recipient index": (svc.signer.address(message["id"], 0),
+        "verp": (message.verp_token, lambda rs: dsn(rs, message_id="unrelated@x.example")),
+        "verp with recipient index": (svc.signer.address(message.id, 0),
                                       lambda rs: dsn(rs, message_id="unrelated@x.example")),
         "upstream id in the SES Message-ID": ("bounces@bounces.test",
                                               lambda rs: dsn(rs, message_id=f"{upstream_id}@email.amazonses.com")),
@@ -105,15 +121,15 @@ def evidence_cases(svc, message: dict) -> dict[str, tuple]:
                                       "upstream id as X-Postfix-Queue-ID", "client Message-ID"])
 async def test_each_kind_of_evidence_forged_for_a_foreign_address_suppresses_nobody(svc, evidence):
     message, _ = await sent_to_victim_and_customer(svc)
-    assert message["upstream_id"]  # the scripted upstream answers `250 Ok <id>`, as SES does
+    assert message.upstream_id  # the scripted upstream answers `250 Ok <id>`, as SES does
     address, build = evidence_cases(svc, message)[evidence]
     await deliver(svc, build([CUSTOMER]), address)
-    assert_nobody_suppressed(svc, [CUSTOMER])
-    (event,) = rows(svc, "SELECT * FROM events WHERE source = 'async'")
-    assert event["message_id"] == message["id"]  # linked to the message whose evidence was abused
-    (inbound,) = rows(svc, "SELECT * FROM inbound")
-    assert inbound["foreign_recipients"] == 1
-    assert CUSTOMER in inbound["flag"] and message["id"] in inbound["flag"]
+    await assert_nobody_suppressed(svc, [CUSTOMER])
+    (event,) = await events(svc, source="async")
+    assert event.relay_id == message.id  # linked to the message whose evidence was abused
+    (inbound,) = await inbound_rows(svc)
+    assert inbound.foreign_recipients == 1
+    assert CUSTOMER in inbound.flag and message.id in inbound.flag
 
 
 @pytest.mark.parametrize("evidence", ["verp", "upstream id in the SES Message-ID", "client Message-ID"])
@@ -123,16 +139,16 @@ async def test_a_bulk_forgery_naming_a_thousand_addresses_suppresses_none_of_the
     address, build = evidence_cases(svc, message)[evidence]
     await deliver(svc, build(["attacker@evil.example", *victims]), address)
     # The attacker's own address is the message's own recipient: its bounce may act, on it alone.
-    assert [r["address"] for r in rows(svc, "SELECT * FROM suppressions")] == ["attacker@evil.example"]
-    recorded = {r["recipient"]: r["correlation"] for r in rows(svc, "SELECT * FROM events WHERE source = 'async'")}
+    assert [r.address for r in await suppressions(svc)] == ["attacker@evil.example"]
+    recorded = await async_correlations(svc)
     assert all(recorded[v] == "foreign_recipient" for v in victims)
     (identity,) = await svc.store.identity_stats(0, "example.com")
-    assert identity["hard_bounces"] == 1  # the thousand strangers count nowhere against the sender
-    events = rows(svc, "SELECT correlation, COUNT(*) AS n FROM events WHERE source = 'async' GROUP BY correlation")
-    assert {e["correlation"]: e["n"] for e in events} == {"foreign_recipient": 1000, evidence_correlation(evidence): 1}
-    (inbound,) = rows(svc, "SELECT * FROM inbound")
-    assert inbound["foreign_recipients"] == 1000
-    assert inbound["flag"].startswith("names 1000 of 1001 addresses")
+    assert identity.hard_bounces == 1  # the thousand strangers count nowhere against the sender
+    by_correlation = collections.Counter(str(e.correlation) for e in await events(svc, source="async"))
+    assert by_correlation == {"foreign_recipient": 1000, evidence_correlation(evidence): 1}
+    (inbound,) = await inbound_rows(svc)
+    assert inbound.foreign_recipients == 1000
+    assert inbound.flag.startswith("names 1000 of 1001 addresses")
 
 
 def evidence_correlation(evidence: str) -> str:
@@ -143,10 +159,10 @@ async def test_the_genuine_report_for_the_same_message_still_suppresses_its_real
     """The one address the message went to is suppressed by its real hard bounce, whatever else
     the same report names; the strangers beside it are not."""
     message = await relay_one(svc, CUSTOMER, BODY)
-    await deliver(svc, dsn([CUSTOMER, "stranger@example.org"]), message["verp_token"])
-    (suppressed,) = rows(svc, "SELECT * FROM suppressions")
-    assert suppressed["address"] == CUSTOMER and suppressed["kind"] == "hard"
-    by = {r["recipient"]: r["correlation"] for r in rows(svc, "SELECT * FROM events WHERE source = 'async'")}
+    await deliver(svc, dsn([CUSTOMER, "stranger@example.org"]), message.verp_token)
+    (suppressed,) = await suppressions(svc)
+    assert suppressed.address == CUSTOMER and suppressed.kind == "hard"
+    by = await async_correlations(svc)
     assert by == {CUSTOMER: "verp", "stranger@example.org": "foreign_recipient"}
 
 
@@ -157,12 +173,12 @@ async def test_a_token_that_names_one_recipient_vouches_for_that_one_alone(svc, 
     await smtp.connect()
     await smtp.sendmail("app@example.com", ["first@example.net", "second@example.net"], BODY)
     await smtp.quit()
-    (message,) = rows(svc, "SELECT * FROM messages")
-    await deliver(svc, dsn(["second@example.net"]), svc.signer.address(message["id"], 0))
-    assert rows(svc, "SELECT * FROM suppressions") == []
+    (message,) = await svc.store.list_messages(MessageFilter())
+    await deliver(svc, dsn(["second@example.net"]), svc.signer.address(message.id, 0))
+    assert await suppressions(svc) == []
     await deliver(svc, dsn(["first@example.net"], diagnostic="550 5.1.1 <{r}>: no such user here"),
-                  svc.signer.address(message["id"], 0))
-    assert [r["address"] for r in rows(svc, "SELECT * FROM suppressions")] == ["first@example.net"]
+                  svc.signer.address(message.id, 0))
+    assert [r.address for r in await suppressions(svc)] == ["first@example.net"]
 
 
 async def test_an_address_refused_at_rcpt_is_not_the_messages_own(svc):
@@ -171,27 +187,29 @@ async def test_an_address_refused_at_rcpt_is_not_the_messages_own(svc):
     await smtp.connect()
     await smtp.sendmail("app@example.com", ["ok@example.net", "greylist.me@example.net"], BODY)
     await smtp.quit()
-    (message,) = rows(svc, "SELECT * FROM messages")
-    await deliver(svc, dsn(["greylist.me@example.net"]), message["verp_token"])
-    (event,) = rows(svc, "SELECT * FROM events WHERE source = 'async'")
-    assert event["correlation"] == "foreign_recipient"
+    (message,) = await svc.store.list_messages(MessageFilter())
+    await deliver(svc, dsn(["greylist.me@example.net"]), message.verp_token)
+    (event,) = await events(svc, source="async")
+    assert event.correlation == "foreign_recipient"
 
 
 async def test_a_forged_complaint_about_an_address_the_message_never_went_to_suppresses_nobody(svc):
     message, _ = await sent_to_victim_and_customer(svc)
-    await deliver(svc, arf(CUSTOMER), message["verp_token"])
-    assert_nobody_suppressed(svc, [CUSTOMER])
+    await deliver(svc, arf(CUSTOMER), message.verp_token)
+    await assert_nobody_suppressed(svc, [CUSTOMER])
     # The genuine complaint of the message's own recipient still suppresses it.
-    await deliver(svc, arf("attacker@evil.example"), message["verp_token"])
-    (row,) = rows(svc, "SELECT * FROM suppressions")
-    assert (row["address"], row["kind"]) == ("attacker@evil.example", "complaint")
+    await deliver(svc, arf("attacker@evil.example"), message.verp_token)
+    (row,) = await suppressions(svc)
+    assert (row.address, row.kind) == ("attacker@evil.example", "complaint")
 
 
 async def test_foreign_recipients_are_visible_in_cli_api_and_metrics(svc, tmp_path):
     message, _ = await sent_to_victim_and_customer(svc)
-    await deliver(svc, dsn([CUSTOMER, "other@example.org"]), message["verp_token"])
+    await deliver(svc, dsn([CUSTOMER, "other@example.org"]), message.verp_token)
     config = tmp_path / "cli.toml"
-    config.write_text(f'[store]\npath = "{svc.config.store.path}"\n[inbound]\nbounce_domains = ["bounces.test"]\n')
+    store = svc.config.store
+    where = (f'backend = "postgresql"\nurl = "{store.url}"' if store.backend == "postgresql" else f'path = "{store.path}"')
+    config.write_text(f'[store]\n{where}\n[inbound]\nbounce_domains = ["bounces.test"]\n')
 
     def cli(*args) -> str:
         done = subprocess.run([sys.executable, "-m", "proxy", *args, "-c", str(config)], cwd=ROOT,
