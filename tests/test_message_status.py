@@ -1,5 +1,6 @@
 """Message status means one thing (issue 10 §6, MessageStatus): each status through the real relay,
-a scripted upstream on a loopback port and the SQLite file, plus the in-flight record (§7)."""
+a scripted upstream on a loopback port and the bounce log (SQLite, then PostgreSQL), plus the in-flight
+record (§7)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,9 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from proxy.model import MessageStatus, RecipientRecord, RecipientStatus, settle_status
-from tests.conftest import ScriptedUpstream, make_config, rows, start_upstream
+from proxy.model import MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Suppression, settle_status
+from proxy.store import MessageFilter
+from tests.conftest import ScriptedUpstream, make_config, start_upstream
 
 BODY = b"From: app@example.com\r\nMessage-ID: <status-1@example.com>\r\nSubject: s\r\n\r\nhello\r\n"
 
@@ -30,20 +32,28 @@ async def send(svc: Service, recipients: list[str], sender: str = "app@example.c
             await smtp.quit()
 
 
-def message(svc: Service):
-    (msg,) = rows(svc, "SELECT * FROM messages")
+@pytest.fixture
+async def service(service_any):
+    """Every test of this file that takes `service` runs on both backends."""
+    return service_any
+
+
+async def message(svc: Service) -> MessageRecord:
+    """The one message logged, with its recipients."""
+    (msg,) = await svc.store.list_messages(MessageFilter())
     return msg
 
 
-def recipients(svc: Service) -> dict[str, str]:
-    return {r["address"]: r["status"] for r in rows(svc, "SELECT address, status FROM recipients")}
+async def recipients(svc: Service) -> dict[str, str]:
+    assert await svc.store.count_rows("recipients") == len((await message(svc)).recipients)
+    return {r.address: r.status for r in (await message(svc)).recipients}
 
 
 async def test_sent_every_recipient_accepted_and_end_of_data_250(service, upstream):
     assert await send(service, ["a@example.net", "b@example.net"]) == {}
-    msg = message(service)
-    assert msg["status"] == "sent" and msg["upstream_reply"].startswith("250 ")
-    assert recipients(service) == {"a@example.net": "accepted", "b@example.net": "accepted"}
+    msg = await message(service)
+    assert msg.status == "sent" and msg.upstream_reply.startswith("250 ")
+    assert (await recipients(service)) == {"a@example.net": "accepted", "b@example.net": "accepted"}
     assert upstream.handler.messages[-1][1] == ["a@example.net", "b@example.net"]
 
 
@@ -57,29 +67,29 @@ async def test_partial_some_accepted_others_refused_or_deferred(service, upstrea
         upstream.handler.rcpt_replies[refused.split("@")[0]] = reply
     errors = await send(service, ["good@example.net", refused])
     assert list(errors) == [refused]
-    msg = message(service)
-    assert msg["status"] == "partial"  # delivered to good@: never failed, never rejected
-    assert recipients(service)["good@example.net"] == "accepted"
+    msg = await message(service)
+    assert msg.status == "partial"  # delivered to good@: never failed, never rejected
+    assert (await recipients(service))["good@example.net"] == "accepted"
     assert upstream.handler.messages[-1][1] == ["good@example.net"]
 
 
 async def test_rejected_every_recipient_refused_permanently(service, upstream):
     result = await send(service, ["unknown1@example.net", "unknown2@example.net"])
     assert isinstance(result, aiosmtplib.SMTPRecipientsRefused)
-    assert message(service)["status"] == "rejected"
+    assert (await message(service)).status == "rejected"
     assert upstream.handler.messages == []
 
 
 async def test_rejected_message_refused_permanently_at_end_of_data(service):
     result = await send(service, ["contentfail@example.net"])
     assert isinstance(result, aiosmtplib.SMTPDataError) and result.code == 554
-    msg = message(service)
-    assert msg["status"] == "rejected" and msg["upstream_reply"].startswith("554 5.6.0")
+    msg = await message(service)
+    assert msg.status == "rejected" and msg.upstream_reply.startswith("554 5.6.0")
 
 
 async def _suppress(svc: Service, address: str, kind: str, reason: str) -> None:
     expires = time.time() + 86400 if kind == "soft" else None
-    await svc.store.upsert_suppression("", address, reason, kind, None, time.time(), expires)
+    await svc.store.upsert_suppressions([Suppression("", address, reason, kind, time.time(), expires)])
     await svc.suppressor.refresh()
 
 
@@ -88,8 +98,8 @@ async def test_rejected_only_recipient_hard_suppressed(service, upstream):
     await _suppress(service, "gone@example.net", "hard", "userunknown")
     result = await send(service, ["gone@example.net"])
     assert isinstance(result, aiosmtplib.SMTPRecipientsRefused)
-    assert message(service)["status"] == "rejected"
-    assert recipients(service) == {"gone@example.net": "suppressed"}
+    assert (await message(service)).status == "rejected"
+    assert (await recipients(service)) == {"gone@example.net": "suppressed"}
     assert upstream.handler.messages == []
 
 
@@ -99,28 +109,28 @@ async def test_failed_only_recipient_softly_suppressed(service, upstream):
     result = await send(service, ["full@example.net"])
     assert isinstance(result, aiosmtplib.SMTPRecipientsRefused)
     assert result.recipients[0].code // 100 == 4
-    assert message(service)["status"] == "failed"
-    assert recipients(service) == {"full@example.net": "suppressed"}
+    assert (await message(service)).status == "failed"
+    assert (await recipients(service)) == {"full@example.net": "suppressed"}
 
 
 async def test_failed_only_recipient_deferred(service):
     result = await send(service, ["greylist@example.net"])
     assert isinstance(result, aiosmtplib.SMTPRecipientsRefused)
-    assert message(service)["status"] == "failed"
+    assert (await message(service)).status == "failed"
 
 
 async def test_failed_mixed_permanent_and_temporary_refusals_nothing_sent(service):
     """Nothing went out, but a retry may still reach the deferred one: failed, not rejected."""
     result = await send(service, ["unknown@example.net", "greylist@example.net"])
     assert isinstance(result, aiosmtplib.SMTPRecipientsRefused)
-    assert message(service)["status"] == "failed"
+    assert (await message(service)).status == "failed"
 
 
 async def test_failed_send_failure_throttled_sender(service):
     result = await send(service, ["a@example.net"], sender="throttled@example.com")
     assert isinstance(result, aiosmtplib.SMTPSenderRefused) and result.code == 454
-    msg = message(service)
-    assert msg["status"] == "failed" and msg["send_failure"].startswith("throttled")
+    msg = await message(service)
+    assert msg.status == "failed" and msg.send_failure.startswith("throttled")
 
 
 async def test_failed_client_gave_up_before_data(service, upstream):
@@ -131,7 +141,7 @@ async def test_failed_client_gave_up_before_data(service, upstream):
     assert (await smtp.rcpt("a@example.net")).code == 250
     await smtp.rset()
     await smtp.quit()
-    assert message(service)["status"] == "failed"
+    assert (await message(service)).status == "failed"
     assert upstream.handler.messages == []
 
 
@@ -139,9 +149,9 @@ async def test_possibly_sent_when_the_connection_is_lost_after_the_body(service,
     """The scripted upstream read the whole message, then dropped the connection instead of answering."""
     result = await send(service, ["lostdata@example.net"])
     assert isinstance(result, aiosmtplib.SMTPDataError) and result.code == 451
-    msg = message(service)
-    assert msg["status"] == "possibly_sent" and "connection lost during DATA" in msg["upstream_reply"]
-    assert msg["message_id"] == "status-1@example.com"
+    msg = await message(service)
+    assert msg.status == "possibly_sent" and "connection lost during DATA" in msg.upstream_reply
+    assert msg.message_id == "status-1@example.com"
 
 
 class HeldUpstream(ScriptedUpstream):
@@ -160,21 +170,21 @@ class HeldUpstream(ScriptedUpstream):
         return await super().handle_DATA(server, session, envelope)
 
 
-async def test_in_flight_record_is_committed_before_the_end_of_data_goes_upstream(tmp_path, monkeypatch):
+async def test_in_flight_record_is_committed_before_the_end_of_data_goes_upstream(tmp_path, monkeypatch, store_url):
     monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", "status-test-key-0123456789")
     up = await start_upstream(HeldUpstream())
     try:
-        async with Service(make_config(tmp_path, up.port)) as svc:
+        async with Service(make_config(tmp_path, up.port, store_url=store_url)) as svc:
             sending = asyncio.create_task(send(svc, ["a@example.net", "unknown@example.net"]))
             await asyncio.wait_for(up.handler.arrived.wait(), 10)
             # the upstream has the message and has not answered: the log already holds it, in flight
-            msg = message(svc)
-            assert msg["status"] == "pending" and msg["message_id"] == "status-1@example.com"
-            assert msg["verp_token"] and msg["verp_token"].startswith("bounce")
-            assert recipients(svc) == {"a@example.net": "accepted", "unknown@example.net": "rejected"}
+            msg = await message(svc)
+            assert msg.status == "pending" and msg.message_id == "status-1@example.com"
+            assert msg.verp_token and msg.verp_token.startswith("bounce")
+            assert (await recipients(svc)) == {"a@example.net": "accepted", "unknown@example.net": "rejected"}
             up.handler.release.set()
             assert list(await sending) == ["unknown@example.net"]
-            assert message(svc)["status"] == "partial"  # the same row, updated with the outcome
+            assert (await message(svc)).status == "partial"  # the same row, updated with the outcome
     finally:
         up.server.close()
 
