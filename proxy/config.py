@@ -21,7 +21,7 @@ ENV_PREFIX = "BOUNCEPROXY_"
 
 
 from proxy.errors import ConfigError  # noqa: E402  (re-exported: proxy.config.ConfigError)
-from proxy.model import NEVER_ACTS, Correlation  # noqa: E402
+from proxy.model import NEVER_ACTS, Correlation, NotificationType, WebhookTarget  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,26 @@ class SnsConfig:
 
 
 @dataclass(frozen=True)
+class WebhooksConfig:
+    """Signed POSTs telling an application of each bounce, complaint, delay, send failure and
+    suppression change (proxy.webhooks), sent from the store's durable outbox."""
+
+    urls: tuple[str, ...] = ()
+    secret_env: str = "BOUNCEPROXY_WEBHOOK_SECRET"  # environment variable holding the HMAC key; required with urls
+    events: tuple[str, ...] = ()  # "<url> <type> <type>...": only these types go to that URL (others: all)
+    max_attempts: int = 12  # tries before an entry is given up (`dead`; `bounceproxy webhooks retry`)
+    timeout_seconds: float = 10.0
+    concurrency: int = 4
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+
+    def targets(self) -> tuple[WebhookTarget, ...]:
+        """One WebhookTarget per URL with the types its `events` line names (None: every type)."""
+        wanted = {line.split()[0]: frozenset(line.split()[1:]) for line in self.events if line.split()}
+        return tuple(WebhookTarget(url, wanted.get(url)) for url in self.urls)
+
+
+@dataclass(frozen=True)
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -225,6 +245,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     sns: SnsConfig = field(default_factory=SnsConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     source: str = "(defaults)"
 
     @property
@@ -251,6 +272,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "service": ServiceConfig,
     "sns": SnsConfig,
+    "webhooks": WebhooksConfig,
 }
 # Keys holding a file name: relative ones in the file resolve against the file's directory.
 PATH_KEYS = {("store", "path"), ("relay", "tls_cert"), ("relay", "tls_key"), ("upstream", "ca_file")}
@@ -410,8 +432,45 @@ def _validate_sns(config: Config) -> None:
         raise ConfigError(f"{src}: [sns] max_age_seconds must be more than 0 (got {sns.max_age_seconds})")
 
 
+def _validate_webhooks(config: Config) -> None:
+    src, hooks = config.source, config.webhooks
+    for url in hooks.urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{src}: [webhooks] urls: {url!r} is not an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"{src}: [webhooks] urls: {parts.hostname} must not hold a user or password "
+                              f"in the file: receivers check the signature made with [webhooks] secret_env")
+    if len(set(hooks.urls)) != len(hooks.urls):
+        raise ConfigError(f"{src}: [webhooks] urls: a URL is listed twice")
+    if hooks.urls and not hooks.secret_env:
+        raise ConfigError(f"{src}: [webhooks] secret_env must name the environment variable holding the "
+                          "signing secret when urls are set")
+    known, seen = {t.value for t in NotificationType}, set()
+    for line in hooks.events:
+        url, *types = line.split() or [""]
+        if url not in hooks.urls:
+            raise ConfigError(f"{src}: [webhooks] events: {line!r} must start with one of [webhooks] urls")
+        if not types or any(t not in known for t in types):
+            raise ConfigError(f"{src}: [webhooks] events: {line!r}: after the URL, one or more of "
+                              f"{', '.join(sorted(known))} separated by spaces")
+        if url in seen:
+            raise ConfigError(f"{src}: [webhooks] events: {url} has two lines")
+        seen.add(url)
+    for name in ("max_attempts", "concurrency"):
+        if getattr(hooks, name) < 1:
+            raise ConfigError(f"{src}: [webhooks] {name} must be at least 1")
+    for name in ("timeout_seconds", "backoff_base_seconds"):
+        if not getattr(hooks, name) > 0:
+            raise ConfigError(f"{src}: [webhooks] {name} must be more than 0 (got {getattr(hooks, name)})")
+    if not hooks.backoff_max_seconds >= hooks.backoff_base_seconds:
+        raise ConfigError(f"{src}: [webhooks] backoff_max_seconds must be at least backoff_base_seconds "
+                          f"({hooks.backoff_base_seconds})")
+
+
 def _validate(config: Config) -> None:
     src = config.source
+    _validate_webhooks(config)
     _validate_sns(config)
     up = config.upstream
     if up.profile != "simulator" and not up.host:
