@@ -13,18 +13,24 @@ import pytest
 from proxy.app import Service
 from proxy.config import SuppressionConfig
 from proxy.model import BounceEvent, BounceType, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source
-from proxy.store import SqliteStore
+from proxy.store import MessageFilter, SuppressionFilter, store_for_url
 from proxy.suppression import SuppressionIndex, Suppressor, normalize_address
 from tests.conftest import ROOT, make_config
-from tests.test_inbound import DATA, KEY, deliver, relay_one, rows
+from tests.test_inbound import DATA, KEY, deliver, events, relay_one
 
 
 @pytest.fixture
-async def svc(tmp_path, upstream, monkeypatch):
+async def svc(tmp_path, upstream, monkeypatch, store_url):
+    """The whole loop on each backend in turn (SQLite, then PostgreSQL)."""
     monkeypatch.setenv("BOUNCEPROXY_VERP_KEY", KEY)
-    config = make_config(tmp_path, upstream.port, inbound={"plain_addresses": ("bounces@bounces.test",)})
+    config = make_config(tmp_path, upstream.port, store_url=store_url,
+                         inbound={"plain_addresses": ("bounces@bounces.test",)})
     async with Service(config) as service:
         yield service
+
+
+async def suppressions(svc: Service) -> list:
+    return await svc.store.list_suppressions(SuppressionFilter(limit=None))
 
 
 async def rcpt_reply(svc: Service, recipient: str, sender: str = "app@example.com") -> aiosmtplib.SMTPResponse:
@@ -40,16 +46,19 @@ async def rcpt_reply(svc: Service, recipient: str, sender: str = "app@example.co
 
 async def test_real_dsn_suppresses_and_the_next_message_is_refused_at_rcpt(svc, upstream):
     message = await relay_one(svc, "kijitora@neko.example.jp")
-    await deliver(svc, (DATA / "lhost-postfix-06.eml").read_bytes(), message["verp_token"])
+    await deliver(svc, (DATA / "lhost-postfix-06.eml").read_bytes(), message.verp_token)
     sent_before = len(upstream.handler.mail_from)
     reply = await rcpt_reply(svc, "Kijitora@NEKO.example.jp")
     assert reply.code == 550
     assert reply.message.startswith("5.1.1 <Kijitora@NEKO.example.jp>: address is on the suppression list (hard bounce ")
     assert reply.message.endswith(", hostunknown)")
-    (row,) = rows(svc, "SELECT * FROM suppressions")
-    assert row["address"] == "kijitora@neko.example.jp" and row["kind"] == "hard" and row["source_event"] is not None
-    recorded = rows(svc, "SELECT status FROM recipients WHERE address = 'Kijitora@NEKO.example.jp'")
-    assert [r["status"] for r in recorded] == ["suppressed"]
+    (row,) = await suppressions(svc)
+    assert row.address == "kijitora@neko.example.jp" and row.kind == "hard" and row.source_event is not None
+    (event,) = await events(svc, source="async")
+    assert row.source_event == event.id  # the event that suppressed it
+    recorded = [r for m in await svc.store.list_messages(MessageFilter(recipient="Kijitora@NEKO.example.jp"))
+                for r in m.recipients if r.address == "Kijitora@NEKO.example.jp"]
+    assert [r.status for r in recorded] == ["suppressed"]
     # the refused RCPT cost no upstream RCPT: only the MAIL of that transaction went upstream
     assert len(upstream.handler.mail_from) == sent_before + 1
 
@@ -69,17 +78,17 @@ async def test_forged_dsn_without_our_token_suppresses_nobody(svc):
     """A bounce for a real recipient, sent to the plain address with no tie to a message we sent."""
     await relay_one(svc, "kijitora@neko.example.jp")
     await deliver(svc, (DATA / "lhost-postfix-06.eml").read_bytes(), "bounces@bounces.test")
-    (event,) = rows(svc, "SELECT * FROM events")
-    assert event["correlation"] == "recipient_window"  # recorded and shown...
-    assert rows(svc, "SELECT * FROM suppressions") == []  # ...but not acted on
+    (event,) = await events(svc)
+    assert event.correlation == "recipient_window"  # recorded and shown...
+    assert await suppressions(svc) == []  # ...but not acted on
     assert (await rcpt_reply(svc, "kijitora@neko.example.jp")).code == 250
 
 
 async def test_complaint_suppresses(svc):
     message = await relay_one(svc, "kijitora@y.example.com")
-    await deliver(svc, (DATA / "arf-14.eml").read_bytes(), message["verp_token"])
-    (row,) = rows(svc, "SELECT * FROM suppressions")
-    assert row["kind"] == "complaint"
+    await deliver(svc, (DATA / "arf-14.eml").read_bytes(), message.verp_token)
+    (row,) = await suppressions(svc)
+    assert row.kind == "complaint"
     reply = await rcpt_reply(svc, "kijitora@y.example.com")
     assert reply.code == 550 and "complaint" in reply.message
 
@@ -88,9 +97,9 @@ async def test_sender_side_refusals_and_autoreplies_never_suppress(svc):
     for _ in range(4):
         await relay_one(svc, "blocked.user@example.net")  # 554 5.7.1 blocked using spamhaus
     message = await relay_one(svc, "nekonyaan@example.org")
-    await deliver(svc, (DATA / "rfc3834-02.eml").read_bytes(), message["verp_token"])
-    assert rows(svc, "SELECT * FROM suppressions") == []
-    hard = rows(svc, "SELECT * FROM events WHERE bounce_type = 'hard'")
+    await deliver(svc, (DATA / "rfc3834-02.eml").read_bytes(), message.verp_token)
+    assert await suppressions(svc) == []
+    hard = await events(svc, bounce_type="hard")
     assert hard == []
 
 
@@ -98,7 +107,7 @@ async def test_observe_mode_logs_but_sends(tmp_path, upstream, monkeypatch):
     config = make_config(tmp_path, upstream.port, suppression={"mode": "observe"})
     async with Service(config) as svc:
         await relay_one(svc, "unknown.x@example.net")
-        assert rows(svc, "SELECT * FROM suppressions")
+        assert await suppressions(svc)
         reply = await rcpt_reply(svc, "unknown.x@example.net")
         assert reply.code == 550 and "Recipient address rejected" in reply.message  # the upstream's answer
         assert svc.suppressor.observed == 1
@@ -108,15 +117,15 @@ async def _soft_event(store, recipient: str, at: float, reason: str = "mailboxfu
     mid = f"m{at:.0f}{reason}{kind}"
     event = BounceEvent(at=at, source=Source.SYNC, kind=kind, recipient=recipient,
                         bounce_type=BounceType.SOFT if kind == Kind.BOUNCE else BounceType.UNDETERMINED,
-                        reason=reason, message_id=mid)
+                        reason=reason, relay_id=mid)
     message = MessageRecord(id=mid, created_at=at, sender="app@example.com", status=MessageStatus.FAILED,
                             recipients=[RecipientRecord(recipient, RecipientStatus.DEFERRED)])
     await store.record_message(message, [event])
     return event
 
 
-async def test_soft_bounces_suppress_with_decay_on_an_injected_clock(tmp_path):
-    store = await SqliteStore(str(tmp_path / "s.db")).open()
+async def test_soft_bounces_suppress_with_decay_on_an_injected_clock(any_store):
+    store = any_store
     now = [1_800_000_000.0]
     sup = Suppressor(SuppressionConfig(), store, clock=lambda: now[0])
     await sup.start()
@@ -136,7 +145,7 @@ async def test_soft_bounces_suppress_with_decay_on_an_injected_clock(tmp_path):
         now[0] += day
         await sup.consider([await _soft_event(store, addr, now[0])])
         row = await sup.lookup("app@example.com", addr)
-        assert row is not None and row["kind"] == "soft" and row["expires_at"] == pytest.approx(now[0] + 7 * day)
+        assert row is not None and row.kind == "soft" and row.expires_at == pytest.approx(now[0] + 7 * day)
         now[0] += 7 * day + 1
         assert await sup.lookup("app@example.com", addr) is None  # expired
         # a delivery resets the count
@@ -151,7 +160,6 @@ async def test_soft_bounces_suppress_with_decay_on_an_injected_clock(tmp_path):
         assert await sup.lookup("app@example.com", other) is None
     finally:
         await sup.stop()
-        await store.close()
 
 
 def test_index_is_compact_and_exact_enough():
@@ -226,7 +234,7 @@ def test_ses_csv_round_trips_through_import_and_export(tmp_path):
 
 
 async def _create(tmp_path):
-    store = await SqliteStore(str(tmp_path / "bounceproxy.db")).open()
+    store = await store_for_url(f"sqlite:///{tmp_path / 'bounceproxy.db'}").open()
     await store.close()
 
 
@@ -246,10 +254,10 @@ async def test_dns_preflight_in_the_relay(tmp_path, upstream):
             assert (await rcpt_reply(svc, "someone@good.test")).code == 250
             assert (await rcpt_reply(svc, "someone@slow.test")).code == 250  # fail open
             assert svc.preflight.stats["timeouts"] >= 1
-            events = {r["recipient"]: r for r in rows(svc, "SELECT * FROM events")}
-            assert (events["someone@nothere.test"]["reason"], events["someone@nothere.test"]["bounce_type"]) == ("hostunknown", "hard")
-            assert events["someone@nullmx.test"]["reason"] == "notaccept" and events["someone@nullmx.test"]["bounce_type"] == "hard"
-            assert events["someone@nothere.test"]["remote_mta"] == "dns-preflight"
+            by = {e.recipient: e for e in await events(svc)}
+            assert (by["someone@nothere.test"].reason, by["someone@nothere.test"].bounce_type) == ("hostunknown", "hard")
+            assert by["someone@nullmx.test"].reason == "notaccept" and by["someone@nullmx.test"].bounce_type == "hard"
+            assert by["someone@nothere.test"].remote_mta == "dns-preflight"
         assert not any(r.endswith(("nothere.test", "nullmx.test")) for m in upstream.handler.messages for r in m[1])
 
 
@@ -264,7 +272,7 @@ async def test_forged_feedback_of_every_kind_suppresses_nobody(svc):
     quoted = parse(dsn).original.message_id.strip("<>")
     with_real_id = dsn.replace(quoted.encode(), b"real-1@example.com")
     arf = (DATA / "arf-14.eml").read_bytes()
-    forged_token = real["verp_token"].replace(real["verp_token"].split("-")[-1].split("@")[0], "aaaaaaaaaa")
+    forged_token = real.verp_token.replace(real.verp_token.split("-")[-1].split("@")[0], "aaaaaaaaaa")
     sent = refused = 0
     for raw, rcpt in [(dsn, "bounces@bounces.test"), (with_real_id, "bounces@bounces.test"),
                       (arf, "bounces@bounces.test"), (dsn, forged_token),
@@ -276,7 +284,7 @@ async def test_forged_feedback_of_every_kind_suppresses_nobody(svc):
             assert exc.code == 550
             refused += 1
     assert refused == 2  # the forged tokens never got past RCPT
-    events = rows(svc, "SELECT correlation FROM events WHERE source = 'async'")
-    assert {e["correlation"] for e in events} <= {"message_id", "recipient_window", "none"}
-    assert rows(svc, "SELECT * FROM suppressions") == []
+    late = await events(svc, source="async")
+    assert {e.correlation for e in late} <= {"message_id", "recipient_window", "none"}
+    assert await suppressions(svc) == [] and await svc.store.count_rows("suppressions") == 0
     assert (await rcpt_reply(svc, "kijitora@neko.example.jp")).code == 250
