@@ -387,6 +387,7 @@ def reparse(config_path, everything, classify_only) -> None:
 
     async def go():
         store = await open_store(config.store)
+        store.webhook_targets = config.webhooks.targets()
         try:
             pipeline = Pipeline(store, signer, inbound_cfg.bounce_domains, config.store.correlation_window_days,
                                 limits=inbound_cfg.parse_limits())
@@ -436,6 +437,7 @@ async def _with_writer(config: Config, fn):
     from proxy.store import open_store
 
     store = await open_store(config.store)
+    store.webhook_targets = config.webhooks.targets()  # what an operator changes is news for the webhooks too
     try:
         return await fn(store)
     finally:
@@ -673,6 +675,11 @@ def selftest(config_path, sender, timeout) -> None:
         raise click.BadParameter(f"{sender!r} is not an email address", param_hint="--from")
     if not _run(st.run(config, sender, timeout, click.echo)):
         sys.exit(1)
+
+
+from proxy.webhooks.commands import webhooks  # noqa: E402  (imports proxy.cli inside its commands only)
+
+cli.add_command(webhooks)
 
 
 def main() -> None:
