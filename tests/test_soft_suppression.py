@@ -11,11 +11,14 @@ import pytest
 
 from proxy.app import Service
 from proxy.config import ConfigError, SuppressionConfig, load_config
-from proxy.model import BounceEvent, BounceType, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source
-from proxy.store import SqliteStore
-from proxy.suppression import Policy, Suppressor, refusal
+from proxy.model import (
+    BounceEvent, BounceType, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, SoftBounce, Source,
+    Suppression,
+)
+from proxy.store import EventFilter, MessageFilter, SuppressionFilter
+from proxy.suppression import SOFT_COUNTING_REASONS_EXCLUDED as EXCLUDED, Policy, Suppressor, refusal
 from tests import postfix
-from tests.conftest import ScriptedUpstream, make_config, rows, start_upstream
+from tests.conftest import ScriptedUpstream, make_config, start_upstream
 
 DAY = 86400.0
 FULL_AT_RCPT = "452 4.2.2 <full@example.net>: Recipient address rejected: Mailbox full"
@@ -45,6 +48,21 @@ async def recording():
     up = await start_upstream(RecordingUpstream())
     yield up
     up.server.close()
+
+
+async def suppressions(svc: Service) -> list[Suppression]:
+    return await svc.store.list_suppressions(SuppressionFilter(limit=None))
+
+
+async def events(svc: Service, **flt) -> list[BounceEvent]:
+    """Logged events, oldest first."""
+    return [e.event for e in reversed(await svc.store.list_events(EventFilter(limit=10**6, **flt)))]
+
+
+def soft(at: float, relay_id: str, header_id: str | None = None, content_sha256: str | None = None,
+         verp_token: str | None = None) -> SoftBounce:
+    """A soft bounce as Store.soft_bounces gives it (header_id: the client's Message-ID)."""
+    return SoftBounce(at, relay_id, header_id, content_sha256, verp_token)
 
 
 async def rcpt(svc: Service, recipient: str) -> aiosmtplib.SMTPResponse:
@@ -99,10 +117,11 @@ async def test_an_mta_retrying_a_452_is_never_suppressed(tmp_path, recording):
             assert f"<** {FULL_AT_RCPT}" in out, out  # the upstream's words, verbatim, every time
             assert "suppression" not in out and "5.1.1" not in out
         assert recording.handler.rcpts.count("full@example.net") == 4  # the 4th try still went upstream
-        assert rows(svc, "SELECT * FROM suppressions") == []
-        events = rows(svc, "SELECT * FROM events WHERE recipient = 'full@example.net'")
-        assert [(e["reason"], e["bounce_type"]) for e in events] == [("mailboxfull", "soft")] * 4  # all recorded
-        assert {r["status"] for r in rows(svc, "SELECT status FROM recipients")} == {"deferred"}
+        assert await suppressions(svc) == []
+        logged = await events(svc, recipient="full@example.net")
+        assert [(e.reason, e.bounce_type) for e in logged] == [("mailboxfull", "soft")] * 4  # all recorded
+        messages = await svc.store.list_messages(MessageFilter(limit=10**6))
+        assert {r.status for m in messages for r in m.recipients} == {"deferred"}
 
 
 @pytest.mark.skipif(postfix.available() is not None, reason=str(postfix.available()))
@@ -124,16 +143,16 @@ async def test_postfix_retrying_a_full_mailbox_keeps_the_message_queued(tmp_path
         assert recording.handler.rcpts.count("full@example.net") >= 4, log  # the issue's fourth try went upstream
         assert "status=deferred" in log and "452 4.2.2" in log and "status=bounced" not in log, log
         assert len(queued) == 1  # still Postfix's to deliver later
-        assert rows(svc, "SELECT * FROM suppressions") == []
-        header_ids = {r["message_id"] for r in rows(svc, "SELECT message_id FROM messages")}
+        assert await suppressions(svc) == []
+        header_ids = {m.message_id for m in await svc.store.list_messages(MessageFilter(limit=10**6))}
         assert header_ids == {None}  # refused at RCPT each time: no DATA, so only the spread in time helps
 
 
-async def test_retries_of_one_message_count_once_even_when_every_bounce_counts(tmp_path, recording):
+async def test_retries_of_one_message_count_once_even_when_every_bounce_counts(tmp_path, recording, store_url):
     """With the spread in time switched off (period 0), the same message refused at the end of data
     on every try is still one bounce: by its Message-ID, and without one (the relay adds a new
     Message-ID each time) by its bytes. Distinct messages do count."""
-    config = make_config(tmp_path, recording.port, suppression={"soft_count_period_hours": 0.0})
+    config = make_config(tmp_path, recording.port, store_url=store_url, suppression={"soft_count_period_hours": 0.0})
     async with Service(config) as svc:
         kept_id = b"From: app@example.com\r\nMessage-ID: <retry.1@app.test>\r\nSubject: quota\r\n\r\nhi\r\n"
         for _ in range(4):
@@ -141,18 +160,18 @@ async def test_retries_of_one_message_count_once_even_when_every_bounce_counts(t
         no_id = b"From: app@example.com\r\nSubject: no id\r\n\r\nhi\r\n"
         for _ in range(4):
             assert (await send(svc, "fullatdata2@example.net", no_id))[0] == 452
-        header_ids = {r["message_id"] for r in rows(svc, "SELECT m.message_id FROM messages m JOIN recipients r "
-                                                       "ON r.message_id = m.id WHERE r.address = 'fullatdata2@example.net'")}
+        header_ids = {m.message_id for m in await svc.store.list_messages(MessageFilter(recipient="fullatdata2@example.net"))
+                      if any(r.address == "fullatdata2@example.net" for r in m.recipients)}
         assert len(header_ids) == 4  # a new Message-ID each time: only the content hash ties them
-        assert rows(svc, "SELECT * FROM suppressions") == []
+        assert await suppressions(svc) == []
         assert (await rcpt(svc, "fullatdata1@example.net")).code == 250
         assert (await rcpt(svc, "fullatdata2@example.net")).code == 250
         # three distinct messages: three bounces, suppressed, and the 4th is refused with a 4xx
         for n in range(3):
             body = f"From: app@example.com\r\nMessage-ID: <distinct.{n}@app.test>\r\nSubject: {n}\r\n\r\nhi\r\n"
             assert (await send(svc, "fullatdata3@example.net", body.encode()))[0] == 452
-        (row,) = rows(svc, "SELECT * FROM suppressions")
-        assert row["address"] == "fullatdata3@example.net" and row["kind"] == "soft" and row["reason"] == "mailboxfull"
+        (row,) = await suppressions(svc)
+        assert row.address == "fullatdata3@example.net" and row.kind == "soft" and row.reason == "mailboxfull"
         before = len(recording.handler.rcpts)
         reply = await rcpt(svc, "fullatdata3@example.net")
         assert reply.code == 452 and reply.message.startswith("4.2.2 <fullatdata3@example.net>: mailbox repeatedly full since ")
@@ -164,7 +183,7 @@ async def _bounce(store, recipient: str, at: float, *, relay_id: str, header_id:
                   sha: str | None = None, verp: str | None = None, reason: str = "mailboxfull",
                   source: Source = Source.SYNC, correlation: str = "none") -> BounceEvent:
     event = BounceEvent(at=at, source=source, kind=Kind.BOUNCE, recipient=recipient, bounce_type=BounceType.SOFT,
-                        reason=reason, message_id=relay_id, correlation=correlation)
+                        reason=reason, relay_id=relay_id, correlation=correlation)
     message = MessageRecord(id=relay_id, created_at=at, sender="app@example.com", status=MessageStatus.FAILED,
                             message_id=header_id, content_sha256=sha, verp_token=verp,
                             recipients=[RecipientRecord(recipient, RecipientStatus.DEFERRED)])
@@ -173,14 +192,14 @@ async def _bounce(store, recipient: str, at: float, *, relay_id: str, header_id:
 
 
 @pytest.fixture
-async def clocked(tmp_path):
-    store = await SqliteStore(str(tmp_path / "s.db")).open()
+async def clocked(any_store):
+    """A Suppressor on an injected clock over each backend in turn."""
+    store = any_store
     now = [1_800_000_000.0]
     sup = Suppressor(SuppressionConfig(), store, clock=lambda: now[0])
     await sup.start()
     yield store, sup, now
     await sup.stop()
-    await store.close()
 
 
 @pytest.mark.parametrize("key", ["header_id", "sha", "verp"])
@@ -193,7 +212,7 @@ async def test_a_message_retried_on_distinct_days_counts_once(clocked, key):
         await sup.consider([await _bounce(store, "retried@example.net", now[0], relay_id=f"r{key}{n}",
                                           **{key: f"same-{key}"})])
     assert await sup.lookup("app@example.com", "retried@example.net") is None
-    bounces = await store.soft_bounces("retried@example.net", 0, set(), sup.policy.trusted)
+    bounces = await store.soft_bounces("retried@example.net", 0, EXCLUDED, sup.policy.trusted)
     assert len(bounces) == 4 and sup.policy.soft_count(bounces) == 1
 
 
@@ -206,7 +225,7 @@ async def test_soft_bounces_count_once_per_period_then_suppress_with_a_4xx(clock
         now[0] = start + n * 2.3 * 3600
         await sup.consider([await _bounce(store, addr, now[0], relay_id=f"day0-{n}", header_id=f"<d0.{n}@app>")])
     assert await sup.lookup("app@example.com", addr) is None
-    assert sup.policy.soft_count(await store.soft_bounces(addr, 0, set(), sup.policy.trusted)) == 1
+    assert sup.policy.soft_count(await store.soft_bounces(addr, 0, EXCLUDED, sup.policy.trusted)) == 1
     # a second day: two; a third day: three, the threshold
     now[0] = start + DAY
     await sup.consider([await _bounce(store, addr, now[0], relay_id="day1", header_id="<d1@app>")])
@@ -214,8 +233,8 @@ async def test_soft_bounces_count_once_per_period_then_suppress_with_a_4xx(clock
     now[0] = start + 2 * DAY
     await sup.consider([await _bounce(store, addr, now[0], relay_id="day2", header_id="<d2@app>")])
     row = await sup.lookup("app@example.com", addr)
-    assert row is not None and row["kind"] == "soft" and row["reason"] == "mailboxfull"
-    assert row["expires_at"] == pytest.approx(now[0] + 7 * DAY)
+    assert row is not None and row.kind == "soft" and row.reason == "mailboxfull"
+    assert row.expires_at == pytest.approx(now[0] + 7 * DAY)
     reply = refusal(row, addr, "bounceproxy")
     assert reply == ("452 4.2.2 <busy@example.net>: mailbox repeatedly full since 2027-01-17 "
                      "(soft suppression until 2027-01-24, mailboxfull)")
@@ -235,7 +254,7 @@ async def test_untrusted_soft_reports_do_not_add_to_the_count(clocked):
     now[0] += DAY + 1
     await sup.consider([await _bounce(store, addr, now[0], relay_id="real", source=Source.SYNC)])
     assert await sup.lookup("app@example.com", addr) is None
-    assert len(await store.soft_bounces(addr, 0, set(), sup.policy.trusted)) == 1
+    assert len(await store.soft_bounces(addr, 0, EXCLUDED, sup.policy.trusted)) == 1
 
 
 def test_every_soft_reason_answers_temporarily_and_hard_ones_permanently():
@@ -245,23 +264,23 @@ def test_every_soft_reason_answers_temporarily_and_hard_ones_permanently():
                 "emailtoolarge": "452 4.3.4", "filtered": "450 4.2.0", "syntaxerror": "450 4.2.0"}
     for style in ("bounceproxy", "ses"):
         for reason, start in expected.items():
-            row = {"kind": "soft", "reason": reason, "created_at": created, "expires_at": expires}
+            row = Suppression("", "a@example.net", reason, "soft", created, expires)
             reply = refusal(row, "a@example.net", style)
             assert reply.startswith(start + " ") and "5.1.1" not in reply, reply
         for kind in ("hard", "complaint", "manual", "import"):
-            row = {"kind": kind, "reason": "userunknown", "created_at": created, "expires_at": None}
+            row = Suppression("", "a@example.net", "userunknown", kind, created, None)
             assert refusal(row, "a@example.net", style).startswith("550 5.1.1 ")
 
 
 def test_the_policy_reads_retries_and_periods_from_the_rows_alone():
     policy = Policy(SuppressionConfig(soft_count_period_hours=24.0))
-    rows_ = [{"at": 0, "relay_id": "a", "header_id": "<x@app>"},
-             {"at": 2 * DAY, "relay_id": "b", "header_id": "<x@app>"},  # a retry of a, two days later
-             {"at": 3 * DAY, "relay_id": "c", "content_sha256": "s"},
-             {"at": 3 * DAY + 3600, "relay_id": "d", "header_id": "<y@app>"},  # within c's period
-             {"at": 5 * DAY, "relay_id": "e", "content_sha256": "s"},  # a retry of c
-             {"at": 6 * DAY, "relay_id": "f", "verp_token": "v"},
-             {"at": 8 * DAY, "relay_id": "g", "verp_token": "v"}]  # a retry of f
+    rows_ = [soft(0, "a", header_id="<x@app>"),
+             soft(2 * DAY, "b", header_id="<x@app>"),  # a retry of a, two days later
+             soft(3 * DAY, "c", content_sha256="s"),
+             soft(3 * DAY + 3600, "d", header_id="<y@app>"),  # within c's period
+             soft(5 * DAY, "e", content_sha256="s"),  # a retry of c
+             soft(6 * DAY, "f", verp_token="v"),
+             soft(8 * DAY, "g", verp_token="v")]  # a retry of f
     assert policy.soft_count(rows_) == 3  # a, c, f
     assert Policy(SuppressionConfig(soft_count_period_hours=0.0)).soft_count(rows_) == 4  # a, c, d, f
 
@@ -296,15 +315,15 @@ async def test_simulator_addresses_are_never_suppressed(tmp_path):
             for _ in range(100):  # the simulated world's complaint and late DSN come back
                 await asyncio.sleep(0.05)
                 await svc.inbound_worker.drain()
-                if len(rows(svc, "SELECT * FROM events WHERE source = 'async'")) == 2 * (run + 1):
+                if len(await events(svc, source="async")) == 2 * (run + 1):
                     break
-        kinds = sorted((e["kind"], e["recipient"]) for e in rows(svc, "SELECT * FROM events WHERE source = 'async'"))
+        kinds = sorted((e.kind, e.recipient) for e in await events(svc, source="async"))
         assert kinds == [("bounce", "latebounce@simulator.amazonses.com")] * 2 + [
             ("complaint", "complaint@simulator.amazonses.com")] * 2
-        assert rows(svc, "SELECT * FROM suppressions") == []
+        assert await suppressions(svc) == []
         # an entry made before this rule (an old list, an import) does not refuse them either
-        await svc.store.upsert_suppression("", "success@simulator.amazonses.com", "userunknown", "hard", None,
-                                           time.time(), None)
+        await svc.store.upsert_suppressions([Suppression("", "success@simulator.amazonses.com", "userunknown", "hard",
+                                                         time.time())])
         await svc.suppressor.refresh()
         assert (await rcpt(svc, "success@simulator.amazonses.com")).code == 250
 
@@ -334,8 +353,8 @@ def test_the_span_shortcut_never_hides_a_threshold_reached():
         at, history = 1_800_000_000.0, []
         for n in range(rng.randint(1, 12)):
             at += rng.choice([1.0, 600.0, 3600.0, DAY, DAY + 1, 3 * DAY])
-            history.append({"at": at, "relay_id": f"r{n}", "header_id": rng.choice([None, "<a@x>", "<b@x>", f"<{n}@x>"])})
-        span = history[-1]["at"] - history[0]["at"]
+            history.append(soft(at, f"r{n}", header_id=rng.choice([None, "<a@x>", "<b@x>", f"<{n}@x>"])))
+        span = history[-1].at - history[0].at
         if policy.soft_count(history) >= threshold:
             assert policy.may_reach_threshold(span), (threshold, hours, history)
     assert not Policy(SuppressionConfig()).may_reach_threshold(None)  # no bounces at all
