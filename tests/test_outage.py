@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
+import sqlite3  # only to hold SQLite's write lock (the last test): the store's own failure mode, provoked
 import sys
 from pathlib import Path
 
@@ -13,8 +13,15 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
 from proxy.app import Service
-from tests.conftest import ROOT, ScriptedUpstream, make_config, rows
+from proxy.model import MessageRecord
+from proxy.store import MessageFilter
+from tests.conftest import ROOT, ScriptedUpstream, make_config
 from tests.test_api import parse_metrics
+
+
+async def messages(svc: Service, **flt) -> list[MessageRecord]:
+    """The logged messages, oldest first, read through the Store."""
+    return list(reversed(await svc.store.list_messages(MessageFilter(limit=10**6, **flt))))
 
 BODY = b"From: app@example.com\r\nSubject: outage\r\n\r\nhello\r\n"
 
@@ -93,11 +100,11 @@ async def test_outage_is_recorded_counted_and_reported_then_recovery(tmp_path):
         assert all(isinstance(r, aiosmtplib.SMTPSenderRefused) and r.code == 451 for r in refused)
         assert refused[0].message.startswith("4.4.1 Upstream unavailable: cannot connect to the upstream")
         # each refused attempt is on record, with the 451 the client got and why
-        failed = rows(svc, "SELECT * FROM messages WHERE status = 'failed' ORDER BY created_at")
+        failed = await messages(svc, status="failed")
         assert len(failed) == 2
-        assert all(m["upstream_reply"].startswith("451 4.4.1 Upstream unavailable") for m in failed)
-        assert all(m["send_failure"] == "upstream unavailable: cannot connect to the upstream" for m in failed)
-        assert failed[0]["sender"] == "app@example.com"
+        assert all(m.upstream_reply.startswith("451 4.4.1 Upstream unavailable") for m in failed)
+        assert all(m.send_failure == "upstream unavailable: cannot connect to the upstream" for m in failed)
+        assert failed[0].sender == "app@example.com"
 
         status, body = await get(http, svc, "/healthz")
         assert status == 503 and body["status"] == "degraded"
@@ -112,7 +119,7 @@ async def test_outage_is_recorded_counted_and_reported_then_recovery(tmp_path):
         metrics = parse_metrics((await get(http, svc, "/metrics"))[1])
         assert metrics["bounceproxy_upstream_up"] == 1
         assert metrics['bounceproxy_upstream_failures_total{reason="connect"}'] == 2  # a counter: it stays
-        assert [m["status"] for m in rows(svc, "SELECT status FROM messages ORDER BY created_at")] == [
+        assert [m.status for m in await messages(svc)] == [
             "sent", "failed", "failed", "sent"]
     await up.stop()
 
@@ -137,7 +144,7 @@ async def test_probe_sees_the_outage_and_the_recovery_without_clients(tmp_path):
 
         await until(healthy, "/healthz ok again after the upstream came back")
         # the probe's attempts were no client's: nothing recorded, nothing counted
-        assert rows(svc, "SELECT * FROM messages") == []
+        assert await messages(svc) == [] and await svc.store.count_rows("messages") == 0
         metrics = parse_metrics((await get(http, svc, "/metrics"))[1])
         assert metrics["bounceproxy_upstream_up"] == 1
         assert sum(v for k, v in metrics.items() if k.startswith("bounceproxy_upstream_failures_total")) == 0
@@ -196,6 +203,7 @@ async def test_bounce_log_refusing_writes_is_degraded_and_nothing_goes_upstream(
     await up.start()
     config = make_config(tmp_path, up.port, store={"busy_timeout_ms": 200}, upstream={"probe_interval": 0})
     async with Service(config) as svc, aiohttp.ClientSession() as http:
+        # SQLite's own failure mode, provoked: another process holds the write lock (nothing is read this way)
         blocker = sqlite3.connect(config.store.path, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
         try:

@@ -8,9 +8,9 @@ import pytest
 from proxy.app import Service
 from proxy.dsn import parse
 from proxy.dsn.limits import DEFAULT_LIMITS, Limits
-from tests.conftest import make_config, rows
+from tests.conftest import make_config
 from tests.test_forged_feedback import dsn
-from tests.test_inbound import KEY, deliver
+from tests.test_inbound import KEY, deliver, events, inbound as inbound_rows
 
 
 def qmail_notice(n: int) -> bytes:
@@ -65,10 +65,10 @@ async def test_the_bounce_mx_records_a_cut_on_the_inbound_row_and_shows_it(tmp_p
                                                           "parse_max_recipients": 50})
     async with Service(config) as svc:
         await deliver(svc, dsn([f"u{i}@example.org" for i in range(120)]), "bounces@bounces.test")
-        (inbound,) = rows(svc, "SELECT * FROM inbound")
-        assert inbound["truncated"] == "recipients: 50 of 120 kept"
-        assert len(rows(svc, "SELECT * FROM events")) == 50
-        assert len(inbound["raw"]) > 10_000  # the mail itself is kept whole: a reparse with higher limits reads it
+        (inbound,) = await inbound_rows(svc)
+        assert inbound.truncated == "recipients: 50 of 120 kept"
+        assert len(await events(svc)) == 50
+        assert len(inbound.raw) > 10_000  # the mail itself is kept whole: a reparse with higher limits reads it
         base = f"http://{svc.api_address[0]}:{svc.api_address[1]}"
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{base}/api/inbound?flagged=true") as response:
