@@ -373,3 +373,32 @@ def test_sqlite_urls_absolute_and_relative(tmp_path, monkeypatch):
     for bad in ("sqlite://", "sqlite:///", "sqlite://host/x.db"):
         with pytest.raises(StoreError, match="sqlite:///absolute/path.db"):
             store_for_url(bad)
+
+
+async def test_every_list_pages_by_cursor(any_store):
+    for i in range(7):
+        await any_store.record_message(message(f"m{i}", (f"u{i}@b.example", R), at=NOW - i), [bounce(f"u{i}@b.example", f"m{i}", at=NOW - i)])
+        await any_store.store_inbound("p", "", [], f"mail {i}".encode())
+    await any_store.upsert_suppressions([Suppression("", f"s{i}@B.example".lower(), "userunknown", "hard", NOW - i // 2)
+                                         for i in range(7)])
+
+    async def pages(list_fn, flt, cursor_of, key):
+        seen, flt.limit = [], 3
+        while True:
+            page = await list_fn(flt)
+            seen += [key(r) for r in page]
+            if len(page) < 3:
+                return seen
+            flt.before = cursor_of(page[-1])
+    events = await pages(any_store.list_events, EventFilter(), lambda e: (e.event.at, e.event.id), lambda e: e.event.relay_id)
+    assert events == [f"m{i}" for i in range(7)]
+    messages = await pages(any_store.list_messages, MessageFilter(), lambda m: (m.created_at, m.id), lambda m: m.id)
+    assert messages == [f"m{i}" for i in range(7)]
+    inbound = await pages(any_store.list_inbound, InboundFilter(), lambda i: i.id, lambda i: i.id)
+    assert inbound == sorted(inbound, reverse=True) and len(set(inbound)) == 7
+    listed = await pages(any_store.list_suppressions, SuppressionFilter(),
+                         lambda s: (s.created_at, s.scope, s.address), lambda s: s.address)
+    assert sorted(listed) == sorted(f"s{i}@b.example" for i in range(7)) and len(listed) == 7
+    found = await any_store.list_suppressions(SuppressionFilter(search="S3@B", limit=None))
+    assert [s.address for s in found] == ["s3@b.example"]
+    assert await any_store.list_suppressions(SuppressionFilter(search="%", limit=None)) != []  # a wildcard is text

@@ -36,6 +36,7 @@ class EventFilter:
     correlation: str | None = None
     relay_id: str | None = None
     limit: int = 100
+    before: tuple[float, int] | None = None  # a page's cursor: (at, id) of the last event of the page before
 
 
 @dataclass
@@ -46,6 +47,7 @@ class MessageFilter:
     sender: str | None = None
     limit: int = 100
     duplicates: bool = False  # only messages that may have reached someone twice
+    before: tuple[float, str] | None = None  # a page's cursor: (created_at, id) of the last message before
 
 
 @dataclass
@@ -54,6 +56,7 @@ class InboundFilter:
     since: float | None = None
     limit: int = 100
     flagged: bool = False  # named addresses its message never went to, or cut by a parse limit
+    before: int | None = None  # a page's cursor: the id of the last mail of the page before
 
 
 @dataclass
@@ -61,3 +64,5 @@ class SuppressionFilter:
     address: str | None = None  # normalised
     scope: str | None = None
     limit: int | None = 100  # None: all of them (export)
+    search: str | None = None  # a part of the address, any case
+    before: tuple[float, str, str] | None = None  # a page's cursor: (created_at, scope, address) of the last one

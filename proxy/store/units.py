@@ -256,6 +256,9 @@ def list_inbound(d: Dialect, flt: InboundFilter) -> Unit:
     if flt.since is not None:
         clauses.append("received_at >= ?")
         params.append(flt.since)
+    if flt.before is not None:
+        clauses.append("id < ?")
+        params.append(flt.before)
     rows = yield fetch(f"SELECT {INBOUND_LISTED} FROM inbound {_where(clauses)} ORDER BY id DESC LIMIT ?",
                        (*params, flt.limit))
     return [to_inbound(r) for r in rows]
@@ -389,6 +392,9 @@ def list_messages(d: Dialect, flt: MessageFilter) -> Unit:
         params.append(flt.sender)
     if flt.duplicates:
         clauses.append(duplicate_sql(d))
+    if flt.before is not None:
+        clauses.append("(m.created_at, m.id) < (?, ?)")
+        params.extend(flt.before)
     rows = yield fetch(f"SELECT m.*, {duplicate_sql(d)} AS duplicate FROM messages m {_where(clauses)} "
                        "ORDER BY m.created_at DESC, m.id DESC LIMIT ?", (*params, flt.limit))
     if not rows:
@@ -415,6 +421,9 @@ def list_events(d: Dialect, flt: EventFilter) -> Unit:
         if value:
             clauses.append(f"e.{column} = ?")
             params.append(value)
+    if flt.before is not None:
+        clauses.append("(e.at, e.id) < (?, ?)")
+        params.extend(flt.before)
     rows = yield fetch(
         "SELECT e.*, m.sender AS m_sender, m.message_id AS m_message_id, m.upstream_id AS m_upstream_id, "
         f"m.subject AS m_subject FROM events e LEFT JOIN messages m ON m.id = e.relay_id {_where(clauses)} "
@@ -549,6 +558,12 @@ def list_suppressions(d: Dialect, flt: SuppressionFilter) -> Unit:
     if flt.scope is not None:
         clauses.append("scope = ?")
         params.append(flt.scope)
+    if flt.search:
+        clauses.append("address LIKE ?")
+        params.append("%" + flt.search.lower().replace("\\", "").replace("%", "").replace("_", "") + "%")
+    if flt.before is not None:
+        clauses.append("(created_at < ? OR (created_at = ? AND (scope, address) > (?, ?)))")
+        params.extend((flt.before[0], flt.before[0], flt.before[1], flt.before[2]))
     limit = "LIMIT ?" if flt.limit else ""
     rows = yield fetch(f"SELECT * FROM suppressions {_where(clauses)} ORDER BY created_at DESC, scope, address {limit}",
                        (*params, *([flt.limit] if flt.limit else [])))
