@@ -14,7 +14,8 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from tests.conftest import make_config, rows
+from proxy.store import EventFilter, MessageFilter, SuppressionFilter
+from tests.conftest import make_config
 
 MESSAGE = b"From: app@example.com\r\nTo: user@example.net\r\nMessage-ID: <m1@example.com>\r\nSubject: t\r\n\r\nHello\r\n"
 PROPER = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} \S")  # aiosmtplib strips the code: the text starts with the enhanced one
@@ -134,20 +135,29 @@ async def send(svc: Service, rcpt: str = "user@example.net", body: bytes = MESSA
             smtp.close()
 
 
-def statuses(svc: Service) -> list[str]:
-    return [r["status"] for r in rows(svc, "SELECT status FROM messages ORDER BY created_at, id")]
+async def statuses(svc: Service) -> list[str]:
+    """The logged messages' statuses, oldest first, read through the Store."""
+    return [m.status for m in reversed(await svc.store.list_messages(MessageFilter(limit=10**6)))]
+
+
+async def no_events(svc: Service) -> bool:
+    return await svc.store.list_events(EventFilter()) == [] and await svc.store.count_rows("events") == 0
+
+
+async def no_suppressions(svc: Service) -> bool:
+    return await svc.store.list_suppressions(SuppressionFilter(limit=None)) == []
 
 
 async def assert_next_message_goes_through(svc: Service, raw: RawUpstream, bodies_before: int) -> None:
     code, text = await send(svc, "next@example.net")
     assert (code, text) == (250, f"2.0.0 Ok: queued as RAW{bodies_before + 1}")
     assert len(raw.bodies) == bodies_before + 1 and raw.bodies[-1].endswith(b"\r\nHello\r\n")
-    assert statuses(svc)[-1] == "sent"
+    assert (await statuses(svc))[-1] == "sent"
 
 
 async def test_proper_upstream_message_is_sent(relay, raw):
     assert await send(relay) == (250, "2.0.0 Ok: queued as RAW1")
-    assert statuses(relay) == ["sent"]
+    assert (await statuses(relay)) == ["sent"]
 
 
 @pytest.mark.parametrize("reply", [
@@ -160,7 +170,7 @@ async def test_anything_but_354_to_data_that_is_not_a_refusal_is_out_of_protocol
     code, text = await send(relay)
     assert code == 451 and text.startswith("4.4.1 ") and "out of protocol" in text
     assert raw.bodies == []  # nothing went out
-    assert "sent" not in statuses(relay) and statuses(relay) != []
+    assert "sent" not in (await statuses(relay)) and (await statuses(relay)) != []
     await assert_next_message_goes_through(relay, raw, 0)
     assert raw.connections >= 2  # the connection that answered out of protocol was never reused
 
@@ -168,7 +178,7 @@ async def test_anything_but_354_to_data_that_is_not_a_refusal_is_out_of_protocol
 async def test_refusal_of_data_itself_is_passed_on_and_the_connection_stays(relay, raw):
     raw.script[b"DATA"] = [b"554 5.5.1 No valid recipients\r\n"]
     assert await send(relay) == (554, "5.5.1 No valid recipients")
-    assert raw.bodies == [] and statuses(relay) == ["rejected"]
+    assert raw.bodies == [] and (await statuses(relay)) == ["rejected"]
     await assert_next_message_goes_through(relay, raw, 0)
     assert b"RSET" in raw.commands  # refused at DATA: the open transaction was reset before reuse
 
@@ -178,7 +188,7 @@ async def test_end_of_data_reply_other_than_250_or_a_refusal_is_not_sent(relay, 
     raw.script[b"."] = [reply]
     code, text = await send(relay)
     assert code == 451 and text.startswith("4.4.1 ")
-    assert "sent" not in statuses(relay)
+    assert "sent" not in (await statuses(relay))
     await assert_next_message_goes_through(relay, raw, 1)
 
 
@@ -186,7 +196,7 @@ async def test_extra_reply_to_rcpt_in_the_same_segment_is_caught_at_rcpt(relay, 
     raw.script[b"RCPT"] = [b"250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as STALE\r\n"]
     code, text = await send(relay)
     assert code == 451 and text.startswith("4.4.1 ") and "more replies than" in text
-    assert raw.bodies == [] and "sent" not in statuses(relay)
+    assert raw.bodies == [] and "sent" not in (await statuses(relay))
     await assert_next_message_goes_through(relay, raw, 0)
 
 
@@ -194,7 +204,7 @@ async def test_extra_reply_to_rcpt_arriving_later_never_counts_as_the_answer_to_
     raw.later[b"RCPT"] = [b"250 2.0.0 Ok: queued as STALE\r\n"]
     code, text = await send(relay)
     assert code == 451 and text.startswith("4.4.1 ")
-    assert raw.bodies == [] and "sent" not in statuses(relay)
+    assert raw.bodies == [] and "sent" not in (await statuses(relay))
     await assert_next_message_goes_through(relay, raw, 0)
 
 
@@ -205,7 +215,7 @@ async def test_reply_that_arrives_while_the_connection_idles_in_the_pool_retires
     connections = raw.connections
     await assert_next_message_goes_through(relay, raw, 1)
     assert raw.connections == connections + 1  # not reused: its next reply would have been the ghost's
-    assert statuses(relay) == ["sent", "sent"]
+    assert (await statuses(relay)) == ["sent", "sent"]
 
 
 @pytest.mark.parametrize("stage, mixed, code, enhanced", [
@@ -219,7 +229,7 @@ async def test_mixed_reply_that_starts_with_a_refusal_is_that_refusal(relay, raw
     got_code, text = await send(relay)
     assert got_code == code and text.startswith(enhanced + " ")
     assert "250" not in text.split(" ", 1)[1] and "354" not in text  # only the first line's code speaks
-    assert "sent" not in statuses(relay) and "partial" not in statuses(relay)
+    assert "sent" not in (await statuses(relay)) and "partial" not in (await statuses(relay))
     await assert_next_message_goes_through(relay, raw, len(raw.bodies))
 
 
@@ -232,7 +242,7 @@ async def test_mixed_reply_that_starts_with_success_is_out_of_protocol(relay, ra
     raw.script[stage] = [mixed]
     code, text = await send(relay)
     assert code == 451 and text.startswith("4.4.1 ") and "out of protocol" in text
-    assert "sent" not in statuses(relay)
+    assert "sent" not in (await statuses(relay))
     await assert_next_message_goes_through(relay, raw, len(raw.bodies))
 
 
@@ -242,7 +252,7 @@ async def test_upstream_that_closes_after_rcpt_gives_a_plain_451(relay, raw):
     assert code == 451 and PROPER.match(text)
     for internal in ("Error", "NoneType", "Attribute", "Traceback", "Exception"):
         assert internal not in text
-    assert "sent" not in statuses(relay)
+    assert "sent" not in (await statuses(relay))
     raw.close_after.clear()
     await assert_next_message_goes_through(relay, raw, 0)
 
@@ -293,7 +303,7 @@ async def test_upstream_without_smtputf8_means_none_advertised_and_utf8_refused_
             assert (rcpt.code, rcpt.message[:6]) == (553, "5.6.7 ")
             await smtp.quit()
             assert not any(not c.isascii() for c in raw.commands)  # nothing non-ASCII reached the upstream
-            assert rows(svc, "SELECT * FROM events") == [] and rows(svc, "SELECT * FROM suppressions") == []
+            assert await no_events(svc) and await no_suppressions(svc)
     finally:
         raw.close()
 
@@ -312,7 +322,7 @@ async def test_upstream_dropping_smtputf8_later_is_a_temporary_refusal_never_a_b
             assert reply.code == 451 and reply.message.startswith("4.5.4 ")
             await smtp.quit()
             assert "smtputf8" not in await ehlo_keywords(svc)  # the next session is told the truth
-            assert rows(svc, "SELECT * FROM events") == [] and rows(svc, "SELECT * FROM suppressions") == []
+            assert await no_events(svc) and await no_suppressions(svc)
     finally:
         raw.close()
 
@@ -336,7 +346,7 @@ async def test_upstream_unknown_at_start_then_without_smtputf8(tmp_path):
             assert "smtputf8" not in await ehlo_keywords(svc)
             assert await send(svc) == (250, "2.0.0 Ok: queued as RAW1")  # plain mail flows
             assert not any(b"SMTPUTF8" in c for c in raw.commands)
-            assert rows(svc, "SELECT * FROM events") == []
+            assert await no_events(svc)
         finally:
             raw.close()
 
@@ -351,9 +361,9 @@ async def test_upstream_refusing_a_utf8_recipient_is_not_held_against_it(relay, 
         reply = await smtp.execute_command(b"RCPT", "TO:<jürgen@bücher.example>".encode())
         assert reply.code == 553
         await smtp.quit()
-    assert rows(relay, "SELECT * FROM events") == []  # a protocol mismatch, recorded as a send failure
-    assert rows(relay, "SELECT * FROM suppressions") == []
-    assert all("SMTPUTF8" in (r["send_failure"] or "") for r in rows(relay, "SELECT send_failure FROM messages"))
+    assert await no_events(relay)  # a protocol mismatch, recorded as a send failure
+    assert await no_suppressions(relay)
+    assert all("SMTPUTF8" in (m.send_failure or "") for m in await relay.store.list_messages(MessageFilter(limit=10**6)))
 
 
 def test_out_of_step_is_caught_under_uvloop_too(tmp_path):
@@ -372,7 +382,7 @@ def test_out_of_step_is_caught_under_uvloop_too(tmp_path):
                 code, text = await send(svc)
                 assert code == 451 and "more replies than" in text
                 await assert_next_message_goes_through(svc, raw, 1)
-                assert statuses(svc).count("sent") == 2
+                assert (await statuses(svc)).count("sent") == 2
         finally:
             raw.close()
 

@@ -15,7 +15,9 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from tests.conftest import make_config, rows
+from proxy.store import MessageFilter
+from tests.conftest import make_config
+from tests.test_inbound import inbound
 from tests.test_protocol import RawUpstream
 
 PROPER = re.compile(rb"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3} \S")
@@ -172,8 +174,8 @@ async def test_relay_every_reply_is_proper(tmp_path):
             # Addresses taken exactly: nothing with a control byte or non-ASCII reached the upstream
             assert raw.commands and all(c.isascii() and not re.search(rb"[\x00-\x1f\x7f]", c) for c in raw.commands)
             assert len(raw.bodies) == 1 and raw.bodies[0].endswith(b"\r\n\r\nfine\r\n")  # only the clean message
-            sent = rows(svc, "SELECT message_id FROM messages WHERE status = 'sent'")
-            assert [r["message_id"] for r in sent] == ["walk@example.com"]
+            sent = await svc.store.list_messages(MessageFilter(status="sent"))
+            assert [m.message_id for m in sent] == ["walk@example.com"]
     finally:
         raw.close()
 
@@ -268,8 +270,8 @@ async def test_bounce_mx_stores_a_20000_byte_line_exactly(tmp_path, upstream):
 
         refused, noop = await asyncio.to_thread(deliver)
         assert refused == {}
-        (stored,) = rows(svc, "SELECT raw FROM inbound")
-        assert bytes(stored["raw"]) == raw
+        (stored,) = await inbound(svc)
+        assert stored.raw == raw
 
 
 async def test_bounce_mx_line_over_its_limit_gets_a_proper_permanent_refusal(tmp_path, upstream):
@@ -283,7 +285,7 @@ async def test_bounce_mx_line_over_its_limit_gets_a_proper_permanent_refusal(tmp
         assert refused.value.code == 554 and refused.value.message.startswith("5.6.0 ")
         assert "5000" in refused.value.message and "max_line_length" in refused.value.message
         await smtp.quit()
-        assert rows(svc, "SELECT * FROM inbound") == []
+        assert await inbound(svc) == [] and await svc.store.count_rows("inbound") == 0
 
 
 def test_max_line_length_is_checked_against_rfc_and_size(tmp_path):
