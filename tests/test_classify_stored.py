@@ -1,11 +1,10 @@
 """What a verdict was made from is stored on the event (issue 11): the SMTP stage, the Action, the
 status source and the rule that decided. `reparse --classify-only` makes the same verdict again from
 those inputs, and the CLI shows the why. Real relay, real upstream (aiosmtpd), real bounce MX, real
-SQLite file, real CLI processes."""
+SQLite file, real CLI processes; the log read back through the Store."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 
@@ -13,7 +12,9 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
-from tests.conftest import ROOT, ScriptedUpstream, make_config, rows, start_upstream
+from proxy.model import BounceEvent
+from proxy.store import EventFilter, MessageFilter
+from tests.conftest import ROOT, ScriptedUpstream, make_config, start_upstream
 
 SHARED = ROOT.parent / "shared" / "samples" / "sisimai" / "maildir" / "bsd"
 KEY = "test-verp-key-0123456789"
@@ -54,31 +55,36 @@ async def _send(svc: Service, recipient: str) -> None:
     await smtp.quit()
 
 
-def _stale(svc: Service) -> None:
+async def _events(svc: Service) -> list[BounceEvent]:
+    return [e.event for e in await svc.store.list_events(EventFilter(limit=10**6))]
+
+
+async def _stale(svc: Service) -> None:
     """What a classifier upgrade leaves behind: verdicts to be made again."""
-    db = sqlite3.connect(svc.config.store.path)
-    db.execute("UPDATE events SET reason = 'undefined', bounce_type = 'undetermined', decided_by = NULL")
-    db.commit()
-    db.close()
+    events = await _events(svc)
+    for e in events:
+        e.reason, e.bounce_type, e.decided_by = "undefined", "undetermined", None
+    await svc.store.update_events_verdicts(events)
+    assert {(e.reason, e.decided_by) for e in await _events(svc)} == {("undefined", None)}
 
 
 async def test_a_sync_user_unknown_after_data_stays_filtered_soft_on_reclassify(svc, tmp_path):
     await _send(svc, "dataunknown@example.net")
     for _ in range(100):
-        if rows(svc, "SELECT * FROM events"):
+        if await _events(svc):
             break
         await asyncio.sleep(0.05)
-    [event] = rows(svc, "SELECT * FROM events")
-    assert (event["reason"], event["bounce_type"], event["smtp_command"]) == ("filtered", "soft", "DATA")
-    assert "stage DATA: filtered" in event["decided_by"] and "user unknown" in event["decided_by"]
-    first = event["decided_by"]
+    [event] = await _events(svc)
+    assert (event.reason, event.bounce_type, event.smtp_command) == ("filtered", "soft", "DATA")
+    assert "stage DATA: filtered" in event.decided_by and "user unknown" in event.decided_by
+    first = event.decided_by
 
-    _stale(svc)
+    await _stale(svc)
     out = await asyncio.to_thread(_cli, tmp_path, "reparse", "--classify-only")
     assert out.returncode == 0, out.stderr
-    [event] = rows(svc, "SELECT * FROM events")
+    [event] = await _events(svc)
     # the stored stage makes the same verdict: without it, this would become userunknown / hard
-    assert (event["reason"], event["bounce_type"], event["decided_by"]) == ("filtered", "soft", first)
+    assert (event.reason, event.bounce_type, event.decided_by) == ("filtered", "soft", first)
 
     out = await asyncio.to_thread(_cli, tmp_path, "bounces", "--explain")
     assert out.returncode == 0, out.stderr
@@ -86,8 +92,8 @@ async def test_a_sync_user_unknown_after_data_stays_filtered_soft_on_reclassify(
     assert "why: text: userunknown row" in out.stdout and "smtp_command DATA" in out.stdout
     out = await asyncio.to_thread(_cli, tmp_path, "bounces", "--explain", "--json")
     assert '"smtp_command": "DATA"' in out.stdout and '"decided_by": "text: userunknown' in out.stdout
-    message_id = rows(svc, "SELECT id FROM messages")[0]["id"]
-    out = await asyncio.to_thread(_cli, tmp_path, "messages", "show", message_id)
+    relay_id = (await svc.store.list_messages(MessageFilter()))[0].id
+    out = await asyncio.to_thread(_cli, tmp_path, "messages", "show", relay_id)
     assert out.returncode == 0, out.stderr
     assert "why: text: userunknown row" in out.stdout and "stage DATA: filtered" in out.stdout
 
@@ -102,14 +108,14 @@ async def test_a_dsn_stating_the_stage_only_in_its_text_keeps_it_through_reclass
     await smtp.sendmail("", ["bounces@bounces.test"], raw)
     await smtp.quit()
     await svc.inbound_worker.drain()
-    [event] = [e for e in rows(svc, "SELECT * FROM events") if e["recipient"] == "kijitora@example.jp"]
-    assert (event["reason"], event["bounce_type"]) == ("filtered", "soft")
-    assert (event["smtp_command"], event["action"], event["status_source"]) == ("DATA", "failed", "dsn")
-    _stale(svc)
+    [event] = [e for e in await _events(svc) if e.recipient == "kijitora@example.jp"]
+    assert (event.reason, event.bounce_type) == ("filtered", "soft")
+    assert (event.smtp_command, event.action, event.status_source) == ("DATA", "failed", "dsn")
+    await _stale(svc)
     out = await asyncio.to_thread(_cli, tmp_path, "reparse", "--classify-only")
     assert out.returncode == 0, out.stderr
-    [event] = [e for e in rows(svc, "SELECT * FROM events") if e["recipient"] == "kijitora@example.jp"]
-    assert (event["reason"], event["bounce_type"]) == ("filtered", "soft") and "stage DATA" in event["decided_by"]
+    [event] = [e for e in await _events(svc) if e.recipient == "kijitora@example.jp"]
+    assert (event.reason, event.bounce_type) == ("filtered", "soft") and "stage DATA" in event.decided_by
 
 
 def test_classify_explain_prints_the_steps_and_what_decided(tmp_path):
