@@ -402,3 +402,34 @@ async def test_every_list_pages_by_cursor(any_store):
     found = await any_store.list_suppressions(SuppressionFilter(search="S3@B", limit=None))
     assert [s.address for s in found] == ["s3@b.example"]
     assert await any_store.list_suppressions(SuppressionFilter(search="%", limit=None)) != []  # a wildcard is text
+
+
+async def test_activity_counts_per_bucket_on_bucket_boundaries(any_store):
+    """Buckets are aligned on the epoch: a time just before a boundary (x.9 s, which PostgreSQL's CAST would
+    round up) stays in the earlier bucket, the boundary itself opens the next."""
+    hour = 3600
+    base = (int(NOW) // hour - 3) * hour  # the start of an hour, three hours ago
+    await any_store.record_message(message("early", ("a@b.example", A), ("b@b.example", R), at=base + 0.1),
+                                   [bounce("b@b.example", "early", at=base + 0.1)])
+    await any_store.record_message(message("edge", ("c@b.example", A), at=base + hour - 0.1))
+    await any_store.record_message(message("next", ("d@b.example", A), at=base + hour),
+                                   [bounce("d@b.example", "next", at=base + 2 * hour + 5, bounce_type=BounceType.SOFT,
+                                           source=Source.ASYNC, correlation=Correlation.VERP),
+                                    bounce("d@b.example", "next", at=base + 2 * hour + 6, kind=Kind.COMPLAINT,
+                                           bounce_type=BounceType.UNDETERMINED, source=Source.ASYNC,
+                                           correlation=Correlation.VERP),
+                                    bounce("x@b.example", "next", at=base + 2 * hour + 7, source=Source.ASYNC,
+                                           correlation=Correlation.FOREIGN_RECIPIENT)])
+    await any_store.record_message(message("old", ("e@b.example", A), at=base - 10))  # before `since`
+    rows = await any_store.activity(base, hour)
+    zero = {"messages": 0, "recipients": 0, "hard": 0, "soft": 0, "undetermined": 0, "complaints": 0}
+    assert rows == [
+        {**zero, "bucket_start": float(base), "messages": 2, "recipients": 3, "hard": 1},
+        {**zero, "bucket_start": float(base + hour), "messages": 1, "recipients": 1},
+        {**zero, "bucket_start": float(base + 2 * hour), "soft": 1, "complaints": 1},  # the foreign one left out
+    ]
+    daily = await any_store.activity(base - 86400, 86400)
+    assert sum(r["messages"] for r in daily) == 4 and sum(r["recipients"] for r in daily) == 5
+    assert all(r["bucket_start"] % 86400 == 0 for r in daily)
+    with pytest.raises(StoreError):
+        await any_store.activity(base, 0)

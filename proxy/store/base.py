@@ -128,6 +128,12 @@ class SqlStore:
     async def metric_counts(self, now: float) -> MetricCounts:
         return await self._read(units.metric_counts, now)
 
+    async def activity(self, since: float, bucket_seconds: int) -> list[dict]:
+        """Counts per time bucket for the dashboard's charts (units.activity)."""
+        if bucket_seconds < 1:
+            raise StoreError("a bucket is at least one second")
+        return await self._read(units.activity, since, bucket_seconds)
+
     # -- the suppression list ----------------------------------------------------------------
     def suppression_keys(self, chunk: int = 20_000) -> AsyncIterator[list[tuple[str, str]]]:
         """(scope, address) of every suppression, in chunks, so a million never sit in memory at once."""

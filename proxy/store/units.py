@@ -496,6 +496,44 @@ def metric_counts(d: Dialect, now: float) -> Unit:
     )
 
 
+
+def _bucketed(time_sql: str, columns: str, source: str) -> str:
+    """`SELECT bucket, <columns>, COUNT(*) AS n` over `source` (FROM ... WHERE ..., whose time is `time_sql`)
+    grouped per bucket; parameters: bucket seconds (int), bucket seconds (float), then the source's. CAST
+    truncates on SQLite and rounds on PostgreSQL, so an index one too high is taken back: the same buckets on
+    both, without FLOOR (SQLite has it only when built with its math functions)."""
+    extra = f", {columns}" if columns else ""
+    return (f"SELECT bucket{extra}, COUNT(*) AS n FROM (SELECT k - CASE WHEN k * ? > t THEN 1 ELSE 0 END AS bucket{extra} "
+            f"FROM (SELECT CAST({time_sql} / ? AS BIGINT) AS k, {time_sql} AS t{extra} {source}) s) b "
+            f"GROUP BY bucket{extra}")
+
+
+def activity(d: Dialect, since: float, bucket_seconds: int) -> Unit:
+    """Per bucket of `bucket_seconds` (aligned on the epoch) since `since`: messages and their recipients by
+    when the message was relayed; hard, soft and undetermined bounces and complaints by when they were
+    recorded, foreign recipients left out as in `stats`. Buckets with nothing are absent; oldest first."""
+    b, bf = int(bucket_seconds), float(bucket_seconds)
+    messages = yield fetch(_bucketed("created_at", "", "FROM messages WHERE created_at >= ?"), (b, bf, since))
+    recipients = yield fetch(_bucketed("m.created_at", "", "FROM recipients r JOIN messages m ON m.id = r.relay_id "
+                                                           "WHERE m.created_at >= ?"), (b, bf, since))
+    events = yield fetch(_bucketed("at", "kind, bounce_type", "FROM events WHERE at >= ? AND kind IN ('bounce', "
+                                   "'complaint') AND correlation != 'foreign_recipient'"), (b, bf, since))
+    out: dict[int, dict] = {}
+
+    def row(bucket) -> dict:
+        return out.setdefault(int(bucket), {"bucket_start": float(int(bucket) * b), "messages": 0, "recipients": 0,
+                                            "hard": 0, "soft": 0, "undetermined": 0, "complaints": 0})
+    for r in messages:
+        row(r["bucket"])["messages"] = int(r["n"])
+    for r in recipients:
+        row(r["bucket"])["recipients"] = int(r["n"])
+    for r in events:
+        key = "complaints" if r["kind"] == "complaint" else r["bounce_type"]
+        if key in ("hard", "soft", "undetermined", "complaints"):
+            row(r["bucket"])[key] += int(r["n"])
+    return [out[k] for k in sorted(out)]
+
+
 # -- the suppression list ---------------------------------------------------------------------------
 def suppression_seq(d: Dialect) -> Unit:
     return (yield fetch("SELECT COALESCE(MAX(seq), 0) AS seq FROM suppressions"))[0]["seq"]
