@@ -15,6 +15,7 @@ import secrets
 from proxy.api import api_token, start_api
 from proxy.config import Config, ConfigError
 from proxy.inbound.pipeline import Pipeline
+from proxy.webhooks import WebhookDispatcher, start_webhooks
 from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
 from proxy.lifecycle import Sessions, changes, client_tls, settle_session_tasks
 from proxy.relay.health import UpstreamHealth, failure_reason, probe_loop
@@ -55,6 +56,7 @@ class Service:
         self.health: UpstreamHealth | None = None  # the upstream's state, for /healthz and /metrics
         self._probe: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None  # PostgreSQL: marks stale in-flight messages (_sweep_loop)
+        self.webhooks: WebhookDispatcher | None = None  # [webhooks]: sends the outbox (worker 0)
         self.sessions = Sessions()  # both listeners' sessions: drained on SIGTERM, new certificate on SIGHUP
         self.client_tls: ssl.SSLContext | None = None  # what the next relay session offers at STARTTLS
         self.verbose = False  # `serve -v`: debug whatever [log] level says
@@ -107,6 +109,8 @@ class Service:
             self.store = await open_store(cfg.store)
         except StoreError as exc:  # the error names the store (its path or URL)
             raise ConfigError(f"{cfg.source}: [store] {'url' if self._shared_store else 'path'}: {exc}") from None
+        # before any write: from here on, what the webhooks want is queued with the event it tells
+        self.webhooks = await start_webhooks(cfg, self.store, dispatch=self.worker == 0)
         if self.worker == 0:
             await self._sweep_in_flight(started if not self._shared_store else started - self._in_flight_bound,
                                         at_start=True)
@@ -149,8 +153,9 @@ class Service:
         log.info("relay%s listening on %s:%s -> upstream %s", f" worker {self.worker}" if relay.workers > 1 else "",
                  *self.relay_address, self.upstream.name)
         if cfg.api.enabled and self.worker == 0:
+            on_events = self.suppressor.consider if self.suppressor is not None else None  # SES's notifications
             self.api_runner, self.api_address = await start_api(cfg, self.store, live_metrics=self._live_metrics,
-                                                                health=self._health)
+                                                                health=self._health, on_events=on_events)
             log.info("API and dashboard on http://%s:%s/", *self.api_address)
         if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:  # last: nothing fails after
             self._probe = asyncio.get_running_loop().create_task(
@@ -220,6 +225,11 @@ class Service:
                 m[f'bounceproxy_preflight_total{{outcome="{name}"}}'] = value
         if self.store:
             m["bounceproxy_store_commits_total"] = self.store.commits
+        if self.webhooks:
+            m["bounceproxy_webhooks_delivered_total"] = self.webhooks.delivered
+            m["bounceproxy_webhooks_failed_total"] = self.webhooks.failed
+            m["bounceproxy_webhooks_dead_total"] = self.webhooks.dead
+            m["bounceproxy_webhooks_in_flight"] = self.webhooks.in_flight
         return m
 
     def _verp_signer(self) -> VerpSigner | None:
@@ -354,6 +364,9 @@ class Service:
             await self.inbound_worker.stop()
         if self.suppressor is not None:
             await self.suppressor.stop()
+        if self.webhooks is not None:  # after the listeners: what they recorded last stays queued
+            await self.webhooks.stop()
+            self.webhooks = None
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import secrets
 import shutil
-import sqlite3
 import ssl
 from pathlib import Path
 
@@ -22,16 +21,6 @@ from proxy.config import (
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "samples"
 BIN = Path(shutil.which("bounceproxy") or ROOT / ".venv" / "bin" / "bounceproxy")
-
-
-def rows(svc: Service, sql: str, params=()) -> list[sqlite3.Row]:
-    """Read the store through a separate connection: what is there is committed."""
-    db = sqlite3.connect(svc.config.store.path)
-    db.row_factory = sqlite3.Row
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
 
 
 class ScriptedUpstream:

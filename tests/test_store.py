@@ -220,6 +220,7 @@ async def test_soft_bounces_count_since_the_last_delivery(any_store):
     await any_store.record_message(message("d", (address, A), at=NOW - 150), [delivered])
     assert [b.relay_id for b in await any_store.soft_bounces(*args)] == ["s2"]
     assert await any_store.soft_bounce_span("nobody@b.example", NOW - 1000, (), ()) is None
+    assert len(await any_store.soft_bounces("full@b.example", NOW - 1000, (), ("verp",))) == 1  # nothing excluded
 
 
 async def test_in_flight_messages_become_possibly_sent(any_store):

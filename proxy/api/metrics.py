@@ -47,6 +47,10 @@ LIVE_HELP = {
     "bounceproxy_suppression_index_entries": "Addresses in the relay's in-memory suppression index.",
     "bounceproxy_preflight_total": "DNS preflight verdicts on recipient domains, by outcome.",
     "bounceproxy_store_commits_total": "Transactions the bounce log committed since start.",
+    "bounceproxy_webhooks_delivered_total": "Webhook notifications this process delivered (2xx) since start.",
+    "bounceproxy_webhooks_failed_total": "Webhook tries that failed (non-2xx, timeout, network) since start.",
+    "bounceproxy_webhooks_dead_total": "Webhook notifications given up after [webhooks] max_attempts since start.",
+    "bounceproxy_webhooks_in_flight": "Webhook POSTs in flight now.",
 }
 
 
@@ -63,8 +67,12 @@ def _gauge(name: str, help_text: str, label: str | None, samples) -> GaugeMetric
     return family
 
 
-def store_families(counts: MetricCounts) -> list[Metric]:
-    """The bounce log's figures. They are row counts that may fall (a reparse, a purge): gauges, so no `_total`."""
+WEBHOOK_STATES = ["pending", "delivered", "dead"]
+
+
+def store_families(counts: MetricCounts, webhooks: dict[str, tuple[int, float | None]] | None = None) -> list[Metric]:
+    """The bounce log's figures. They are row counts that may fall (a reparse, a purge): gauges, so no `_total`.
+    `webhooks`: the outbox's count and oldest entry per state (`Store.webhook_counts`)."""
     families = [
         _gauge("bounceproxy_messages", "Relayed messages in the bounce log, by status.", "status",
                _by(counts.messages, [s.value for s in MessageStatus])),
@@ -92,6 +100,15 @@ def store_families(counts: MetricCounts) -> list[Metric]:
         _by(counts.inbound_flags, ["foreign_recipients", "truncated"])))
     families.append(_gauge("bounceproxy_suppressions", "Active (unexpired) suppressions, by kind.", "kind",
                            _by(counts.suppressions, [])))
+    webhooks = webhooks or {}
+    families.append(_gauge("bounceproxy_webhook_outbox", "Webhook notifications in the durable outbox, by state "
+                           "(pending: still to send; dead: given up, see `bounceproxy webhooks retry`).", "state",
+                           _by({k: n for k, (n, _) in webhooks.items()}, WEBHOOK_STATES)))
+    oldest = webhooks.get("pending", (0, None))[1]
+    if oldest is not None:
+        families.append(_gauge("bounceproxy_webhook_oldest_pending_timestamp_seconds",
+                               "Unix time the oldest webhook notification still to send was queued.", None,
+                               [(None, oldest)]))
     for at, name, what in ((counts.last_event_at, "bounceproxy_last_event_timestamp_seconds", "event"),
                            (counts.last_message_at, "bounceproxy_last_message_timestamp_seconds", "relayed message")):
         if at is not None:
@@ -141,11 +158,12 @@ class MetricsCollector:
                 return self._cached, True
             try:
                 counts = await self.store.metric_counts(time.time())
+                webhooks = await self.store.webhook_counts()
             except StoreError as exc:
                 log.warning("metrics: bounce log unavailable: %s", exc)
                 return [], False
             self.queries += 1
-            self._cached = store_families(counts)
+            self._cached = store_families(counts, webhooks)
             self._cached_at = self.clock()
             return self._cached, True
 

@@ -614,9 +614,9 @@ def _soft_where(d: Dialect, address: str, since: float, excluded_reasons, truste
     excluded = sorted(excluded_reasons)
     trusted = sorted(trusted_correlations)
     last_delivery = f"COALESCE((SELECT MAX(at) FROM events WHERE {d.ci_eq('recipient')} AND kind = 'delivered'), 0)"
+    not_excluded = f"AND e.reason NOT IN ({', '.join('?' * len(excluded))}) " if excluded else ""
     return (
-        f"{d.ci_eq('e.recipient')} AND e.kind = 'bounce' AND e.bounce_type = 'soft' "
-        f"AND e.reason NOT IN ({', '.join('?' * len(excluded)) or 'NULL'}) "
+        f"{d.ci_eq('e.recipient')} AND e.kind = 'bounce' AND e.bounce_type = 'soft' {not_excluded}"
         f"AND (e.source = 'sync' OR e.correlation IN ({', '.join('?' * len(trusted)) or 'NULL'})) "
         f"AND e.at >= {d.greatest('?', last_delivery)}",
         (address, *excluded, *trusted, float(since), address),
