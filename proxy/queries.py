@@ -10,8 +10,12 @@ line saying what; the front ends turn them into an exit code or an HTTP status.
 """
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
+import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -28,6 +32,8 @@ __all__ = [
     "message_raw", "inbound_raw", "story_lines", "why", "summarize", "stats_summary", "stats_lines",
     "ses_notifications", "SES_CSV_HEADER", "export_suppressions_csv", "parse_suppressions_csv", "import_suppressions",
     "add_suppressions", "remove_suppressions", "check_address", "check_line", "resume_identity",
+    "encode_cursor", "decode_cursor", "events_page", "messages_page", "inbound_page", "suppressions_page",
+    "ses_notifications_page", "suppressions_csv_chunks", "SES_THRESHOLDS", "activity", "webhook_outbox", "check_dns",
 ]
 
 
@@ -121,6 +127,83 @@ async def list_inbound(store, flt: InboundFilter) -> list[dict]:
 
 async def list_suppressions(store, flt: SuppressionFilter) -> list[dict]:
     return [suppression_row(s) for s in await store.list_suppressions(flt)]
+
+
+# -- pages: every list continues by a cursor ----------------------------------------------------------
+# A cursor is the sort key of a page's last row, as an opaque URL-safe token (base64 of JSON) tagged
+# with its list, so that a token from one list is refused by another.
+_CURSOR_SHAPES = {"events": (float, int), "messages": (float, str), "inbound": (int,),
+                  "suppressions": (float, str, str)}
+MAX_CURSOR = 2048
+
+
+def encode_cursor(kind: str, key: tuple) -> str:
+    raw = json.dumps({"k": kind, "b": list(key)}, separators=(",", ":"), ensure_ascii=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, token: str) -> tuple:
+    """The key a token carries; QueryError starting `cursor:` when it is not one this list gave out."""
+    bad = QueryError(f"cursor: not a cursor of this list ({kind}); pass the next_cursor of its last page")
+    if len(token) > MAX_CURSOR or not re.fullmatch(r"[A-Za-z0-9_-]+", token):
+        raise bad
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    shape = _CURSOR_SHAPES[kind]
+    key = data.get("b") if isinstance(data, dict) and data.get("k") == kind else None
+    if not isinstance(key, list) or len(key) != len(shape):
+        raise bad
+    out = []
+    for value, want in zip(key, shape):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        if want is float and isinstance(value, (int, float)) and math.isfinite(value):
+            out.append(float(value))
+        elif want is int and isinstance(value, int) and abs(value) < 2 ** 63:
+            out.append(value)
+        elif want is str and isinstance(value, str) and len(value) <= 1000:
+            out.append(value)
+        else:
+            raise bad
+    return tuple(out) if len(out) > 1 else out[0]
+
+
+async def _page(list_fn, flt, kind: str, key) -> tuple[list, str | None]:
+    """One page of a store list (one row more is asked for, so the last page says so: next cursor None)."""
+    limit = flt.limit
+    flt.limit = limit + 1
+    try:
+        rows = await list_fn(flt)
+    finally:
+        flt.limit = limit
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    last = key(rows[-1])
+    return rows, encode_cursor(kind, last if isinstance(last, tuple) else (last,))
+
+
+async def events_page(store, flt: EventFilter) -> tuple[list[dict], str | None]:
+    rows, cursor = await _page(store.list_events, flt, "events", lambda e: (e.event.at, e.event.id))
+    return [event_row(e) for e in rows], cursor
+
+
+async def messages_page(store, flt: MessageFilter) -> tuple[list[dict], str | None]:
+    rows, cursor = await _page(store.list_messages, flt, "messages", lambda m: (m.created_at, m.id))
+    return [message_row(m) for m in rows], cursor
+
+
+async def inbound_page(store, flt: InboundFilter) -> tuple[list[dict], str | None]:
+    rows, cursor = await _page(store.list_inbound, flt, "inbound", lambda r: r.id)
+    return [inbound_row(r) for r in rows], cursor
+
+
+async def suppressions_page(store, flt: SuppressionFilter) -> tuple[list[dict], str | None]:
+    rows, cursor = await _page(store.list_suppressions, flt, "suppressions",
+                               lambda s: (s.created_at, s.scope, s.address))
+    return [suppression_row(s) for s in rows], cursor
 
 
 # -- the message story --------------------------------------------------------------------------------
@@ -252,10 +335,21 @@ def stats_lines(summary: dict) -> list[str]:
 # -- SES notifications (`bounces --format ses`) -------------------------------------------------------
 async def ses_notifications(store, flt: EventFilter) -> list[dict]:
     """Each bounce or complaint the filter selects as the JSON notification SES would publish."""
+    return await _ses_of(store, await store.list_events(flt))
+
+
+async def ses_notifications_page(store, flt: EventFilter) -> tuple[list[dict], str | None]:
+    """A page of `ses_notifications`: the cursor pages the events, so a page may hold fewer notifications
+    than its limit (delays and auto-replies have none); follow next_cursor until it is None."""
+    rows, cursor = await _page(store.list_events, flt, "events", lambda e: (e.event.at, e.event.id))
+    return await _ses_of(store, rows), cursor
+
+
+async def _ses_of(store, entries: list[EventEntry]) -> list[dict]:
     from proxy.dsn.ses import ses_notification
 
     out = []
-    for entry in await store.list_events(flt):
+    for entry in entries:
         event = entry.event
         if event.kind not in ("bounce", "complaint"):
             continue
@@ -284,12 +378,30 @@ def _ses_time(ts: float) -> str:
 async def export_suppressions_csv(store, scope: str | None, out: IO[str]) -> int:
     """Write the list (one scope, or all) as SES exports it: EmailAddress,Reason,LastUpdateTime.
     Returns how many rows were written."""
-    rows = await store.list_suppressions(SuppressionFilter(scope=scope, limit=None))
-    writer = csv.writer(out, lineterminator="\n")
+    count = 0
+    async for chunk, n in suppressions_csv_chunks(store, scope):
+        out.write(chunk)
+        count += n
+    return count
+
+
+async def suppressions_csv_chunks(store, scope: str | None, page: int = 5000):
+    """The SES CSV in chunks of text (header first) with their row counts, read page by page by cursor:
+    a list of millions is never in memory at once (the API streams it)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(SES_CSV_HEADER)
-    for s in rows:
-        writer.writerow([s.address, _SES_REASON.get(s.kind, "BOUNCE"), _ses_time(s.created_at)])
-    return len(rows)
+    flt = SuppressionFilter(scope=scope, limit=page)
+    while True:
+        rows = await store.list_suppressions(flt)
+        for s in rows:
+            writer.writerow([s.address, _SES_REASON.get(s.kind, "BOUNCE"), _ses_time(s.created_at)])
+        yield buffer.getvalue(), len(rows)
+        buffer.seek(0)
+        buffer.truncate()
+        if len(rows) < page:
+            return
+        flt.before = (rows[-1].created_at, rows[-1].scope, rows[-1].address)
 
 
 def parse_suppressions_csv(text: str | IO[str], name: str, scope: str, now: float | None = None) -> list[Suppression]:
@@ -380,3 +492,61 @@ async def resume_identity(store, identity: str) -> str:
     if not await store.resume_identity(identity):
         raise NotFound(f"{identity} is not paused")
     return identity
+
+
+# -- activity over time (the dashboard's charts) -----------------------------------------------------
+# SES's account-level lines: above `review` SES reviews the account, above `pause` it may pause sending.
+# SES's bounce rate counts hard (Permanent) bounces.
+SES_THRESHOLDS = {"hard_bounce_rate": {"review": 0.05, "pause": 0.10},
+                  "complaint_rate": {"review": 0.001, "pause": 0.005}}
+
+
+async def activity(store, since: float, bucket_seconds: int, now: float | None = None) -> dict:
+    """Counts and rates per bucket from the bucket holding `since` to the one holding `now`, empty buckets
+    included (a chart's x axis is then time), and SES's thresholds to draw the rates against."""
+    now = time.time() if now is None else now
+    b = int(bucket_seconds)
+    counted = {int(r["bucket_start"]): r for r in await store.activity(since, b)}
+    first, last = int(since // b) * b, int(now // b) * b
+    buckets = []
+    for start in range(first, last + b, b):
+        r = counted.get(start) or {"messages": 0, "recipients": 0, "hard": 0, "soft": 0, "undetermined": 0,
+                                   "complaints": 0}
+        rcpts = r["recipients"]
+        bounces = r["hard"] + r["soft"] + r["undetermined"]
+        buckets.append({
+            "start": iso(start), "messages": r["messages"], "recipients": rcpts, "hard": r["hard"], "soft": r["soft"],
+            "undetermined": r["undetermined"], "complaints": r["complaints"],
+            "bounce_rate": round(bounces / rcpts, 4) if rcpts else None,
+            "hard_bounce_rate": round(r["hard"] / rcpts, 4) if rcpts else None,
+            "complaint_rate": round(r["complaints"] / rcpts, 4) if rcpts else None,
+        })
+    return {"since": iso(since), "bucket_seconds": b, "thresholds": SES_THRESHOLDS, "buckets": buckets}
+
+
+# -- the webhooks' outbox -----------------------------------------------------------------------------
+async def webhook_outbox(store, state: str | None = None, limit: int = 100) -> dict:
+    """`webhooks list` as JSON: the newest entries (times in ISO, URLs without credentials or query) and
+    the count and oldest entry per state."""
+    from proxy.webhooks import outbox_rows, safe_url
+
+    rows = []
+    for row in await outbox_rows(store, state, limit):
+        row["url"] = safe_url(row["url"])
+        for key in ("created_at", "next_at", "delivered_at"):
+            row[key] = iso(row[key]) or None
+        rows.append(row)
+    counts = {s: {"count": n, "oldest": iso(oldest) or None}
+              for s, (n, oldest) in sorted((await store.webhook_counts()).items())}
+    return {"webhooks": rows, "counts": counts}
+
+
+# -- what DNS says of a domain (`check`) --------------------------------------------------------------
+async def check_dns(preflight_config, domain: str) -> dict:
+    """The preflight's verdict on a domain, looked up even when the relay does not look."""
+    import dataclasses
+
+    from proxy.relay.preflight import Preflight
+
+    verdict = await Preflight(dataclasses.replace(preflight_config, enabled=True)).check(domain)
+    return {"dns": verdict.verdict, "dns_detail": verdict.detail}

@@ -350,16 +350,31 @@ async def test_metrics_cache_expires_and_a_broken_callback_is_harmless(tmp_path,
 
 # -- dashboard -----------------------------------------------------------------------------------
 async def test_dashboard_page(api):
-    status, page, r = await api.get("/")
+    status, page, r = await api.get("/?recipient=a@b.example&window=7d")  # its own script reads the query
     assert status == 200 and r.content_type == "text/html"
     html = page.decode()
-    assert "<table" in html and "/api/bounces" in html and "/api/stats" in html and "/api/messages/" in html
+    assert "<table" in html and 'id="chart-bounce-rate"' in html and 'id="suppressions-table"' in html
     assert not re.search(r"(src|href)=\"(https?:)?//", html)  # no external assets
-    assert "innerHTML" not in html  # data goes in as text only
+    assert "<script>" not in html and "<style>" not in html and " style=" not in html  # no inline code at all
+    scripts = re.findall(r'<script src="([^"]+)"', html)
+    assert scripts == ["/static/chart.umd.min.js", "/static/dashboard.js"]
     csp = r.headers["Content-Security-Policy"]
-    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "unsafe-inline" not in csp
+    assert "default-src 'none'" in csp and "script-src 'self';" in csp and "unsafe" not in csp
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert html == PAGE
+
+    status, script, r = await api.get("/static/dashboard.js")
+    assert status == 200 and r.content_type in ("application/javascript", "text/javascript")
+    js = script.decode()
+    for path in ("/api/bounces", "/api/stats", "/api/activity", "/api/messages", "/api/suppressions", "/api/inbound"):
+        assert path in js
+    assert "innerHTML" not in js and "insertAdjacentHTML" not in js  # data goes in as text only
+    status, chart, r = await api.get("/static/chart.umd.min.js")
+    assert status == 200 and chart.startswith(b"/*!\n * Chart.js v4.") and r.headers["X-Content-Type-Options"] == "nosniff"
+    status, licence, _ = await api.get("/static/chart.js.LICENSE.md")
+    assert status == 200 and b"The MIT License" in licence and b"Chart.js Contributors" in licence
+    assert (await api.get("/static/nothing.js"))[0] == 404
+    assert (await api.get("/static/../server.py"))[0] in (403, 404)
 
 
 # -- the bearer token beyond loopback ------------------------------------------------------------
@@ -384,6 +399,13 @@ async def test_beyond_loopback_needs_a_bearer_token(tmp_path, store, monkeypatch
             assert (await api.get("/api/nothing", headers=good))[0] == 404
             # the page itself holds no data: it loads, then asks for the token when /api says 401
             assert (await api.get("/"))[0] == 200
+            assert (await api.get("/static/dashboard.js"))[0] == 200  # nor do its script and library
+            assert (await api.get("/static/chart.umd.min.js"))[0] == 200
+            for path in ("/api/suppressions", "/api/activity", "/api/webhooks", "/api/openapi.json",
+                         "/api/check/a%40b.example"):
+                assert (await api.get(path))[0] == 401, path
+            status, _, _ = await api.request("DELETE", "/api/suppressions/a%40b.example")
+            assert status == 401
     finally:
         await runner.cleanup()
 
