@@ -49,7 +49,9 @@ class Daemon:
                                      cwd=self.dir, env=self.env, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.time() + timeout
-        while not self.find("API and dashboard on" if self.env["BOUNCEPROXY_API__ENABLED"] == "true" else "relay listening"):
+        # the relay's line ("relay listening on ..." or "relay worker 0 listening on ...") names its port
+        ready = "API and dashboard on" if self.env["BOUNCEPROXY_API__ENABLED"] == "true" else f":{self.relay_port} -> upstream"
+        while not self.find(ready):
             assert self.proc.poll() is None, "serve exited:\n" + self.text()
             assert time.time() < deadline, "serve did not start:\n" + self.text()
             time.sleep(0.05)

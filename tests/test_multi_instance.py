@@ -34,12 +34,12 @@ refresh_seconds = {REFRESH}
 """
 
 
-def instance(tmp_path, name: str, upstream_port: int, url: str, inbound: bool) -> Daemon:
+def instance(tmp_path, name: str, upstream_port: int, url: str, inbound: bool, workers: int = 1) -> Daemon:
     home = tmp_path / name
     home.mkdir()
     return Daemon(home, config(upstream_port), api=False, env={
         "BOUNCEPROXY_STORE__BACKEND": "postgresql", "BOUNCEPROXY_STORE__URL": url, "BOUNCEPROXY_VERP_KEY": KEY,
-        "BOUNCEPROXY_INBOUND__ENABLED": "true" if inbound else "false"})
+        "BOUNCEPROXY_INBOUND__ENABLED": "true" if inbound else "false", "BOUNCEPROXY_RELAY__WORKERS": str(workers)})
 
 
 def rcpt(daemon: Daemon, recipient: str, sender: str = "app@example.com") -> tuple[int, str]:
@@ -73,7 +73,7 @@ async def until(check, timeout: float = 30, step: float = 0.05):
 
 async def test_two_relays_and_a_bounce_mx_share_one_log(tmp_path, upstream, pg_url):
     store = await store_for_url(pg_url).open()  # creates the tables before the instances race for them
-    relay_a = instance(tmp_path, "relay-a", upstream.port, pg_url, inbound=False)
+    relay_a = instance(tmp_path, "relay-a", upstream.port, pg_url, inbound=False, workers=2)  # [relay] workers too
     relay_b = instance(tmp_path, "relay-b", upstream.port, pg_url, inbound=False)
     mx = instance(tmp_path, "mx", upstream.port, pg_url, inbound=True)
     loop = asyncio.get_running_loop()
@@ -113,6 +113,13 @@ async def test_two_relays_and_a_bounce_mx_share_one_log(tmp_path, upstream, pg_u
         assert text.startswith("5.1.1 <Kijitora@neko.example.jp>: address is on the suppression list")
         assert delay <= REFRESH + 1.0  # one poll period, plus a loaded machine's slack
         assert suppression.kind == "hard"
+
+        # relay A's two worker processes each answer, each with its own connection pool
+        for i in range(2, 8):
+            await loop.run_in_executor(None, send, relay_a, f"unknown-{i}@example.net")
+        for i in range(2, 8):
+            [event] = await store.list_events(EventFilter(recipient=f"unknown-{i}@example.net"))
+            assert event.event.reason == "userunknown"
 
         # 4. a reputation pause written elsewhere (here: the operator's store) stops both relays' sender
         await store.pause_identity("example.com", time.time(), "hard bounce rate 12.0% >= 10.0%")
