@@ -93,6 +93,9 @@ class MessageStatus(StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     POSSIBLY_SENT = "possibly_sent"
+    # spool mode (issue 16): the client was told 250 and the message waits in the spool for a recipient still
+    # pending; it becomes one of the statuses above when none is (proxy.spool)
+    QUEUED = "queued"
 
 
 # Statuses of a message that recipients may have received: a second one with the same Message-ID
@@ -105,6 +108,7 @@ class RecipientStatus(StrEnum):
     REJECTED = "rejected"
     DEFERRED = "deferred"
     SUPPRESSED = "suppressed"
+    QUEUED = "queued"  # spool mode: accepted into the spool, not yet delivered (proxy.spool)
 
 
 class ParseState(StrEnum):
@@ -451,3 +455,85 @@ class OutboxEntry:
     snapshot: dict | None = None  # what a suppression change or a send failure said, as it was
     last_error: str | None = None
     delivered_at: float | None = None
+
+
+# -- the spool (spool mode, issue 16) ------------------------------------------------------------------
+class SpoolState(StrEnum):
+    """A spooled message: waiting for its turn (`queued`) or kept back until an operator releases it (`held`)."""
+
+    QUEUED = "queued"
+    HELD = "held"
+
+
+class SpoolRecipientState(StrEnum):
+    """Where one recipient of a spooled message stands: only `pending` ones are sent again."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    BOUNCED = "bounced"
+    EXPIRED = "expired"
+    DELETED = "deleted"
+
+
+@dataclass(slots=True)
+class SpoolRecipient:
+    address: str
+    position: int
+    state: SpoolRecipientState = SpoolRecipientState.PENDING
+    attempts: int = 0
+    last_reply: str | None = None
+
+
+@dataclass(slots=True)
+class SpoolEntry:
+    """A message in the spool: what goes upstream (envelope sender, MAIL parameters, the body with the prepended
+    header lines) and when. `lease_owner`/`lease_until`: the delivery worker that claimed it, until when."""
+
+    relay_id: str
+    created_at: float
+    sender: str  # the envelope sender sent upstream (the VERP address, or the client's)
+    mail_options: list[str]
+    state: SpoolState
+    next_at: float
+    expires_at: float
+    size: int = 0
+    attempts: int = 0
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    held_reason: str | None = None
+    recipients: list[SpoolRecipient] = field(default_factory=list)
+    body: bytes | None = None  # None in listings
+    message: MessageRecord | None = None  # the bounce log's row, with its recipients (claims only)
+
+    @property
+    def pending(self) -> list[SpoolRecipient]:
+        return [r for r in self.recipients if r.state == SpoolRecipientState.PENDING]
+
+
+@dataclass(slots=True)
+class SpoolCounts:
+    """The spool at a glance (`stats`, /metrics): messages and pending recipients by state, due now, leased to a
+    worker, and the oldest message's age."""
+
+    queued: int = 0
+    held: int = 0
+    recipients: int = 0
+    due: int = 0
+    in_flight: int = 0
+    oldest_at: float | None = None
+
+
+def spool_status(recipients: list[RecipientRecord]) -> MessageStatus:
+    """A spooled message's status from its recipients: `queued` while one is, then as `settle_status` reads a
+    finished message (every recipient accepted: sent; some: partial; every one refused with a 5xx: rejected;
+    otherwise failed: expired, deleted from the spool or deferred)."""
+    if any(r.status == RecipientStatus.QUEUED for r in recipients):
+        return MessageStatus.QUEUED
+    if recipients and all(r.status == RecipientStatus.ACCEPTED for r in recipients):
+        return MessageStatus.SENT
+    if any(r.status == RecipientStatus.ACCEPTED for r in recipients):
+        return MessageStatus.PARTIAL
+    if recipients and all(_permanent(r) for r in recipients):
+        return MessageStatus.REJECTED
+    return MessageStatus.FAILED

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from proxy.model import (
     BounceEvent, EventEntry, IdentityStats, InboundRecord, InboundResult, LogStats, MessageRecord, MetricCounts,
     OutboxEntry, SoftBounce, Suppression, WebhookTarget,
+    SpoolCounts, SpoolEntry,
 )
 from proxy.store import units
 from proxy.store.dialect import Dialect
@@ -211,6 +212,38 @@ class SqlStore:
 
     async def count_rows(self, table: str) -> int:
         return await self._read(units.count_rows, _known(table))
+
+    # -- the spool (spool mode) -------------------------------------------------------------
+    async def spool_accept(self, message: MessageRecord, events: Iterable[BounceEvent], entry: SpoolEntry) -> None:
+        """The message, its events and its spool rows in one transaction: durable before the client's 250."""
+        await self._write(units.spool_accept, message, list(events), entry, self.webhook_targets, time.time())
+
+    async def claim_spool(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[SpoolEntry]:
+        return await self._write(units.claim_spool, owner, now, lease_seconds, limit)
+
+    async def spool_attempt(self, entry: SpoolEntry, owner: str, message: MessageRecord,
+                            events: Iterable[BounceEvent] = ()) -> bool:
+        return await self._write(units.spool_attempt, entry, owner, message, list(events), self.webhook_targets,
+                                 time.time())
+
+    async def spool_unlease(self, relay_id: str, owner: str, next_at: float) -> bool:
+        return await self._write(units.spool_unlease, relay_id, owner, next_at)
+
+    async def list_spool(self, state: str | None = None, limit: int = 100) -> list[SpoolEntry]:
+        return await self._read(units.list_spool, state, limit)
+
+    async def get_spool(self, relay_id: str) -> SpoolEntry | None:
+        rows = await self._read(units.list_spool, None, 1, relay_id)
+        return rows[0] if rows else None
+
+    async def spool_counts(self, now: float) -> SpoolCounts:
+        return await self._read(units.spool_counts, now)
+
+    async def spool_control(self, action: str, ids: Sequence[str] | None = None, why: str = "") -> int:
+        if action not in ("retry", "hold", "release", "delete") or (action == "delete" and not ids):
+            raise StoreError(f"no spool action {action!r}" if action != "delete" else "delete needs message ids")
+        return await self._write(units.spool_control, action, list(ids) if ids else None, time.time(), why,
+                                 self.webhook_targets)
 
     # -- for the drivers ---------------------------------------------------------------------
     def _refused(self, exc: BaseException, log) -> None:

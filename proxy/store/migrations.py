@@ -180,4 +180,36 @@ MIGRATIONS: list[str] = [
     CREATE INDEX webhook_outbox_due ON webhook_outbox(state, next_at);
     CREATE INDEX webhook_outbox_queue ON webhook_outbox(url, address, state, id);
     """,
+    # issue 16: spool mode. A message the client was told 250 for waits here until every recipient is sent, bounced,
+    # expired or deleted; then its rows go (the bounce log keeps the story). Per-recipient state, so that after a
+    # partial acceptance only the recipients still pending are sent again; a lease lets several instances drain
+    # one spool without sending a message twice
+    """
+    CREATE TABLE spool (
+        relay_id     TEXT PRIMARY KEY,
+        created_at   {REAL} NOT NULL,
+        sender       TEXT NOT NULL DEFAULT '',
+        mail_options TEXT NOT NULL DEFAULT '',
+        body         {BLOB} NOT NULL,
+        size         {BIGINT} NOT NULL DEFAULT 0,
+        state        TEXT NOT NULL DEFAULT 'queued',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      {REAL} NOT NULL,
+        expires_at   {REAL} NOT NULL,
+        last_error   TEXT,
+        held_reason  TEXT,
+        lease_owner  TEXT,
+        lease_until  {REAL}
+    );
+    CREATE INDEX spool_due ON spool(state, next_at);
+    CREATE TABLE spool_recipients (
+        relay_id   TEXT NOT NULL,
+        address    TEXT NOT NULL,
+        position   INTEGER NOT NULL DEFAULT 0,
+        state      TEXT NOT NULL DEFAULT 'pending',
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        last_reply TEXT,
+        PRIMARY KEY (relay_id, address)
+    );
+    """,
 ]

@@ -17,6 +17,7 @@ from proxy.model import (
     NOTIFIED_KINDS, BounceEvent, BounceType, Correlation, EventEntry, IdentityStats, InboundRecord, InboundResult, Kind,
     LogStats, MAY_HAVE_GONE_OUT, MessageRecord, MessageStatus, MetricCounts, NotificationType, OutboxEntry, ParseState,
     RecipientRecord, RecipientStatus, SoftBounce, Source, StatusSource, Suppression, WebhookTarget,
+    SpoolCounts, SpoolEntry, SpoolRecipient, SpoolRecipientState, SpoolState, spool_status,
 )
 from proxy.store.dialect import Dialect
 from proxy.store.query import EventFilter, InboundFilter, MessageFilter, SuppressionFilter
@@ -70,6 +71,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "messages": ("id",), "recipients": ("relay_id", "address"), "inbound": ("id",), "events": ("id",),
     "outbox": ("relay_id",), "suppressions": ("scope", "address"), "paused_identities": ("identity",),
     "notifications_seen": ("key",), "webhook_outbox": ("id",),
+    "spool": ("relay_id",), "spool_recipients": ("relay_id", "address"),
 }
 
 
@@ -755,3 +757,174 @@ def insert_rows(d: Dialect, table: str, rows: list[dict]) -> Unit:
 def count_rows(d: Dialect, table: str) -> Unit:
     TABLES[table]
     return int((yield fetch(f"SELECT COUNT(*) AS n FROM {table}"))[0]["n"])
+
+
+# -- the spool --------------------------------------------------------------------------------------
+# Spool mode (issue 16): a message the client was told 250 for waits in `spool` (its body as it goes upstream)
+# with one `spool_recipients` row per recipient, until none is pending; then both go and the bounce log keeps
+# the story. Delivery workers claim due rows with a lease, so that several instances never send one twice.
+SPOOL_LISTED = ("relay_id, created_at, sender, mail_options, size, state, attempts, next_at, expires_at, last_error, "
+                "held_reason, lease_owner, lease_until")
+
+
+def _to_spool(row: dict, recipients: list[dict], message: MessageRecord | None = None) -> SpoolEntry:
+    body = row.get("body")
+    return SpoolEntry(
+        relay_id=row["relay_id"], created_at=row["created_at"], sender=row["sender"],
+        mail_options=json.loads(row["mail_options"] or "[]"), state=SpoolState(row["state"]), next_at=row["next_at"],
+        expires_at=row["expires_at"], size=int(row["size"]), attempts=row["attempts"], last_error=row["last_error"],
+        lease_owner=row["lease_owner"], lease_until=row["lease_until"], held_reason=row["held_reason"],
+        recipients=[SpoolRecipient(r["address"], r["position"], SpoolRecipientState(r["state"]), r["attempts"],
+                                   r["last_reply"]) for r in recipients],
+        body=bytes(body) if body is not None else None, message=message)
+
+
+def _spool_recipients(ids: Sequence[str]) -> Unit:
+    """Spool recipients of these messages, by message, in the client's order."""
+    if not ids:
+        return {}
+    rows = yield fetch(f"SELECT * FROM spool_recipients WHERE relay_id IN ({', '.join('?' * len(ids))}) "
+                       "ORDER BY relay_id, position, address", tuple(ids))
+    out: dict[str, list[dict]] = {i: [] for i in ids}
+    for r in rows:
+        out[r["relay_id"]].append(r)
+    return out
+
+
+def spool_accept(d: Dialect, message: MessageRecord, events: list[BounceEvent], entry: SpoolEntry,
+                 targets: Targets = (), at: float = 0.0) -> Unit:
+    """The message (status queued), its recipients and synchronous events, and its spool rows: one transaction,
+    committed before the client hears 250."""
+    yield from record_message(d, message, events, None, True, targets, at)
+    yield execute(
+        "INSERT INTO spool (relay_id, created_at, sender, mail_options, body, size, state, attempts, next_at, "
+        "expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        (entry.relay_id, entry.created_at, entry.sender, json.dumps(entry.mail_options), entry.body, entry.size,
+         _plain(entry.state), entry.next_at, entry.expires_at))
+    yield execute_many(
+        "INSERT INTO spool_recipients (relay_id, address, position, state) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (relay_id, address) DO NOTHING",
+        [(entry.relay_id, r.address, r.position, _plain(r.state)) for r in entry.recipients])
+
+
+def claim_spool(d: Dialect, owner: str, now: float, lease_seconds: float, limit: int) -> Unit:
+    """Due queued messages no live lease holds, leased to `owner` until now + lease_seconds, oldest due first;
+    each with its body, spool recipients and bounce-log message. On PostgreSQL rows another instance is
+    claiming are skipped, not waited for."""
+    rows = yield fetch(
+        "SELECT w.relay_id FROM spool w WHERE w.state = 'queued' AND w.next_at <= ? "
+        "AND (w.lease_until IS NULL OR w.lease_until < ?) "
+        f"ORDER BY w.next_at, w.relay_id LIMIT ?{d.skip_locked()}", (now, now, limit))
+    if not rows:
+        return []
+    ids = [r["relay_id"] for r in rows]
+    marks = ", ".join("?" * len(ids))
+    yield execute(f"UPDATE spool SET lease_owner = ?, lease_until = ? WHERE relay_id IN ({marks})",
+                  (owner, now + lease_seconds, *ids))
+    full = yield fetch(f"SELECT * FROM spool WHERE relay_id IN ({marks}) ORDER BY next_at, relay_id", ids)
+    recipients = yield from _spool_recipients(ids)
+    out = []
+    for row in full:
+        message = yield from get_message(d, row["relay_id"])
+        out.append(_to_spool(row, recipients[row["relay_id"]], message))
+    return out
+
+
+def spool_attempt(d: Dialect, entry: SpoolEntry, owner: str, message: MessageRecord, events: list[BounceEvent],
+                  targets: Targets = (), at: float = 0.0) -> Unit:
+    """What one delivery attempt came to, in one transaction: the message and its recipients' replies (an upstream
+    250 among them) with their events, each spool recipient's state, and then the spool row: gone when no
+    recipient is pending, else its state, next_at, error and hold with the lease released. Returns whether the
+    lease was still `owner`'s (False: it expired and another worker may have claimed the message)."""
+    lease = _one((yield fetch("SELECT lease_owner FROM spool WHERE relay_id = ?", (entry.relay_id,))))
+    yield from record_message(d, message, events, None, True, targets, at)
+    yield execute_many(
+        "UPDATE spool_recipients SET state = ?, attempts = ?, last_reply = ? WHERE relay_id = ? AND address = ?",
+        [(_plain(r.state), r.attempts, r.last_reply, entry.relay_id, r.address) for r in entry.recipients])
+    if not entry.pending:
+        yield execute("DELETE FROM spool_recipients WHERE relay_id = ?", (entry.relay_id,))
+        yield execute("DELETE FROM spool WHERE relay_id = ?", (entry.relay_id,))
+    else:
+        yield execute(
+            "UPDATE spool SET state = ?, attempts = ?, next_at = ?, last_error = ?, held_reason = ?, lease_owner = NULL, "
+            "lease_until = NULL WHERE relay_id = ?",
+            (_plain(entry.state), entry.attempts, entry.next_at, entry.last_error, entry.held_reason, entry.relay_id))
+    return lease is not None and lease["lease_owner"] == owner
+
+
+def spool_unlease(d: Dialect, relay_id: str, owner: str, next_at: float) -> Unit:
+    """Give a claimed message back unattempted (shutting down, the daily quota reached), due at `next_at`."""
+    return (yield execute("UPDATE spool SET lease_owner = NULL, lease_until = NULL, next_at = ? "
+                          "WHERE relay_id = ? AND lease_owner = ?", (next_at, relay_id, owner))) > 0
+
+
+def list_spool(d: Dialect, state: str | None, limit: int, relay_id: str | None = None) -> Unit:
+    """Spooled messages, oldest first, without their bodies (`relay_id`: that one, with its body)."""
+    if relay_id is not None:
+        rows = yield fetch("SELECT * FROM spool WHERE relay_id = ?", (relay_id,))
+    elif state:
+        rows = yield fetch(f"SELECT {SPOOL_LISTED} FROM spool WHERE state = ? ORDER BY created_at, relay_id LIMIT ?",
+                           (state, limit))
+    else:
+        rows = yield fetch(f"SELECT {SPOOL_LISTED} FROM spool ORDER BY created_at, relay_id LIMIT ?", (limit,))
+    recipients = yield from _spool_recipients([r["relay_id"] for r in rows])
+    return [_to_spool(r, recipients[r["relay_id"]]) for r in rows]
+
+
+def spool_counts(d: Dialect, now: float) -> Unit:
+    rows = yield fetch("SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest, "
+                       "SUM(CASE WHEN state = 'queued' AND next_at <= ? THEN 1 ELSE 0 END) AS due, "
+                       "SUM(CASE WHEN lease_until IS NOT NULL AND lease_until >= ? THEN 1 ELSE 0 END) AS leased "
+                       "FROM spool GROUP BY state", (now, now))
+    pending = (yield fetch("SELECT COUNT(*) AS n FROM spool_recipients WHERE state = 'pending'"))[0]["n"]
+    counts = SpoolCounts(recipients=int(pending))
+    for r in rows:
+        if r["state"] in ("queued", "held"):
+            setattr(counts, r["state"], int(r["n"]))
+        counts.due += int(r["due"] or 0)
+        counts.in_flight += int(r["leased"] or 0)
+        if r["oldest"] is not None and (counts.oldest_at is None or r["oldest"] < counts.oldest_at):
+            counts.oldest_at = r["oldest"]
+    return counts
+
+
+def _spool_ids(ids: Sequence[str] | None, state: str) -> tuple[str, tuple]:
+    if ids:
+        return f"state = ? AND relay_id IN ({', '.join('?' * len(ids))})", (state, *ids)
+    return "state = ?", (state,)
+
+
+def spool_control(d: Dialect, action: str, ids: Sequence[str] | None, now: float, why: str = "",
+                  targets: Targets = ()) -> Unit:
+    """An operator's change, returns how many messages it touched. `retry`: queued ones due now; `hold`: queued
+    ones kept back (`why`); `release`: held ones queued again, due now; `delete`: these messages (ids required)
+    leave the spool, their pending recipients recorded as deleted, never sent."""
+    if action == "retry":
+        where, params = _spool_ids(ids, "queued")
+        return (yield execute(f"UPDATE spool SET next_at = ? WHERE {where}", (now, *params)))
+    if action == "hold":
+        where, params = _spool_ids(ids, "queued")
+        return (yield execute(f"UPDATE spool SET state = 'held', held_reason = ? WHERE {where}", (why, *params)))
+    if action == "release":
+        where, params = _spool_ids(ids, "held")
+        return (yield execute(f"UPDATE spool SET state = 'queued', held_reason = NULL, next_at = ? WHERE {where}",
+                              (now, *params)))
+    if action != "delete" or not ids:
+        raise ValueError(f"spool_control: {action!r} (delete needs ids)")
+    done = 0
+    for relay_id in ids:
+        if not (yield execute("DELETE FROM spool WHERE relay_id = ?", (relay_id,))):
+            continue
+        done += 1
+        pending = {r["address"] for r in (yield fetch(
+            "SELECT address FROM spool_recipients WHERE relay_id = ? AND state = 'pending'", (relay_id,)))}
+        yield execute("DELETE FROM spool_recipients WHERE relay_id = ?", (relay_id,))
+        message = yield from get_message(d, relay_id)
+        if message is None:
+            continue
+        for r in message.recipients:
+            if r.address in pending:
+                r.status, r.reply = RecipientStatus.DEFERRED, f"deleted from the spool by the operator{why and ': ' + why}"
+        message.status = spool_status(message.recipients)
+        yield from record_message(d, message, [], None, True, targets, now)
+    return done
