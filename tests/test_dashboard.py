@@ -12,6 +12,7 @@ import aiosmtplib
 import pytest
 
 from proxy.app import Service
+from proxy.config import Address
 from proxy.model import Correlation, Kind
 from proxy.store import EventFilter, MessageFilter, SuppressionFilter
 from tests.conftest import make_config
@@ -225,7 +226,7 @@ async def test_suppressions_searched_added_and_removed_in_the_page(svc, browser)
 async def test_the_page_asks_for_the_token_beyond_loopback(tmp_path, upstream, monkeypatch, browser):
     """Beyond loopback the page loads without data, asks for the token, and then shows the log."""
     monkeypatch.setenv("BOUNCEPROXY_API_TOKEN", "page-token")
-    config = make_config(tmp_path, upstream.port, api={"listen": __import__("proxy.config").config.Address("0.0.0.0", 0)})
+    config = make_config(tmp_path, upstream.port, api={"listen": Address("0.0.0.0", 0)})
     async with Service(config) as svc:
         await send(svc, "app@shop.example", ["ok1@example.net"], "tok@shop.example")
         page, problems = await open_dashboard(browser, svc)
