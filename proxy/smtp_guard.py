@@ -321,3 +321,125 @@ class AuthThrottle:
         self._failures[ip].append(self.clock())
         if len(self._failures) > 100_000:  # bounded memory under a spray of addresses
             self._failures.pop(next(iter(self._failures)))
+
+
+_READ_SIZE = 256 * 1024
+_END = b"\r\n.\r\n"
+
+
+class MessageData:
+    """The data of one DATA command, read in large chunks instead of aiosmtpd's line-by-line loop
+    (one Python iteration per line was most of the cost of a 100 KB message).
+
+    The end of data, the line and size limits and `check` (the smuggling rules) are bytes scans over
+    each stretch of whole lines; `stretches()` hands on each stretch once it passed, still
+    dot-stuffed as it arrived, and nothing after the first failure. After the end of data, `refusal`
+    is the reply aiosmtpd's loop would have given (a long line or too much data, whichever came
+    first, then the worst thing `check` found), or None. Leaves pipelined commands after the end of
+    data in the reader, for the command loop."""
+
+    def __init__(self, reader: asyncio.StreamReader, size_limit: int | None, max_line: int,
+                 size_reply: str, line_reply: str, check=None, rank=None):
+        self._reader = reader
+        self.size_limit = size_limit or 0
+        self.max_line = max_line  # bytes of one line as sent (a stuffing dot included), CRLF not counted
+        self.size_reply, self.line_reply = size_reply, line_reply
+        self.check = check  # stretch of whole lines -> a refusal or None
+        self.rank = rank or (lambda reply: 0)  # lower wins when several refusals were found
+        self.size = 0  # bytes of the data as sent, up to the CRLF before the final dot
+        self.limit_hit: str | None = None  # a size or line refusal: from then on nothing is checked or kept
+        self.found: str | None = None  # the worst refusal `check` found
+        self.ended = False
+        self._buf = bytearray()  # received, not yet judged; always starts at a line start
+        self._searched = 0  # how much of it was searched for the end of data
+
+    @property
+    def refusal(self) -> str | None:
+        return self.limit_hit or self.found
+
+    async def stretches(self):
+        """Yield each stretch of whole lines that passed every check, until the end of data."""
+        buf = self._buf
+        while not self.ended:
+            if not buf.startswith(b".\r\n"):  # a dot line right at a line start: the end of data
+                chunk = await self._reader.read(_READ_SIZE)
+                if not chunk:  # the client closed: aiosmtpd cancels this task, this only covers a race
+                    raise ConnectionResetError("the client closed the connection during DATA")
+                buf += chunk
+            if buf.startswith(b".\r\n"):
+                end = 0
+            else:
+                end = buf.find(_END, max(0, self._searched - 4))
+                end = -1 if end < 0 else end + 2
+                self._searched = len(buf)
+            if end >= 0:
+                self._give_back(buf, end + 3)
+                stretch = bytes(buf[:end])
+                del buf[:]
+                self.ended = True
+                if stretch and self._judge(stretch):
+                    yield stretch
+                return
+            cut = buf.rfind(b"\r\n") + 2
+            if cut >= 2:
+                stretch = bytes(buf[:cut])
+                del buf[:cut]
+                self._searched -= cut
+                if self._judge(stretch):
+                    yield stretch
+            if len(buf) > self.max_line + 1 and self.limit_hit is None:  # a line that never ends in time
+                self.limit_hit = self.line_reply
+            if self.limit_hit is not None:
+                await self._discard(buf)
+                return
+
+    async def drain(self) -> None:
+        """Read what is left of the data without handing anything on."""
+        async for _ in self.stretches():
+            pass
+
+    def _judge(self, stretch: bytes) -> bool:
+        """Account a stretch of whole lines; True when it may be handed on."""
+        if self.limit_hit is not None:
+            return False
+        before = self.size
+        self.size += len(stretch)
+        if len(stretch) > self.max_line + 2:
+            lines = stretch.split(b"\r\n")
+            if max(map(len, lines)) > self.max_line:
+                offset = before
+                for line in lines:  # rare: where the long line starts decides which limit came first
+                    if len(line) > self.max_line:
+                        break
+                    offset += len(line) + 2
+                self.limit_hit = self.size_reply if self.size_limit and offset > self.size_limit else self.line_reply
+                return False
+        if self.size_limit and self.size > self.size_limit:
+            self.limit_hit = self.size_reply
+            return False
+        if self.check is not None:
+            refusal = self.check(stretch)
+            if refusal is not None and (self.found is None or self.rank(refusal) < self.rank(self.found)):
+                self.found = refusal
+        return self.found is None
+
+    async def _discard(self, buf: bytearray) -> None:
+        """Past a limit: read to the end of data, keeping nothing but the bytes that may start it."""
+        tail = b"\r\n" + bytes(buf)  # buf starts at a line start: a dot line there ends the data too
+        while True:
+            end = tail.find(_END)
+            if end >= 0:
+                self._give_back(bytearray(tail), end + 5)
+                del buf[:]
+                self.ended = True
+                return
+            chunk = await self._reader.read(_READ_SIZE)
+            if not chunk:
+                raise ConnectionResetError("the client closed the connection during DATA")
+            tail = tail[-4:] + chunk
+
+    def _give_back(self, buf: bytearray, consumed: int) -> None:
+        """Pipelined commands after the end of data go back in front of the reader's buffer."""
+        rest = buf[consumed:]
+        if rest:
+            self._reader._buffer[0:0] = rest  # noqa: SLF001 - asyncio.StreamReader has no unread

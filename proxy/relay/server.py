@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import ipaddress
 import logging
 import re
@@ -25,9 +26,9 @@ from proxy.model import (
 )
 from proxy.relay.failures import send_failure
 from proxy.relay.health import UpstreamHealth, failure_reason
-from proxy.relay.headers import new_message_id, prepend_headers, read_headers
+from proxy.relay.headers import MAX_HEADER_SCAN, new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
-from proxy.smtp_guard import AuthThrottle, GuardedSMTP, handler_dir
+from proxy.smtp_guard import AuthThrottle, GuardedSMTP, MessageData, handler_dir, syntax
 from proxy.store import StoreError
 from proxy.suppression import content_digest, refusal
 
@@ -72,6 +73,25 @@ def smuggling_refusal(content: bytes) -> str | None:
     if _CONTROL_DOT.search(content) or _CONTROL_DOT_FIRST.match(content):
         return REPLY_CONTROL_DOT
     return None
+
+
+_REFUSAL_RANK = {REPLY_NUL: 0, REPLY_SMUGGLING: 1, REPLY_CONTROL_DOT: 2}  # smuggling_refusal's order
+
+
+def refusal_rank(reply: str) -> int:
+    """Which smuggling refusal wins when several stretches of one message hold different ones."""
+    return _REFUSAL_RANK.get(reply, 3)
+
+
+def unstuffed(stretch: bytes) -> bytes:
+    """A stretch of whole lines as sent (it starts at a line start) without its dot-stuffing."""
+    out = stretch.replace(b"\r\n.", b"\r\n")
+    return out[1:] if stretch[:1] == b"." else out
+
+
+# Data held before any of it goes upstream: a message that ends within it goes out as before, in
+# one write after its last byte; a longer one streams from here on, so memory stays bounded.
+STREAM_AFTER = 64 * 1024
 
 
 def new_id() -> str:
@@ -264,6 +284,8 @@ class RelayHandler:
         return None
 
     async def handle_DATA(self, server, session, envelope: Envelope):
+        """The whole message at once (envelope.original_content, un-stuffed): RelaySMTP streams instead
+        (stream_DATA) and comes here only for upstreams that take a whole message (the simulator)."""
         tx: Transaction | None = getattr(session, "tx", None)
         if tx is None or tx.conn is None:
             return "503 5.5.1 Error: need MAIL command"
@@ -275,12 +297,112 @@ class RelayHandler:
         content: bytes = envelope.original_content or b""
         refused = smuggling_refusal(content)
         if refused is not None:
-            log.warning("%s: refused a message (smuggling protection): %s", _peer(session), refused[10:60])
-            await self.finish(session)
-            return refused
+            return await self._refuse_data(session, refused)
+        body = prepend_headers(content, self._header_lines(tx, accepted, content))
+        message.content_sha256 = content_digest(content)  # the client's bytes: the same on each retry
+        message.size = len(body)
+        if not await self._record_in_flight(session, tx):
+            return REPLY_STORE_DOWN
+        try:
+            reply = await tx.conn.data(body)
+        except (UpstreamUnavailable, asyncio.CancelledError) as exc:
+            return await self._lost_at_end_of_data(session, tx, exc)
+        return await self._data_outcome(session, tx, accepted, reply, body)
+
+    async def stream_DATA(self, server, session, envelope: Envelope, data: MessageData) -> str:
+        """DATA as it arrives (MessageData): sent upstream still dot-stuffed, never re-serialised.
+
+        Nothing goes upstream before the header block is read (the lines to prepend depend on it) and
+        STREAM_AFTER bytes are held: a message that ends by then goes out in one write, as before. A
+        longer one streams, the end of data going only after the in-flight record is committed; one
+        refused or cut off midway never gets its end of data: its upstream connection is closed."""
+        tx: Transaction | None = getattr(session, "tx", None)
+        if tx is None or tx.conn is None or tx.broken:
+            await data.drain()
+            return data.limit_hit or await self.handle_DATA(server, session, envelope)
+        if not hasattr(tx.conn, "end_data") or self.keeps_messages:  # an upstream that takes whole messages
+            stretches = [unstuffed(s) async for s in data.stretches()]
+            if data.refusal is not None:
+                return data.limit_hit or await self._refuse_data(session, data.found)
+            envelope.original_content = b"".join(stretches)
+            return await self.handle_DATA(server, session, envelope)
+        message, conn = tx.message, tx.conn
+        accepted = [r for r in message.recipients if r.status == RecipientStatus.ACCEPTED]
+        head, prefix = bytearray(), None
+        held: list[bytes] = []
+        held_size = plain_size = 0
+        digest = hashlib.sha256()  # of the client's bytes, un-stuffed: the same on each retry
+        streaming = False
+        early: Reply | UpstreamUnavailable | None = None  # the upstream's refusal of DATA, or its loss, midway
+        try:
+            async for stretch in data.stretches():
+                plain = unstuffed(stretch)
+                digest.update(plain)
+                plain_size += len(plain)
+                if prefix is None:
+                    head += plain
+                    if head.find(b"\r\n\r\n", 0, MAX_HEADER_SCAN) >= 0 or len(head) >= MAX_HEADER_SCAN:
+                        prefix = prepend_headers(b"", self._header_lines(tx, accepted, bytes(head)))
+                if early is not None:
+                    continue  # read to the end of data; the client hears why afterwards
+                held.append(stretch)
+                held_size += len(stretch)
+                if prefix is None or held_size < STREAM_AFTER:
+                    continue
+                try:
+                    if not streaming:
+                        reply = await conn.data_start()
+                        if reply.code != 354:
+                            early = reply
+                            continue
+                        streaming = True
+                        held.insert(0, prefix)
+                    await conn.send_body(b"".join(held))
+                except UpstreamUnavailable as exc:
+                    early = exc
+                held.clear()
+                held_size = 0
+        except BaseException:  # the client vanished or the session ended: never half a message upstream
+            if streaming:
+                conn.abort()
+            raise
+        if data.refusal is not None:
+            if streaming:
+                conn.abort()
+            return data.limit_hit or await self._refuse_data(session, data.found)
+        if prefix is None:
+            prefix = prepend_headers(b"", self._header_lines(tx, accepted, bytes(head)))
+        if isinstance(early, UpstreamUnavailable):  # the end of data never went: nothing was sent
+            tx.broken = True
+            self.health.failed(failure_reason(str(early)), str(early), down=False)
+            message.status, message.upstream_reply = MessageStatus.FAILED, f"connection lost during DATA: {early}"
+            await self.finish(session, record=True)
+            return REPLY_UPSTREAM_DOWN.format(why=early)
+        if early is not None:
+            return await self._data_outcome(session, tx, accepted, early, None)
+        message.content_sha256 = digest.hexdigest()
+        message.size = len(prefix) + plain_size
+        if not await self._record_in_flight(session, tx):
+            if streaming:
+                conn.abort()
+            return REPLY_STORE_DOWN
+        try:
+            if streaming:
+                reply = await conn.end_data(b"".join(held))
+            else:
+                reply = await conn.data_start()
+                if reply.code == 354:
+                    reply = await conn.end_data(b"".join([prefix, *held]))
+        except (UpstreamUnavailable, asyncio.CancelledError) as exc:
+            return await self._lost_at_end_of_data(session, tx, exc)
+        return await self._data_outcome(session, tx, accepted, reply, None)
+
+    def _header_lines(self, tx: Transaction, accepted: list[RecipientRecord], content: bytes) -> list[tuple[str, str]]:
+        """Read the header block; the lines to prepend (Return-Path for SES, Message-ID when missing)."""
+        message = tx.message
         facts = read_headers(content)
         added: list[tuple[str, str]] = []
-        if self.is_ses and self.verp is not None and tx.message.sender not in ("", "<>"):
+        if self.is_ses and self.verp is not None and message.sender not in ("", "<>"):
             # SES replaces the envelope sender but sends bounces and complaints to Return-Path.
             index = None
             if len(accepted) == 1:
@@ -291,37 +413,48 @@ class RelayHandler:
             facts.message_id = new_message_id(self.message_id_domain)
             added.append(("Message-ID", f"<{facts.message_id}>"))
         message.message_id, message.header_from, message.subject = facts.message_id, facts.header_from, facts.subject
-        message.content_sha256 = content_digest(content)  # the client's bytes: the same on each retry
-        body = prepend_headers(content, added)
-        message.size = len(body)
+        return added
+
+    async def _refuse_data(self, session: Session, refused: str) -> str:
+        log.warning("%s: refused a message (smuggling protection): %s", _peer(session), refused[10:60])
+        await self.finish(session)
+        return refused
+
+    async def _record_in_flight(self, session: Session, tx: Transaction) -> bool:
+        """In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
+        the end of data goes upstream: a crash between the upstream's 250 and the final commit then
+        leaves a row the next start marks possibly_sent, instead of a delivery missing from the log."""
         try:
-            # In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
-            # the end of data goes upstream: a crash between the upstream's 250 and the final commit then
-            # leaves a row the next start marks possibly_sent, instead of a delivery missing from the log.
-            await self.store.record_message(message)
-            tx.in_flight = _recipient_rows(message)
+            await self.store.record_message(tx.message)
         except StoreError:
             await self.finish(session)  # nothing went upstream: the client retries
-            return REPLY_STORE_DOWN
-        try:
-            reply = await tx.conn.data(body)
-        except UpstreamUnavailable as exc:
-            # An out-of-protocol answer says whether the body had gone out; a lost connection cannot tell, and
-            # the body may have reached the upstream: possibly_sent, not failed.
-            body_sent = getattr(exc, "body_sent", None)
-            tx.broken = True
-            self.health.failed("lost_during_data" if body_sent is None else "protocol", str(exc), down=False)
-            message.status = MessageStatus.FAILED if body_sent is False else MessageStatus.POSSIBLY_SENT
-            lost = "connection lost" if body_sent is None else "connection closed by the relay"
-            message.upstream_reply = f"{lost} during DATA: {exc}"
-            await self.finish(session, record=True)
-            return REPLY_UPSTREAM_DOWN.format(why=exc)
-        except asyncio.CancelledError:  # the client vanished: connection_lost records the message as it is
+            return False
+        tx.in_flight = _recipient_rows(tx.message)
+        return True
+
+    async def _lost_at_end_of_data(self, session: Session, tx: Transaction, exc: BaseException) -> str:
+        message = tx.message
+        if isinstance(exc, asyncio.CancelledError):  # the client vanished: connection_lost records it as it is
             message.status = MessageStatus.POSSIBLY_SENT
             message.upstream_reply = "the client's connection was lost while the message went upstream"
             if tx.conn is not None:
                 tx.conn.close()  # out of step: never reused
-            raise
+            raise exc
+        # An out-of-protocol answer says whether the body had gone out; a lost connection cannot tell, and
+        # the body may have reached the upstream: possibly_sent, not failed.
+        body_sent = getattr(exc, "body_sent", None)
+        tx.broken = True
+        self.health.failed("lost_during_data" if body_sent is None else "protocol", str(exc), down=False)
+        message.status = MessageStatus.FAILED if body_sent is False else MessageStatus.POSSIBLY_SENT
+        lost = "connection lost" if body_sent is None else "connection closed by the relay"
+        message.upstream_reply = f"{lost} during DATA: {exc}"
+        await self.finish(session, record=True)
+        return REPLY_UPSTREAM_DOWN.format(why=exc)
+
+    async def _data_outcome(self, session: Session, tx: Transaction, accepted: list[RecipientRecord],
+                            reply: Reply, body: bytes | None) -> str:
+        """The upstream's answer to DATA or to the end of data, recorded before the client hears it."""
+        message = tx.message
         message.upstream_reply = reply.line()
         if reply.ok:
             message.upstream_id = upstream_id_from(reply)
@@ -331,12 +464,12 @@ class RelayHandler:
                 r.reply = reply.line()
             self._refusal(tx, reply, [r.address for r in accepted], "DATA")
         message.status = settle_status(message.recipients, reply.code, message.send_failure)
-        raw = content if (self.keeps_messages and reply.ok) else None
+        raw = body if (self.keeps_messages and reply.ok) else None
         try:
-            await self.finish(session, record=True, raw=body if raw is not None else None, strict=True)
+            await self.finish(session, record=True, raw=raw, strict=True)
         except StoreError:
             return REPLY_STORE_DOWN
-        if reply.ok and hasattr(self.upstream, "accepted"):
+        if reply.ok and body is not None and hasattr(self.upstream, "accepted"):
             self.upstream.accepted(message, [r.address for r in accepted], body)
         return reply.smtp()
 
@@ -448,6 +581,37 @@ class RelaySMTP(GuardedSMTP):
         session.auth_needed = self._auth_needed
         session.tx = None
         return session
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the same checks and replies, the data read by MessageData and handed
+        to the handler as it arrives (stream_DATA) instead of collected line by line."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        data = MessageData(self._reader, self.data_size_limit, self.line_length_limit - 2,
+                           size_reply=self.size_reply.format(limit=self.data_size_limit),
+                           line_reply=self.line_reply.format(limit=self.max_line_length),
+                           check=smuggling_refusal, rank=refusal_rank)
+        try:
+            status = await self._relay_handler.stream_DATA(self, self.session, self.envelope, data)
+        except asyncio.CancelledError:
+            self._writer.close()  # as aiosmtpd: the connection was lost during DATA
+            raise
+        except ConnectionError:  # the client closed mid-DATA: nothing more to say to it
+            self._writer.close()
+            return
+        except Exception as error:  # noqa: BLE001 - never read the rest of the data as commands
+            await data.drain()
+            status = await self.handle_exception(error)
+        self._set_post_data_state()
+        await self.push(status)
 
     def connection_lost(self, error) -> None:
         session = self.session

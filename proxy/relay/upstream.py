@@ -253,21 +253,42 @@ class UpstreamConnection:
         return await self.command(b"RCPT", f"TO:<{recipient}>".encode("utf-8"))
 
     async def data(self, content: bytes) -> Reply:
-        """DATA, then the body: only a 354 opens the body, only the reply to its end can mean sent.
+        """DATA, then the whole body (un-stuffed, as aiosmtpd hands it over): for callers that hold it."""
+        reply = await self.data_start()
+        if reply.code != 354:
+            return reply
+        return await self.end_data(_DOT.sub(b"..", normalize_message_line_endings(content)))
 
-        Two audited steps rather than aiosmtplib's execute_data_command, which reports a refusal of
+    async def data_start(self) -> Reply:
+        """DATA alone: only a 354 opens the body.
+
+        Audited steps rather than aiosmtplib's execute_data_command, which reports a refusal of
         DATA and one of the end of data alike, and takes a 250 to DATA for a refusal of the body."""
         reply = await self.command(b"DATA")
-        if reply.code != 354:
-            if reply.code < 400:
-                raise self._out_of_step(f"{reply.code} to DATA, where only 354 opens the body")
-            return reply  # refused before any byte of the body: the transaction stays open (RSET)
-        payload = _DOT.sub(b"..", normalize_message_line_endings(content)) + b".\r\n"
+        if reply.code != 354 and reply.code < 400:
+            raise self._out_of_step(f"{reply.code} to DATA, where only 354 opens the body")
+        return reply  # a refusal comes before any byte of the body: the transaction stays open (RSET)
+
+    async def send_body(self, stretch: bytes) -> None:
+        """Part of the body as the client sent it, dot-stuffed, ending with CRLF: nothing to re-stuff.
+        Waits while the upstream's socket is full, so a slow upstream bounds the relay's memory."""
+        protocol = self.client.protocol
+        try:
+            if protocol is None or not self.client.is_connected:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(stretch)
+            await protocol._drain_helper()  # noqa: SLF001 - aiosmtplib's flow control, as StreamWriter.drain
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self.close()
+            raise UpstreamUnavailable(_describe(exc)) from None
+
+    async def end_data(self, last: bytes = b"") -> Reply:
+        """The rest of the body (dot-stuffed) and the end of data; only a 250 to it means sent."""
         protocol = self.client.protocol
         try:
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            protocol.write(payload)
+            protocol.write(last + b".\r\n" if last else b".\r\n")
             response = await protocol.read_response(timeout=self.client.timeout)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             self.close()
@@ -285,6 +306,11 @@ class UpstreamConnection:
         if reply.ok:
             self.messages += 1
         return reply
+
+    def abort(self) -> None:
+        """Give up a body half sent: the connection closes without the end of data, so the upstream
+        drops the transaction (RFC 5321 3.8) and never delivers half a message."""
+        self.close()
 
     async def reset(self) -> None:
         if self.in_transaction and self.usable:
