@@ -19,12 +19,19 @@ bounceproxy and any worker processes) is printed at the end.
     bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions; about a minute
     bench/relay.py --repeat 3         # the median of 3 interleaved runs per cell (a shared machine is noisy)
     bench/relay.py --sizes 2048 --sessions 10 --count 5000 --profile /tmp/bp.svg   # py-spy flame graph
+    bench/relay.py --rtt 20           # also: the upstream 20 ms away each way (a delaying proxy before the sink)
+    bench/relay.py --memory           # also: 50 sessions of 10 MB messages, bounceproxy's peak memory
+
+The bar (issue 15), judged at the end of every run that has the cells: at 10 sessions bounceproxy at least
+1.5 × the Postfix relay at 2 KB and at 100 KB, at 1 session at least 1.0 × at 2 KB, and peak memory under
+100 MiB with 50 sessions of 10 MB messages.
 
 Needs Postfix's smtp-source and smtp-sink (Debian package postfix); the Postfix column needs root.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -32,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +60,12 @@ class Result:
     rate: float | None = None  # messages per second
     seconds: float | None = None
     error: str | None = None
+    client_seconds: float | None = None  # until smtp-source had its last 250, when that is not `seconds`
+
+    def latency_ms(self, count: int, sessions: int) -> float | None:
+        """Mean time a message keeps the client waiting: each session sends one message at a time."""
+        seconds = self.client_seconds or self.seconds
+        return None if seconds is None else 1000 * seconds * sessions / count
 
     def cell(self) -> str:
         if self.rate is None:
@@ -93,6 +107,58 @@ def smtp_source(port: int, count: int, size: int, sessions: int, timeout: float)
         lines = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()
         return Result(error=f"failed: {lines[-1][:60]}")
     return Result(rate=count / elapsed, seconds=elapsed)
+
+
+class DelayProxy:
+    """A TCP proxy in front of the sink that holds every chunk `delay` seconds in each direction: an
+    upstream one round trip of 2 × delay away, as SES is from most applications' relays. Runs its own
+    event loop in a thread; bytes keep their order."""
+
+    def __init__(self, target_port: int, delay: float):
+        self.target_port, self.delay = target_port, delay
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", self.port))
+        ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while chunk := await reader.read(65536):
+                loop.call_at(loop.time() + self.delay, _write_if_open, writer, chunk)
+            await asyncio.sleep(self.delay)  # the end of stream arrives as late as the bytes before it
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _write_if_open(writer: asyncio.StreamWriter, chunk: bytes) -> None:
+    if not writer.is_closing():
+        writer.write(chunk)
 
 
 # -- the three targets -------------------------------------------------------------------------------------
@@ -180,8 +246,8 @@ class Bounceproxy:
 
 
 class Postfix:
-    def __init__(self, workdir: Path, upstream_port: int):
-        self.pf = PrivatePostfix(workdir / "postfix", relayhost=f"[127.0.0.1]:{upstream_port}", name="bench",
+    def __init__(self, workdir: Path, upstream_port: int, name: str = "bench"):
+        self.pf = PrivatePostfix(workdir / "postfix", relayhost=f"[127.0.0.1]:{upstream_port}", name=name,
                                  myhostname="postfix.bench.test", mydomain="bench.test",
                                  main_cf_extra={"message_size_limit": 50 * 1024 * 1024})
         self.pf.start()
@@ -197,7 +263,7 @@ class Postfix:
         except TimeoutError:
             return Result(error=f"queue>{timeout:.0f}s")
         elapsed = time.perf_counter() - start
-        return Result(rate=count / elapsed, seconds=elapsed)
+        return Result(rate=count / elapsed, seconds=elapsed, client_seconds=res.seconds)
 
     def sent(self) -> int:
         return self.pf.log_text().count("status=sent")
@@ -323,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cell-timeout", type=float, default=300, help="seconds allowed per measurement")
     ap.add_argument("--profile", metavar="FILE", help="py-spy record bounceproxy during its runs (FILE.svg or .txt)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, bounce log, Postfix)")
+    ap.add_argument("--rtt", type=float, nargs="?", const=20.0, metavar="MS",
+                    help="also run the round-trip profile: the sink MS ms away each way (default 20) for "
+                         "bounceproxy and Postfix alike, 2 KB at --rtt-sessions")
+    ap.add_argument("--rtt-sessions", default="10,50", help="sessions of the round-trip profile")
+    ap.add_argument("--rtt-count", type=int, default=300, help="messages per round-trip cell")
+    ap.add_argument("--rtt-pools", default="16,64", help="bounceproxy pool_size values of the round-trip profile")
+    ap.add_argument("--memory", action="store_true",
+                    help="also send 50 sessions of 10 MB messages through a fresh bounceproxy: its peak memory")
+    ap.add_argument("--memory-count", type=int, default=100, help="messages of the memory cell")
     ap.add_argument("--bounceproxy", metavar="CMD", default=BOUNCEPROXY,
                     help=f"the bounceproxy executable to run as `CMD serve` (default {BOUNCEPROXY})")
     args = ap.parse_args(argv)
@@ -401,11 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bounceproxy bounce log: {counts}")
         if pf:
             print(f"postfix deliveries logged: {pf.sent()} status=sent")
-        bar = next((row for row in rows if row.size == 2048 and row.sessions == 10), None)
-        if bar and pf and bar.results["postfix"].rate and bar.results["bounceproxy"].rate:
-            ok = bar.results["bounceproxy"].rate >= bar.results["postfix"].rate
-            print(f"bar (2 KB, 10 sessions: bounceproxy >= postfix): {'MET' if ok else 'NOT MET'} "
-                  f"({_ratio(bar.results['bounceproxy'], bar.results['postfix'])})")
+        memory_mib = None
+        if args.memory:
+            memory_mib = memory_cell(workdir, sink, args)
+        if args.rtt is not None:
+            rtt_profile(workdir, sink, args, with_postfix=pf is not None)
+        print()
+        judge(rows, memory_mib, pf is not None)
         return 0
     finally:
         if spy is not None and spy.poll() is None:
@@ -420,6 +497,97 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# kept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def judge(rows: list[Row], memory_mib: float | None, with_postfix: bool) -> bool:
+    """The bar of issue 15, each part with its figure; MET only when every part was measured and holds."""
+    parts: list[tuple[str, bool | None]] = []
+    for size, sessions, need in ((2048, 10, 1.5), (102400, 10, 1.5), (2048, 1, 1.0)):
+        row = next((r for r in rows if r.size == size and r.sessions == sessions), None)
+        what = f"{_size_label(size)} × {sessions} sess: bounceproxy/postfix >= {need}"
+        bp_rate = row and row.results["bounceproxy"].rate
+        pf_rate = row and with_postfix and row.results["postfix"].rate
+        if not (bp_rate and pf_rate):
+            parts.append((f"{what}: not measured", None))
+        else:
+            parts.append((f"{what}: {bp_rate / pf_rate:.2f}", bp_rate >= need * pf_rate))
+    if memory_mib is None:
+        parts.append(("peak memory, 50 sessions × 10 MB, < 100 MiB: not measured (--memory)", None))
+    else:
+        parts.append((f"peak memory, 50 sessions × 10 MB, < 100 MiB: {memory_mib:.1f} MiB", memory_mib < 100))
+    for text, ok in parts:
+        print(f"  {'MET    ' if ok else 'NOT MET' if ok is False else 'skipped'}  {text}")
+    verdict = all(ok for _, ok in parts)
+    missing = any(ok is None for _, ok in parts)
+    print(f"bar: {'MET' if verdict else 'NOT JUDGED (parts not measured)' if missing and all(ok is not False for _, ok in parts) else 'NOT MET'}")
+    return verdict
+
+
+def memory_cell(workdir: Path, sink: Sink, args) -> float | None:
+    """50 sessions of 10 MB messages through a fresh bounceproxy: the peak memory (VmHWM) they cost."""
+    size, sessions, count = 10 * 1024 * 1024, 50, args.memory_count
+    home = workdir / "memory"
+    home.mkdir()
+    bp = Bounceproxy(home, sink.port, args.workers, args.pool_size, args.verp, args.bounceproxy)
+    try:
+        res = smtp_source(bp.port, count, size, sessions, args.cell_timeout * 4)
+        mib = sum(bp.peak_memory_kb().values()) / 1024
+        counts = bp.counts()
+    finally:
+        bp.stop()
+    print(f"memory: {count} × 10 MB over {sessions} sessions: {res.cell()} msg/s, peak {mib:.1f} MiB, "
+          f"bounce log {counts}", flush=True)
+    return mib if res.rate is not None else None
+
+
+def rtt_profile(workdir: Path, sink: Sink, args, with_postfix: bool) -> None:
+    """Throughput and the client's wait with the upstream `--rtt` ms away each way, for bounceproxy at each
+    --rtt-pools size and for Postfix. bounceproxy passes each reply through, so the client waits for every
+    upstream round trip; Postfix answers from its queue and delivers afterwards (timed until delivered)."""
+    delay = args.rtt / 1000
+    proxy = DelayProxy(sink.port, delay)
+    count, size = args.rtt_count, 2048
+    sessions = [int(n) for n in args.rtt_sessions.split(",")]
+    lines: list[list[str]] = []
+    targets: list = []
+    try:
+        for pool in [int(p) for p in args.rtt_pools.split(",")]:
+            home = workdir / f"rtt-pool-{pool}"
+            home.mkdir()
+            bp = Bounceproxy(home, proxy.port, args.workers, pool, args.verp, args.bounceproxy)
+            targets.append(bp)
+            for n in sessions:
+                smtp_source(bp.port, min(count, 2 * n), size, n, args.cell_timeout)
+                res = _median([smtp_source(bp.port, count, size, n, args.cell_timeout) for _ in range(args.repeat)])
+                lines.append([f"bounceproxy pool_size={pool}", str(n), res.cell(), _ms(res.latency_ms(count, n))])
+            bp.stop()
+            targets.remove(bp)
+        if with_postfix:
+            (workdir / "rtt").mkdir()
+            pf = Postfix(workdir / "rtt", proxy.port, name="bench-rtt")
+            targets.append(pf)
+            for n in sessions:
+                pf.run(min(count, 2 * n), size, n, args.cell_timeout)
+                res = _median([pf.run(count, size, n, args.cell_timeout) for _ in range(args.repeat)])
+                lines.append(["postfix (until delivered)", str(n), res.cell(), _ms(res.latency_ms(count, n))])
+    finally:
+        for target in targets:
+            target.stop()
+        proxy.stop()
+    print()
+    print(f"round-trip profile: 2 KB, {count} messages, the sink {args.rtt:g} ms away each way "
+          f"(one upstream round trip {2 * args.rtt:g} ms)")
+    head = ["relay", "sessions", "msg/s", "client wait per msg"]
+    widths = [max(len(x) for x in col) for col in zip(head, *lines)]
+    for line in [head, *lines]:
+        print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    print("  bounceproxy: the client waits for every upstream round trip (MAIL, RCPT, DATA, end of data), and at "
+          "most pool_size messages are in flight at once; Postfix answers from its queue (the client's wait) "
+          "and delivers afterwards (msg/s counts until every message was delivered).")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
 
 
 def _start_py_spy(bp: Bounceproxy, out: str) -> subprocess.Popen | None:
