@@ -7,6 +7,7 @@ import dataclasses
 import secrets
 import shutil
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,17 @@ def pg_url(pg_server):
         pg_server.drop_database_sync(url.rsplit("/", 1)[1])
     except Exception as exc:  # the server goes away with the session anyway
         warnings.warn(f"pg_url: could not drop {url}: {exc!r}")
+
+
+async def until(check, timeout: float = 30, step: float = 0.05):
+    """Await `check()` until it gives something true, and return that; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(step)
 
 
 BACKENDS = ["sqlite", "postgresql"]

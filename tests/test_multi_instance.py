@@ -11,7 +11,7 @@ import pytest
 
 from proxy.model import Correlation, Kind, Source
 from proxy.store import EventFilter, MessageFilter, store_for_url
-from tests.conftest import ROOT
+from tests.conftest import ROOT, until
 from tests.daemon import Daemon
 
 DATA = ROOT / "tests" / "data"
@@ -59,16 +59,6 @@ def send(daemon: Daemon, recipient: str) -> None:
             smtp.sendmail("app@example.com", [recipient], b"From: app@example.com\r\nSubject: hi\r\n\r\nhello\r\n")
         except smtplib.SMTPRecipientsRefused:
             pass
-
-
-async def until(check, timeout: float = 30, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(step)
 
 
 async def test_two_relays_and_a_bounce_mx_share_one_log(tmp_path, upstream, pg_url):

@@ -26,7 +26,7 @@ from proxy.model import (
 from proxy.store import store_for_url
 from proxy.webhooks import HEADER, WebhookDispatcher, body, start_webhooks
 from proxy.webhooks.commands import webhooks as webhooks_cli
-from tests.conftest import start_upstream
+from tests.conftest import start_upstream, until
 from tests.daemon import Daemon
 
 SECRET = b"whsec-test-0123456789"
@@ -111,16 +111,6 @@ class Receiver:
 
     def keys(self, path: str | None = None) -> list[str]:
         return [h.key for h in self.hits if path is None or h.path == path]
-
-
-async def until(check, timeout: float = 30, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(step)
 
 
 def message(relay_id: str, recipient: str, status=MessageStatus.REJECTED, send_failure=None) -> MessageRecord:
