@@ -79,6 +79,7 @@ class RelayConfig:
     max_connections: int = 1000
     max_connections_per_ip: int = 500
     workers: int = 1
+    mode: str = "passthrough"  # passthrough | spool (proxy.spool: 250 once queued, delivered by paced workers)
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,31 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    """Spool mode (`[relay] mode = "spool"`, proxy.spool): the queue's pace, retries and lifetime."""
+
+    max_rate: float = 0.0  # recipients per second sent upstream at most; 0: learn it from the upstream's throttling
+    initial_rate: float = 1.0  # where learning starts (doubling each second until the first throttling reply)
+    concurrency: int = 8  # deliveries in flight at once (each holds one upstream connection)
+    lifetime: str = "5d"  # how long a message may wait before its pending recipients expire (s, m, h, d)
+    max_backoff_seconds: float = 3600.0  # retries after a 4xx: 5 s, 10 s, 30 s, 1 min, ... up to this
+    quota_retry_seconds: float = 900.0  # after "Daily message quota exceeded": hold the queue, try again after this
+    lease_seconds: float = 300.0  # a claimed message is another instance's to take after this (a worker died)
+
+    @property
+    def lifetime_seconds(self) -> float:
+        return parse_duration(self.lifetime)
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `15m`, `12h`, `5d` (or a bare number of seconds) -> seconds; ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 15m, 12h or 5d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@dataclass(frozen=True)
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -246,6 +272,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     sns: SnsConfig = field(default_factory=SnsConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     source: str = "(defaults)"
 
     @property
@@ -273,12 +300,14 @@ SECTIONS: dict[str, type] = {
     "service": ServiceConfig,
     "sns": SnsConfig,
     "webhooks": WebhooksConfig,
+    "spool": SpoolConfig,
 }
 # Keys holding a file name: relative ones in the file resolve against the file's directory.
 PATH_KEYS = {("store", "path"), ("relay", "tls_cert"), ("relay", "tls_key"), ("upstream", "ca_file")}
 CHOICES = {
     ("upstream", "profile"): {"simulator", "ses", "smtp"},
     ("upstream", "tls"): {"starttls", "implicit", "none"},
+    ("relay", "mode"): {"passthrough", "spool"},
     ("store", "backend"): {"sqlite", "postgresql"},
     ("suppression", "mode"): {"enforce", "observe"},
     ("suppression", "scope"): {"global", "sender_domain"},
@@ -468,8 +497,27 @@ def _validate_webhooks(config: Config) -> None:
                           f"({hooks.backoff_base_seconds})")
 
 
+def _validate_spool(config: Config) -> None:
+    src, spool = config.source, config.spool
+    try:
+        lifetime = parse_duration(spool.lifetime)
+    except ValueError as exc:
+        raise ConfigError(f"{src}: [spool] lifetime: {exc}") from None
+    if lifetime < 60:
+        raise ConfigError(f"{src}: [spool] lifetime must be at least one minute (got {spool.lifetime!r})")
+    if spool.concurrency < 1:
+        raise ConfigError(f"{src}: [spool] concurrency must be at least 1")
+    for name in ("initial_rate", "max_backoff_seconds", "quota_retry_seconds"):
+        if not getattr(spool, name) > 0:
+            raise ConfigError(f"{src}: [spool] {name} must be more than 0 (got {getattr(spool, name)})")
+    if not spool.lease_seconds >= max(30.0, 2 * config.upstream.command_timeout):
+        raise ConfigError(f"{src}: [spool] lease_seconds must be at least 30 and twice [upstream] command_timeout "
+                          f"({2 * config.upstream.command_timeout:g}), got {spool.lease_seconds:g}")
+
+
 def _validate(config: Config) -> None:
     src = config.source
+    _validate_spool(config)
     _validate_webhooks(config)
     _validate_sns(config)
     up = config.upstream
