@@ -128,3 +128,43 @@ def test_spool_status_reads_the_recipients():
     assert spool_status(rr(R, R)) == MessageStatus.REJECTED
     assert spool_status(rr(R, D)) == MessageStatus.FAILED
     assert "spool" in units.TABLES and "spool_recipients" in units.TABLES
+
+
+async def test_queue_commands(tmp_path):
+    """`bounceproxy queue list|show|hold|release|retry|delete` on a real SQLite log, through click."""
+    from click.testing import CliRunner
+
+    from proxy.config import load_config
+    from proxy.spool.commands import queue
+    from proxy.store import open_store
+
+    path = tmp_path / "config.toml"
+    path.write_text(f'[relay]\nmode = "spool"\n[store]\npath = "{tmp_path / "b.db"}"\n')
+    store = await open_store(load_config(str(path)).store)
+    now = time.time()
+    await _accept(store, "m1", ["a@example.org", "b@example.org"], now, next_at=now + 600)
+    await _accept(store, "m2", ["c@example.org"], now)
+    await store.close()
+    cli = CliRunner()
+
+    def run(*args):
+        result = await_in_thread(cli.invoke, queue, [*args, "-c", str(path)])
+        return result
+
+    def await_in_thread(fn, *a):
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:  # the commands run their own event loop
+            return ex.submit(fn, *a).result()
+
+    listed = run("list")
+    assert listed.exit_code == 0 and "m1" in listed.output and "queued 2, held 0, recipients pending 3" in listed.output
+    shown = run("show", "m1")
+    assert "recipient    b@example.org pending" in shown.output
+    assert run("show", "nope").exit_code == 1
+    assert "1 message(s) held" in run("hold", "m1").output
+    assert "1 message(s) released" in run("release", "--all").output
+    assert "2 message(s) due now" in run("retry", "--all").output
+    assert run("delete", "--all").exit_code == 2  # delete names its messages
+    assert "1 message(s) deleted" in run("delete", "m2").output
+    assert run("retry", "m2").exit_code == 1  # not in the spool any more: said so
+    assert '"relay_id": "m1"' in run("list", "--json").output
