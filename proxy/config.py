@@ -224,7 +224,7 @@ class WebhooksConfig:
     events: tuple[str, ...] = ()  # "<url> <type> <type>...": only these types go to that URL (others: all)
     max_attempts: int = 12  # tries before an entry is given up (`dead`; `bounceproxy webhooks retry`)
     timeout_seconds: float = 10.0
-    concurrency: int = 4
+    concurrency: int = 16
     backoff_base_seconds: float = 5.0
     backoff_max_seconds: float = 3600.0
 

@@ -7,7 +7,7 @@ on one host) and PostgreSQL (several instances on several hosts).
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 from proxy.model import (
@@ -33,6 +33,7 @@ class Store(Protocol):
     # `[webhooks]` targets: each event, send failure and suppression change they want is queued in the
     # durable outbox in the same transaction as what it tells
     webhook_targets: tuple[WebhookTarget, ...]
+    on_queued: Callable[[], None] | None  # called once a write that may have queued webhooks committed
     failing: bool  # a write was refused and none has committed since (`/healthz`)
 
     # -- life cycle --------------------------------------------------------------------------

@@ -30,6 +30,8 @@ class SqlStore:
     def __init__(self) -> None:
         # `[webhooks]` URLs: what they want is queued in the transaction of the event it tells (the app sets it)
         self.webhook_targets: tuple[WebhookTarget, ...] = ()
+        # called after a write that may have queued webhooks commits: this process's dispatcher wakes at once
+        self.on_queued = None
         self.commits = 0  # write transactions committed, for stats and benchmarks
         self.failed_batches = 0
         self._failing_since: float | None = None
@@ -56,6 +58,7 @@ class SqlStore:
         record) and its synchronous events in one transaction."""
         await self._write(units.record_message, message, list(events), raw, recipients, self.webhook_targets,
                           time.time())
+        self._queued()
 
     async def mark_possibly_sent(self, before: float) -> int:
         return await self._write(units.mark_possibly_sent, before)
@@ -82,14 +85,18 @@ class SqlStore:
         return await self._read(units.list_inbound, flt)
 
     async def record_inbound_result(self, inbound_id: int, result: InboundResult) -> bool:
-        return await self._write(units.record_inbound_result, inbound_id, result, self.webhook_targets, time.time())
+        recorded = await self._write(units.record_inbound_result, inbound_id, result, self.webhook_targets, time.time())
+        self._queued()
+        return recorded
 
     async def record_notification(self, keys: Sequence[str], events: Iterable[BounceEvent]) -> bool:
         """Record an outside notification's events once (keys: its SNS MessageId, SES feedbackId...)."""
         if not keys:
             raise StoreError("a notification needs at least one key to be recorded once")
-        return await self._write(units.record_notification, time.time(), list(keys), list(events),
-                                 self.webhook_targets)
+        recorded = await self._write(units.record_notification, time.time(), list(keys), list(events),
+                                     self.webhook_targets)
+        self._queued()
+        return recorded
 
     async def events_to_reclassify(self) -> list[BounceEvent]:
         return await self._read(units.events_to_reclassify)
@@ -151,9 +158,12 @@ class SqlStore:
 
     async def upsert_suppressions(self, rows: Iterable[Suppression]) -> None:
         await self._write(units.upsert_suppressions, list(rows), self.webhook_targets, time.time())
+        self._queued()
 
     async def delete_suppression(self, scope: str, address: str) -> bool:
-        return await self._write(units.delete_suppression, scope, address, self.webhook_targets, time.time())
+        removed = await self._write(units.delete_suppression, scope, address, self.webhook_targets, time.time())
+        self._queued()
+        return removed
 
     async def list_suppressions(self, flt: SuppressionFilter) -> list[Suppression]:
         return await self._read(units.list_suppressions, flt)
@@ -244,6 +254,10 @@ class SqlStore:
             raise StoreError(f"no spool action {action!r}" if action != "delete" else "delete needs message ids")
         return await self._write(units.spool_control, action, list(ids) if ids else None, time.time(), why,
                                  self.webhook_targets)
+
+    def _queued(self) -> None:
+        if self.webhook_targets and self.on_queued is not None:
+            self.on_queued()
 
     # -- for the drivers ---------------------------------------------------------------------
     def _refused(self, exc: BaseException, log) -> None:

@@ -43,6 +43,7 @@ async def start_webhooks(config, store, dispatch: bool = True) -> WebhookDispatc
     if not dispatch:
         return None
     dispatcher = WebhookDispatcher(hooks, store, secret)
+    store.on_queued = dispatcher.notify  # what this process queues is sent at once, not at the next poll
     await dispatcher.start()
     return dispatcher
 
