@@ -15,6 +15,7 @@ import secrets
 from proxy.api import api_token, start_api
 from proxy.config import Config, ConfigError
 from proxy.inbound.pipeline import Pipeline
+from proxy.spool import SpoolHandler, SpoolWorkers, start_spool
 from proxy.webhooks import WebhookDispatcher, start_webhooks
 from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
 from proxy.lifecycle import Sessions, changes, client_tls, settle_session_tasks
@@ -57,6 +58,7 @@ class Service:
         self._probe: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None  # PostgreSQL: marks stale in-flight messages (_sweep_loop)
         self.webhooks: WebhookDispatcher | None = None  # [webhooks]: sends the outbox (worker 0)
+        self.spool: SpoolWorkers | None = None  # [relay] mode = "spool": delivers the queue (worker 0)
         self.sessions = Sessions()  # both listeners' sessions: drained on SIGTERM, new certificate on SIGHUP
         self.client_tls: ssl.SSLContext | None = None  # what the next relay session offers at STARTTLS
         self.verbose = False  # `serve -v`: debug whatever [log] level says
@@ -132,8 +134,15 @@ class Service:
         await self._probe_upstream()
         if cfg.inbound.enabled and self.worker == 0:
             await self._start_inbound()
-        self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor, self.preflight,
-                                          health=self.health)
+        if relay.mode == "spool":
+            if self.worker == 0:  # one set of delivery workers; other relay workers only queue (seen within 0.5 s)
+                self.spool = await start_spool(cfg, self.store, self.upstream, self.suppressor, health=self.health)
+            self.relay_handler = SpoolHandler(cfg, self.store, self.upstream, self.signer, self.suppressor,
+                                              self.preflight, health=self.health,
+                                              on_queued=self.spool.notify if self.spool else None)
+        else:
+            self.relay_handler = RelayHandler(cfg, self.store, self.upstream, self.signer, self.suppressor,
+                                              self.preflight, health=self.health)
         size_limit = min(relay.max_message_size, self.upstream.max_size or relay.max_message_size)
         hostname = cfg.relay_hostname
         authenticator = Authenticator(users) if users else None
@@ -225,6 +234,8 @@ class Service:
                 m[f'bounceproxy_preflight_total{{outcome="{name}"}}'] = value
         if self.store:
             m["bounceproxy_store_commits_total"] = self.store.commits
+        if self.spool:
+            m.update(self.spool.metrics())
         if self.webhooks:
             m["bounceproxy_webhooks_delivered_total"] = self.webhooks.delivered
             m["bounceproxy_webhooks_failed_total"] = self.webhooks.failed
@@ -352,6 +363,9 @@ class Service:
             server.close()
         await self.sessions.drain(grace)
         await settle_session_tasks(sessions=self.sessions)  # closed sessions record their outcome before the store closes
+        if self.spool is not None:  # deliveries in flight finish within the grace; the rest stay queued
+            await self.spool.stop(grace)
+            self.spool = None
         for server in self.servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1)

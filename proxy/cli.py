@@ -681,6 +681,10 @@ from proxy.webhooks.commands import webhooks  # noqa: E402  (imports proxy.cli i
 
 cli.add_command(webhooks)
 
+from proxy.spool.commands import queue  # noqa: E402  (the same: proxy.cli inside its commands only)
+
+cli.add_command(queue)
+
 
 def main() -> None:
     """Entry point: click's own errors become one line and exit 2."""

@@ -311,9 +311,19 @@ def summarize(data: LogStats, since: float | None, identities: Iterable[Identity
 
 
 async def stats_summary(store, since: float) -> dict:
-    """The summary of `bounceproxy stats --json` and `GET /api/stats`."""
-    return summarize(await store.stats(since), since, await store.identity_stats(since),
-                     await store.paused_identities())
+    """The summary of `bounceproxy stats --json` and `GET /api/stats`, with the spool's depth and age."""
+    summary = summarize(await store.stats(since), since, await store.identity_stats(since),
+                        await store.paused_identities())
+    summary["queue"] = queue_summary(await store.spool_counts(time.time()), time.time())
+    return summary
+
+
+def queue_summary(counts, now: float) -> dict:
+    """The spool at a glance (spool mode): messages queued and held, recipients still to send, due now,
+    being delivered, and the oldest message's age."""
+    return {"queued": counts.queued, "held": counts.held, "recipients": counts.recipients, "due": counts.due,
+            "in_flight": counts.in_flight,
+            "oldest_age_seconds": round(now - counts.oldest_at, 1) if counts.oldest_at is not None else None}
 
 
 def stats_lines(summary: dict) -> list[str]:
@@ -325,6 +335,11 @@ def stats_lines(summary: dict) -> list[str]:
                      "that had gone out (`bounceproxy messages --duplicates`)")
     lines.append(f"bounces {summary['bounces']} (hard {summary['hard_bounces']}), complaints {summary['complaints']}; "
                  f"bounce rate {summary['bounce_rate']:.2%}, complaint rate {summary['complaint_rate']:.2%}")
+    queue = summary.get("queue") or {}
+    if queue.get("queued") or queue.get("held"):
+        lines.append(f"queue: {queue['queued']} messages queued ({queue['recipients']} recipients, {queue['due']} due now, "
+                     f"{queue['in_flight']} being delivered), {queue['held']} held; oldest "
+                     f"{queue['oldest_age_seconds']:.0f}s (`bounceproxy queue list`)")
     if summary["foreign_recipients"]:
         lines.append(f"foreign recipients {summary['foreign_recipients']}: addresses named by reports about messages "
                      "never sent to them (forged or forwarded; never acted on, not in any rate): "

@@ -168,3 +168,20 @@ async def test_queue_commands(tmp_path):
     assert "1 message(s) deleted" in run("delete", "m2").output
     assert run("retry", "m2").exit_code == 1  # not in the spool any more: said so
     assert '"relay_id": "m1"' in run("list", "--json").output
+
+
+async def test_queue_depth_and_age_in_stats_and_metrics(any_store):
+    from proxy import queries
+    from proxy.api.metrics import store_families
+
+    now = time.time()
+    await _accept(any_store, "q1", ["a@example.org", "b@example.org"], now - 60)
+    await _accept(any_store, "q2", ["c@example.org"], now - 5)
+    summary = await queries.stats_summary(any_store, now - 3600)
+    assert summary["queue"]["queued"] == 2 and summary["queue"]["recipients"] == 3
+    assert 59 <= summary["queue"]["oldest_age_seconds"] <= 120
+    assert any(line.startswith("queue: 2 messages queued (3 recipients") for line in queries.stats_lines(summary))
+    families = {f.name: f for f in store_families(await any_store.metric_counts(now), {},
+                                                  await any_store.spool_counts(now))}
+    assert {s.labels["state"]: s.value for s in families["bounceproxy_spool_messages"].samples} == {"queued": 2, "held": 0}
+    assert families["bounceproxy_spool_oldest_timestamp_seconds"].samples[0].value == now - 60

@@ -51,6 +51,12 @@ LIVE_HELP = {
     "bounceproxy_webhooks_failed_total": "Webhook tries that failed (non-2xx, timeout, network) since start.",
     "bounceproxy_webhooks_dead_total": "Webhook notifications given up after [webhooks] max_attempts since start.",
     "bounceproxy_webhooks_in_flight": "Webhook POSTs in flight now.",
+    "bounceproxy_spool_attempts_total": "Delivery attempts from the spool since start.",
+    "bounceproxy_spool_recipients_total": "Spooled recipients by what came of them since start.",
+    "bounceproxy_spool_rate": "The spool's current pace of delivery (recipients per second).",
+    "bounceproxy_spool_rate_ceiling": "The upstream's rate as the spool learnt it (0: not learnt yet).",
+    "bounceproxy_spool_in_flight": "Deliveries from the spool in flight now.",
+    "bounceproxy_spool_quota_held": "1 while the spool holds its queue for the upstream's daily quota, else 0.",
 }
 
 
@@ -70,7 +76,8 @@ def _gauge(name: str, help_text: str, label: str | None, samples) -> GaugeMetric
 WEBHOOK_STATES = ["pending", "delivered", "dead"]
 
 
-def store_families(counts: MetricCounts, webhooks: dict[str, tuple[int, float | None]] | None = None) -> list[Metric]:
+def store_families(counts: MetricCounts, webhooks: dict[str, tuple[int, float | None]] | None = None,
+                   spool=None) -> list[Metric]:
     """The bounce log's figures. They are row counts that may fall (a reparse, a purge): gauges, so no `_total`.
     `webhooks`: the outbox's count and oldest entry per state (`Store.webhook_counts`)."""
     families = [
@@ -109,6 +116,15 @@ def store_families(counts: MetricCounts, webhooks: dict[str, tuple[int, float | 
         families.append(_gauge("bounceproxy_webhook_oldest_pending_timestamp_seconds",
                                "Unix time the oldest webhook notification still to send was queued.", None,
                                [(None, oldest)]))
+    if spool is not None:
+        families.append(_gauge("bounceproxy_spool_messages", "Messages in the spool (spool mode), by state (queued: "
+                               "to deliver; held: waiting for an operator, `bounceproxy queue release`).", "state",
+                               [("queued", spool.queued), ("held", spool.held)]))
+        families.append(_gauge("bounceproxy_spool_recipients", "Recipients in the spool still to deliver.", None,
+                               [(None, spool.recipients)]))
+        if spool.oldest_at is not None:
+            families.append(_gauge("bounceproxy_spool_oldest_timestamp_seconds",
+                                   "Unix time the oldest message in the spool was queued.", None, [(None, spool.oldest_at)]))
     for at, name, what in ((counts.last_event_at, "bounceproxy_last_event_timestamp_seconds", "event"),
                            (counts.last_message_at, "bounceproxy_last_message_timestamp_seconds", "relayed message")):
         if at is not None:
@@ -159,11 +175,12 @@ class MetricsCollector:
             try:
                 counts = await self.store.metric_counts(time.time())
                 webhooks = await self.store.webhook_counts()
+                spool = await self.store.spool_counts(time.time())
             except StoreError as exc:
                 log.warning("metrics: bounce log unavailable: %s", exc)
                 return [], False
             self.queries += 1
-            self._cached = store_families(counts, webhooks)
+            self._cached = store_families(counts, webhooks, spool)
             self._cached_at = self.clock()
             return self._cached, True
 

@@ -78,6 +78,11 @@
       ["complaint rate", pct(s.complaint_rate, 3), t && s.complaint_rate >= t.complaint_rate.review],
       ["foreign recipients", s.foreign_recipients],
     ];
+    const q = s.queue;
+    if (q && (q.queued || q.held)) {  // spool mode: what waits to go upstream, and for how long
+      cards.push(["queued", q.queued + " (" + q.recipients + " recipients)"], ["held", q.held, q.held > 0],
+                 ["oldest queued", Math.round(q.oldest_age_seconds) + " s", q.oldest_age_seconds > 3600]);
+    }
     const box = $("cards");
     box.replaceChildren();
     for (const [label, value, warn] of cards) {
