@@ -12,8 +12,9 @@
 
     .venv/bin/python bench/spool.py [--count 3000] [--quota 50] [--seconds 40]
 
-The spool-mode listener runs in its own process (`bench/spool.py --serve`, what proxy/app.py builds in spool mode),
-like `bounceproxy serve` for pass-through, both on uvloop with SQLite in a temporary directory.
+Both modes run as `bounceproxy serve` (SQLite in a temporary directory), first with the sink on loopback, then
+(--rtt, default 20 ms) with the sink a round trip away, as SES is from an application's host: pass-through waits
+for that round trip on every command, spool mode only in its delivery workers.
 """
 from __future__ import annotations
 
@@ -27,74 +28,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.relay import Bounceproxy, Sink, _terminate, smtp_source, wait_port  # noqa: E402
-from tests.postfix import free_port  # noqa: E402
+from bench.relay import Bounceproxy, DelayProxy, Sink, smtp_source  # noqa: E402
 
 
-async def serve(port: int, upstream_port: int, db: str) -> None:
-    """The spool-mode stack on `port`: SpoolHandler, SQLite store, workers to the upstream."""
-    import dataclasses
-
-    from proxy.config import Address, SpoolConfig
-    from proxy.relay.server import RelaySMTP
-    from proxy.relay.upstream import UpstreamPool
-    from proxy.relay.verp import VerpSigner
-    from proxy.smtp_guard import Limits
-    from proxy.spool import SpoolHandler, start_spool
-    from proxy.store import store_for_config
-    from tests.conftest import make_config
-
-    config = make_config(Path(db).parent, upstream_port, relay={"mode": "spool", "listen": Address("127.0.0.1", port)})
-    config = dataclasses.replace(config, store=dataclasses.replace(config.store, path=db, commit_interval_ms=0),
-                                 upstream=dataclasses.replace(config.upstream, pool_size=16),
-                                 spool=SpoolConfig(concurrency=8, max_rate=10_000.0))
-    store = await store_for_config(config.store).open()
-    pool = UpstreamPool(config.upstream, "relay.bench.test", None, None)
-    workers = await start_spool(config, store, pool)
-    handler = SpoolHandler(config, store, pool, verp=VerpSigner(b"bench-" + b"k" * 40, "bounce", "bounces.test"),
-                           on_queued=workers.notify)
-    limits = Limits(1000, 1000, 3600)
-    await asyncio.get_running_loop().create_server(
-        lambda: RelaySMTP(handler, hostname="relay.bench.test", enable_SMTPUTF8=True, limits=limits, ident="spool"),
-        "127.0.0.1", port, backlog=1024)
-    await asyncio.Event().wait()
-
-
-def accept_figure(count: int, runs: int) -> float:
-    import subprocess
-
+def accept_figure(count: int, runs: int, rtt_ms: float = 0.0) -> float:
+    """`bounceproxy serve` in each mode, the same smtp-sink behind it (with `rtt_ms`, one round trip of
+    that many milliseconds away, as SES is: a DelayProxy holds each direction rtt_ms / 2)."""
     work = Path(tempfile.mkdtemp(prefix="bench-spool-"))
     sink = Sink(work)
+    delayed = DelayProxy(sink.port, rtt_ms / 2000) if rtt_ms else None
+    upstream_port = delayed.port if delayed else sink.port
     try:
-        through, spooled = [], []
+        results: dict[str, list] = {"passthrough": [], "spool": []}
         for run in range(runs):
-            d = work / f"pass{run}"
-            d.mkdir()
-            bp = Bounceproxy(d, sink.port, 1, None, verp=True)
-            try:
-                smtp_source(bp.port, 50, 2048, 10, 60)  # warm-up
-                through.append(smtp_source(bp.port, count, 2048, 10, 600))
-            finally:
-                bp.stop()
-            d = work / f"spool{run}"
-            d.mkdir()
-            port = free_port()
-            proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(sink.port), str(d / "b.db")],
-                                    cwd=ROOT, start_new_session=True)
-            try:
-                wait_port(port, proc=proc)
-                smtp_source(port, 50, 2048, 10, 60)
-                spooled.append(smtp_source(port, count, 2048, 10, 600))
-            finally:
-                _terminate(proc, group=True)
-        t = sorted(r.rate for r in through)[len(through) // 2]
-        s = sorted(r.rate for r in spooled)[len(spooled) // 2]
-        print(f"accept, 2 KB x 10 sessions, {count} messages, median of {runs}:")
-        print(f"  pass-through  {t:8.0f} msg/s   (each run: {', '.join(f'{r.rate:.0f}' for r in through)})")
-        print(f"  spool         {s:8.0f} msg/s   (each run: {', '.join(f'{r.rate:.0f}' for r in spooled)})")
+            for mode in results:
+                d = work / f"{mode}{run}"
+                d.mkdir()
+                bp = Bounceproxy(d, upstream_port, 1, None, verp=True, extra_env={"BOUNCEPROXY_RELAY__MODE": mode})
+                try:
+                    smtp_source(bp.port, 50, 2048, 10, 120)  # warm-up
+                    results[mode].append(smtp_source(bp.port, count, 2048, 10, 900))
+                finally:
+                    bp.stop()
+        t, s = (sorted(r.rate for r in results[m])[runs // 2] for m in ("passthrough", "spool"))
+        where = f"the upstream {rtt_ms:g} ms away (a round trip)" if rtt_ms else "the upstream on loopback"
+        print(f"accept, 2 KB x 10 sessions, {count} messages, median of {runs}, {where}:")
+        for mode, rate in (("pass-through", t), ("spool", s)):
+            each = ", ".join(f"{r.rate:.0f}" for r in results["passthrough" if mode == "pass-through" else "spool"])
+            print(f"  {mode:13} {rate:8.0f} msg/s   (each run: {each})")
         print(f"  ratio spool / pass-through = {s / t:.2f}   (bar >= 1.5: {'met' if s / t >= 1.5 else 'NOT met'})")
         return s / t
     finally:
+        if delayed:
+            delayed.stop()
         sink.stop()
 
 
@@ -161,21 +127,18 @@ async def throttle_figures(quota: int, seconds: float, backlog: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--serve", nargs=3, metavar=("PORT", "UPSTREAM_PORT", "DB"), help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=3000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--quota", type=int, default=50)
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--skip-accept", action="store_true")
+    p.add_argument("--rtt", type=float, default=20.0, metavar="MS",
+                   help="also measure accept with the upstream this many ms away (default 20; 0: only loopback)")
     args = p.parse_args(argv)
-    if args.serve:
-        import uvloop
-
-        port, upstream, db = args.serve
-        uvloop.run(serve(int(port), int(upstream), db))
-        return 0
     if not args.skip_accept:
         accept_figure(args.count, args.runs)
+        if args.rtt:
+            accept_figure(args.count, args.runs, args.rtt)
     backlog = int(args.quota * args.seconds * 1.3)
     asyncio.run(throttle_figures(args.quota, args.seconds, backlog))
     return 0
