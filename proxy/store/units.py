@@ -661,18 +661,28 @@ def to_outbox(row: dict) -> OutboxEntry:
 def claim_webhooks(d: Dialect, owner: str, now: float, lease_seconds: float, limit: int) -> Unit:
     """Due entries at the head of their (url, address) queue, leased to `owner` so that no other instance
     sends them meanwhile. An entry waits while an earlier one of its queue is pending: order per address."""
-    rows = yield fetch(
-        "SELECT w.id FROM webhook_outbox w WHERE w.state = 'pending' AND w.next_at <= ? "
-        "AND (w.lease_until IS NULL OR w.lease_until < ?) AND NOT EXISTS (SELECT 1 FROM webhook_outbox o "
-        "WHERE o.url = w.url AND o.address = w.address AND o.state = 'pending' AND o.id < w.id) "
-        f"ORDER BY w.id LIMIT ?{d.skip_locked()}", (now, now, limit))
+    rows = yield from _lease(
+        d, "webhook_outbox", "id", "w.state = 'pending' AND NOT EXISTS (SELECT 1 FROM webhook_outbox o "
+        "WHERE o.url = w.url AND o.address = w.address AND o.state = 'pending' AND o.id < w.id)", "w.id",
+        owner, now, lease_seconds, limit)
+    return [to_outbox(r) for r in rows]
+
+
+def _lease(d: Dialect, table: str, key: str, due: str, order: str, owner: str, now: float, lease_seconds: float,
+           limit: int) -> Unit:
+    """Rows of `table` (aliased w) that are `due`, whose time has come (next_at) and that no live lease
+    holds, leased to `owner` until now + lease_seconds; returns them whole, in `order`. On PostgreSQL
+    rows another instance is claiming are skipped, not waited for."""
+    rows = yield fetch(f"SELECT w.{key} FROM {table} w WHERE {due} AND w.next_at <= ? "
+                       f"AND (w.lease_until IS NULL OR w.lease_until < ?) ORDER BY {order} LIMIT ?{d.skip_locked()}",
+                       (now, now, limit))
     if not rows:
         return []
-    ids = [r["id"] for r in rows]
+    ids = [r[key] for r in rows]
     marks = ", ".join("?" * len(ids))
-    yield execute(f"UPDATE webhook_outbox SET lease_owner = ?, lease_until = ? WHERE id IN ({marks})",
+    yield execute(f"UPDATE {table} SET lease_owner = ?, lease_until = ? WHERE {key} IN ({marks})",
                   (owner, now + lease_seconds, *ids))
-    return [to_outbox(r) for r in (yield fetch(f"SELECT * FROM webhook_outbox WHERE id IN ({marks}) ORDER BY id", ids))]
+    return (yield fetch(f"SELECT * FROM {table} w WHERE {key} IN ({marks}) ORDER BY {order}", ids))
 
 
 def webhook_delivered(d: Dialect, entry_id: int, owner: str, at: float) -> Unit:
@@ -811,18 +821,11 @@ def claim_spool(d: Dialect, owner: str, now: float, lease_seconds: float, limit:
     """Due queued messages no live lease holds, leased to `owner` until now + lease_seconds, oldest due first;
     each with its body, spool recipients and bounce-log message. On PostgreSQL rows another instance is
     claiming are skipped, not waited for."""
-    rows = yield fetch(
-        "SELECT w.relay_id FROM spool w WHERE w.state = 'queued' AND w.next_at <= ? "
-        "AND (w.lease_until IS NULL OR w.lease_until < ?) "
-        f"ORDER BY w.next_at, w.relay_id LIMIT ?{d.skip_locked()}", (now, now, limit))
-    if not rows:
+    full = yield from _lease(d, "spool", "relay_id", "w.state = 'queued'", "w.next_at, w.relay_id", owner, now,
+                             lease_seconds, limit)
+    if not full:
         return []
-    ids = [r["relay_id"] for r in rows]
-    marks = ", ".join("?" * len(ids))
-    yield execute(f"UPDATE spool SET lease_owner = ?, lease_until = ? WHERE relay_id IN ({marks})",
-                  (owner, now + lease_seconds, *ids))
-    full = yield fetch(f"SELECT * FROM spool WHERE relay_id IN ({marks}) ORDER BY next_at, relay_id", ids)
-    recipients = yield from _spool_recipients(ids)
+    recipients = yield from _spool_recipients([r["relay_id"] for r in full])
     out = []
     for row in full:
         message = yield from get_message(d, row["relay_id"])
