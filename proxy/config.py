@@ -100,6 +100,7 @@ class UpstreamConfig:
     command_timeout: float = 60.0
     probe_interval: float = 30.0  # seconds without an upstream attempt before the relay tries one itself; 0: never
     max_message_size: int = 40 * 1024 * 1024  # SES: 40 MB; lowered by the upstream's SIZE
+    pipelining: bool = True  # where the upstream offers PIPELINING: RSET folded into the next MAIL, MAIL+RCPTs in one flight
     simulator_late_bounce: str = "latebounce@simulator.amazonses.com"
     simulator_async_delay: float = 1.0
 

@@ -27,8 +27,8 @@ from proxy.model import (
 from proxy.relay.failures import send_failure
 from proxy.relay.health import UpstreamHealth, failure_reason
 from proxy.relay.headers import MAX_HEADER_SCAN, new_message_id, prepend_headers, read_headers
-from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
-from proxy.smtp_guard import AuthThrottle, GuardedSMTP, MessageData, handler_dir, syntax
+from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamStale, UpstreamUnavailable, upstream_id_from
+from proxy.smtp_guard import _PLAIN_PATH, AuthThrottle, GuardedSMTP, MessageData, handler_dir, syntax
 from proxy.store import StoreError
 from proxy.suppression import content_digest, refusal
 
@@ -94,6 +94,33 @@ def unstuffed(stretch: bytes) -> bytes:
 STREAM_AFTER = 64 * 1024
 
 
+MAX_PIPELINED_RCPTS = 100  # RCPTs taken from the client's buffer into one flight with MAIL
+
+
+def pipelined_rcpts(server) -> list[str]:
+    """The recipients of the RCPT lines the client already sent after its MAIL (aiosmtpd's reader holds
+    them), up to the first line that is not a plain `RCPT TO:<local@domain>`: only lines aiosmtpd is sure
+    to hand to handle_RCPT with that very address (no parameters, no control or non-ASCII bytes)."""
+    buf = getattr(getattr(server, "_reader", None), "_buffer", None)
+    found: list[str] = []
+    if not buf:
+        return found
+    start = 0
+    while len(found) < MAX_PIPELINED_RCPTS:
+        end = buf.find(b"\n", start)
+        if end < 0 or end - start > 510 or buf[end - 1:end] != b"\r" or bytes(buf[start:start + 8]).upper() != b"RCPT TO:":
+            break
+        line = bytes(buf[start + 8:end - 1])
+        start = end + 1
+        if not line.isascii():
+            break
+        m = _PLAIN_PATH.fullmatch(line.decode("ascii"))
+        if m is None or m.group(2):
+            break
+        found.append(m.group(1))
+    return found
+
+
 def new_id() -> str:
     """Sortable, unique message id: 48 bits of milliseconds, 40 random bits, base32."""
     raw = int(time.time() * 1000).to_bytes(6, "big") + secrets.token_bytes(5)
@@ -109,6 +136,9 @@ class Transaction:
     events: list[BounceEvent] = field(default_factory=list)
     broken: bool = False
     in_flight: list[tuple] | None = None  # the recipients as the in-flight record committed them
+    # The client's pipelined RCPTs seen at MAIL, in order, with the relay's own check of each (done before
+    # the flight: one the relay refuses never goes upstream); handle_RCPT takes them one by one.
+    planned: list[tuple[str, tuple]] = field(default_factory=list)
 
 
 class RelayHandler:
@@ -200,8 +230,27 @@ class RelayHandler:
         if self.verp is not None and not self.is_ses and not null_sender:
             # Recipients are not known yet at MAIL: this token names the message only.
             envelope_sender = message.verp_token = self.verp.address(message.id)
+        passed = self._mail_options(conn, options)
+        recipients: list[str] = []
+        if getattr(conn, "pipelining", False) is True:
+            utf8 = any(o.upper() == "SMTPUTF8" for o in passed)
+            for rcpt in pipelined_rcpts(server):
+                check = await self._relay_check(address, rcpt)
+                tx.planned.append((rcpt, check))
+                if not self._check_refuses(check) and conn.can_pipeline(rcpt, utf8):
+                    recipients.append(rcpt)
         try:
-            reply = await conn.mail(envelope_sender, self._mail_options(conn, options))
+            try:
+                reply = await (conn.mail(envelope_sender, passed, recipients) if recipients
+                               else conn.mail(envelope_sender, passed))
+            except UpstreamStale:  # a reused connection refused the folded RSET: closed; a fresh one
+                await self.upstream.release(conn)
+                tx.conn = None
+                try:
+                    conn = tx.conn = await self.upstream.acquire(fresh=True)
+                except UpstreamAuthFailed as exc:
+                    raise UpstreamUnavailable(f"the upstream refused the relay's credentials ({exc.reply.line()})") from None
+                reply = await conn.mail(envelope_sender, self._mail_options(conn, options), recipients)
         except UpstreamUnavailable as exc:
             await self._drop(session)
             return REPLY_UPSTREAM_DOWN.format(why=exc)
@@ -238,7 +287,17 @@ class RelayHandler:
         if tx.broken:
             return REPLY_TX_BROKEN
         message = tx.message
-        refused = await self._refused_before_upstream(tx, address)
+        if tx.planned:
+            planned, check = tx.planned.pop(0)
+            if planned != address:  # aiosmtpd and the flight disagree: the upstream may hold another recipient
+                log.warning("%s: a pipelined RCPT was not the one sent upstream; transaction abandoned", _peer(session))
+                tx.planned.clear()
+                tx.broken = True
+                tx.conn.close()
+                return REPLY_TX_BROKEN
+            refused = self._apply_check(tx, address, check)
+        else:
+            refused = await self._refused_before_upstream(tx, address)
         if refused is not None:
             return refused
         try:
@@ -261,20 +320,37 @@ class RelayHandler:
 
     async def _refused_before_upstream(self, tx: Transaction, address: str) -> str | None:
         """Suppression list, then DNS preflight: a refusal here costs no upstream send."""
-        message = tx.message
+        return self._apply_check(tx, address, await self._relay_check(tx.message.sender, address))
+
+    async def _relay_check(self, sender: str, address: str) -> tuple:
+        """The lookups behind the relay's own refusal of a recipient, without their effects (the
+        suppression row, the preflight verdict): done at MAIL for RCPTs that go in its flight."""
+        row = verdict = None
         if self.suppressor is not None:
-            row = await self.suppressor.lookup(message.sender, address)
-            if row is not None:
-                reply = refusal(row, address, self.reply_style)
-                if self.enforce:
-                    self.suppressor.hits += 1
-                    message.recipients.append(RecipientRecord(address, RecipientStatus.SUPPRESSED, reply))
-                    return reply
-                self.suppressor.observed += 1
-                log.info("observe mode: %s is suppressed (%s), sent anyway", address, row.reason)
+            row = await self.suppressor.lookup(sender, address)
+            if row is not None and self.enforce:
+                return row, None
         if self.preflight is not None:
-            domain = address.rpartition("@")[2]
-            verdict = await self.preflight.check(domain)
+            verdict = await self.preflight.check(address.rpartition("@")[2])
+        return row, verdict
+
+    def _check_refuses(self, check: tuple) -> bool:
+        row, verdict = check
+        return (row is not None and self.enforce) or (verdict is not None and verdict.refuse)
+
+    def _apply_check(self, tx: Transaction, address: str, check: tuple) -> str | None:
+        """The relay's refusal of a recipient from its check (recorded on the message), or None."""
+        message = tx.message
+        row, verdict = check
+        if row is not None:
+            reply = refusal(row, address, self.reply_style)
+            if self.enforce:
+                self.suppressor.hits += 1
+                message.recipients.append(RecipientRecord(address, RecipientStatus.SUPPRESSED, reply))
+                return reply
+            self.suppressor.observed += 1
+            log.info("observe mode: %s is suppressed (%s), sent anyway", address, row.reason)
+        if verdict is not None:
             if verdict.refuse:
                 line = verdict.reply(address)
                 reply = Reply(int(line[:3]), line[4:])

@@ -78,6 +78,11 @@ class UpstreamOutOfStep(UpstreamUnavailable):
         self.body_sent = body_sent
 
 
+class UpstreamStale(UpstreamUnavailable):
+    """A reused connection refused the RSET folded into the next MAIL: closed, and the transaction
+    goes on a fresh connection (nothing of it was accepted: the connection is gone with it)."""
+
+
 class UpstreamAuthFailed(Exception):
     """The upstream refused our credentials: an account problem, not the message's."""
 
@@ -111,7 +116,8 @@ class ReplyAudit:
     far, `partial` bytes of one not yet complete, `recent` the last ones as (first line's code,
     whether a later line carried another code, the text of the lines carrying the first code)."""
 
-    __slots__ = ("partial", "replies", "malformed", "recent", "_first", "_mixed", "_lines")
+    __slots__ = ("partial", "replies", "malformed", "recent", "_first", "_mixed", "_lines", "queue", "want",
+                 "waiter")
 
     def __init__(self):
         self.partial = bytearray()
@@ -121,6 +127,16 @@ class ReplyAudit:
         self._first: bytes | None = None
         self._mixed = False
         self._lines: list[bytes] = []
+        # While a pipelined flight waits (UpstreamConnection.flight): every complete reply, in order, and
+        # the future woken once `want` of them are in (or a reply is malformed, or the connection is lost).
+        self.queue: deque[tuple[int, bool, str]] | None = None
+        self.want = 0
+        self.waiter: asyncio.Future | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def feed(self, data: bytes) -> None:
         buf = self.partial
@@ -142,14 +158,20 @@ class ReplyAudit:
                 self.replies += 1
                 text = b"\n".join(self._lines).decode("utf-8", "replace")
                 self.recent.append((int(self._first) if self._first.isdigit() else 0, self._mixed, text))
+                if self.queue is not None:
+                    self.queue.append(self.recent[-1])
                 self._first = None
         del buf[:start]
         if len(buf) > _MAX_REPLY_LINE:  # bytes without a line end: no SMTP reply, and bounded memory
             self.malformed = True
             del buf[:]
+        if self.queue is not None and (self.malformed or len(self.queue) >= self.want):
+            self.wake()
 
 
 _MAX_REPLY_LINE = 65536
+_COMMAND_CONTROL = re.compile("[\x00-\x1f\x7f]")  # never in a command line (aiosmtplib refuses it too)
+_COMMAND_CONTROL_BYTES = re.compile(b"[\x00-\x1f\x7f]")
 
 
 class UpstreamConnection:
@@ -163,15 +185,24 @@ class UpstreamConnection:
         self.utf8 = False  # this transaction's MAIL carried SMTPUTF8 (so non-ASCII addresses may go)
         self.audit = ReplyAudit()
         self.consumed = 0  # replies handed to us, one per command (two for DATA and its end)
+        self.pipelining = False  # the upstream offered PIPELINING and [upstream] pipelining allows it
+        self.pending_rset = False  # the RSET that ends the last transaction, to go with the next MAIL
+        self.prefetched: deque[tuple[str, Reply | UpstreamUnavailable]] = deque()  # RCPTs sent with MAIL
         protocol = client.protocol
         if protocol is not None:  # count from here on: the handshake's replies are all consumed
             original = protocol.data_received
+            original_lost = protocol.connection_lost
 
             def data_received(data: bytes, _feed=self.audit.feed, _original=original) -> None:
                 _feed(data)
                 _original(data)
 
+            def connection_lost(exc, _wake=self.audit.wake, _original=original_lost) -> None:
+                _original(exc)
+                _wake()  # a flight waiting for replies learns at once
+
             protocol.data_received = data_received
+            protocol.connection_lost = connection_lost
             if protocol.transport is not None:
                 # uvloop's transports keep the bound data_received they were given: hand them ours.
                 protocol.transport.set_protocol(protocol)
@@ -236,17 +267,100 @@ class UpstreamConnection:
             self.close()
         return reply
 
-    async def mail(self, sender: str, options: list[str]) -> Reply:
+    async def flight(self, commands: list[bytes]) -> list[Reply | UpstreamUnavailable]:
+        """Several commands (each a whole line with its CRLF) in one write, their replies read in order.
+
+        Only where the upstream offered PIPELINING (RFC 2920). aiosmtplib reads one reply per command
+        it sent itself and drops what arrives while none is awaited, so the replies are taken from
+        the audit, which counts every one: the in-step invariant holds as for single commands. A
+        refusal that closes the connection (421, a refusal with mixed codes) leaves the commands after
+        it unanswered: they get UpstreamUnavailable."""
+        self._ready()
+        protocol, audit = self.client.protocol, self.audit
+        count = len(commands)
+        audit.queue, audit.want = deque(), count
+        audit.waiter = asyncio.get_running_loop().create_future()
+        try:
+            protocol.write(b"".join(commands))
+            await asyncio.wait_for(audit.waiter, self.client.timeout)
+            got = list(audit.queue)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            self.close()
+            raise UpstreamUnavailable(_describe(exc)) from None
+        finally:
+            audit.queue, audit.waiter, audit.want = None, None, 0
+        if audit.malformed:
+            self.consumed = audit.replies
+            raise self._out_of_step("a reply line without a valid code")
+        if len(got) < count:
+            self.close()
+            raise UpstreamUnavailable("the upstream closed the connection")
+        self.consumed += count
+        if audit.replies > self.consumed or audit.partial:
+            raise self._out_of_step("it sent more replies than it was sent commands")
+        replies: list[Reply | UpstreamUnavailable] = []
+        gone: UpstreamUnavailable | None = None
+        for first, mixed, text in got:
+            if gone is not None:
+                replies.append(gone)
+                continue
+            if mixed and first < 400:
+                raise self._out_of_step(f"a reply whose lines carry {first} and another code")
+            replies.append(Reply(first, text))
+            if mixed or first == 421:
+                self.close()
+                gone = UpstreamUnavailable("the upstream closed the connection" if first == 421
+                                           else "the upstream answered out of protocol")
+        return replies
+
+    def can_pipeline(self, recipient: str, utf8: bool) -> bool:
+        """Whether this RCPT may go in a flight under MAIL (SMTPUTF8 or not): what rcpt() would send,
+        not what it refuses itself."""
+        return self.pipelining and (recipient.isascii() or utf8) and not _COMMAND_CONTROL.search(recipient)
+
+    async def mail(self, sender: str, options: list[str], recipients: list[str] = ()) -> Reply:
+        """MAIL; with a pending RSET (folded) and `recipients` (the client's pipelined RCPTs, each
+        allowed by can_pipeline) in the same write where the upstream pipelines. The RCPTs' replies wait
+        in `prefetched` for rcpt(). A refused RSET raises UpstreamStale: the transaction goes on a fresh
+        connection."""
         self.utf8 = any(o.upper() == "SMTPUTF8" for o in options)
         if (self.utf8 or not sender.isascii()) and not self.supports("smtputf8"):
             # Offered to the client from what an earlier connection said: a mismatch of ours, temporary.
             self.utf8 = False
             return Reply(451, "4.5.4 The upstream does not offer SMTPUTF8 on this connection; "
                               "message not sent, please retry later")
+        self.prefetched.clear()
+        args = [b"MAIL", f"FROM:<{sender}>".encode("utf-8"), *(o.encode() for o in options)]
+        recipients = [r for r in recipients if self.can_pipeline(r, self.utf8)]  # as the caller chose them
+        if not (self.pending_rset or recipients) or any(_COMMAND_CONTROL_BYTES.search(a) for a in args):
+            self.in_transaction = True
+            return await self.command(*args)
+        commands = [b" ".join(args) + b"\r\n", *(f"RCPT TO:<{r}>\r\n".encode("utf-8") for r in recipients)]
+        rset = self.pending_rset
+        if rset:
+            commands.insert(0, b"RSET\r\n")
+            self.pending_rset = False
         self.in_transaction = True
-        return await self.command(b"MAIL", f"FROM:<{sender}>".encode("utf-8"), *(o.encode() for o in options))
+        replies = await self.flight(commands)
+        if rset:
+            first = replies.pop(0)
+            if not isinstance(first, Reply) or first.code != 250:
+                self.close()
+                what = first.line() if isinstance(first, Reply) else str(first)
+                log.info("upstream refused RSET on a reused connection (%s); taking a fresh one", what)
+                raise UpstreamStale(f"the upstream refused RSET ({what})")
+        reply = replies.pop(0)
+        if isinstance(reply, UpstreamUnavailable):
+            raise reply
+        self.prefetched.extend(zip(recipients, replies))
+        return reply
 
     async def rcpt(self, recipient: str) -> Reply:
+        if self.prefetched and self.prefetched[0][0] == recipient:  # sent with MAIL: its reply is here
+            reply = self.prefetched.popleft()[1]
+            if isinstance(reply, UpstreamUnavailable):
+                raise reply
+            return reply
         if not recipient.isascii() and not self.utf8:
             # Never sent: a protocol mismatch, not the recipient's fault (failures.py: a send failure).
             return Reply(553, "5.6.7 A non-ASCII recipient needs SMTPUTF8, which this transaction does not use")
@@ -264,6 +378,8 @@ class UpstreamConnection:
 
         Audited steps rather than aiosmtplib's execute_data_command, which reports a refusal of
         DATA and one of the end of data alike, and takes a 250 to DATA for a refusal of the body."""
+        if self.prefetched:  # RCPTs sent upstream that the client never had answered: never send on them
+            raise self._out_of_step("pipelined RCPTs were sent that the client's commands never reached")
         reply = await self.command(b"DATA")
         if reply.code != 354 and reply.code < 400:
             raise self._out_of_step(f"{reply.code} to DATA, where only 354 opens the body")
@@ -313,10 +429,16 @@ class UpstreamConnection:
         self.close()
 
     async def reset(self) -> None:
+        """End a transaction left open. Where the upstream pipelines, the RSET waits for the next MAIL
+        and goes in the same write (a round trip saved); else it goes now."""
+        self.prefetched.clear()
         if self.in_transaction and self.usable:
-            reply = await self.command(b"RSET")
-            if not reply.ok:
-                self.close()
+            if self.pipelining:
+                self.pending_rset = True
+            else:
+                reply = await self.command(b"RSET")
+                if not reply.ok:
+                    self.close()
         self.in_transaction = False
 
     @property
@@ -416,6 +538,7 @@ class UpstreamPool:
             raise UpstreamUnavailable(_describe(exc)) from None
         self.connects += 1
         conn = UpstreamConnection(client)
+        conn.pipelining = getattr(cfg, "pipelining", True) and client.supports_extension("pipelining")
         self.max_size = conn.max_size
         self.extensions = set(client.esmtp_extensions)  # remembered: what the relay may advertise
         self.extensions_known = True
@@ -430,14 +553,15 @@ class UpstreamPool:
             self._down_since = time.monotonic()
             log.error("upstream %s unavailable: %s", self.name, why)
 
-    async def acquire(self) -> UpstreamConnection:
+    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
+        """A pooled connection, or a new one (`fresh`: always a new one)."""
         try:
             await asyncio.wait_for(self._slots.acquire(), self.cfg.command_timeout)
         except asyncio.TimeoutError:
             raise UpstreamUnavailable("all upstream connections are busy") from None
         try:
             now = time.monotonic()
-            while self._idle:
+            while self._idle and not fresh:
                 conn = self._idle.pop()
                 idle = now - conn.last_used
                 if not conn.usable or idle > self.cfg.idle_timeout:
