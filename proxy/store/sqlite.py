@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _Queued:
-    unit: object  # a generator from proxy.store.units
+    unit: object  # a unit of proxy.store.units: made into its generator when the batch runs (maybe twice)
+    args: tuple
     future: asyncio.Future
 
 
@@ -151,7 +152,7 @@ class SqliteStore(SqlStore):
         if self._writer is None or self._closing:
             raise StoreError("store is not open for writing")
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(unit(SQLITE, *args), fut))
+        self._queue.append(_Queued(unit, args, fut))
         self._wakeup.set()
         return await fut
 
@@ -180,7 +181,7 @@ class SqliteStore(SqlStore):
             try:
                 # One hop to aiosqlite's thread for the whole transaction, not one per statement: each hop
                 # costs the event loop a wake-up, and the relay commits twice per message.
-                outcomes = await self._db._execute(run_batch, self._db._conn, [q.unit for q in batch])
+                outcomes = await self._db._execute(run_batch, self._db._conn, [(q.unit, q.args) for q in batch])
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 error = StoreError(f"{self.path}: {exc}")
                 for q in batch:
@@ -218,17 +219,42 @@ def run_unit(conn: sqlite3.Connection, unit) -> object:
         return stop.value
 
 
-def run_batch(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]]:
-    """BEGIN IMMEDIATE, each unit in a savepoint, COMMIT; on the store's SQLite thread. A unit that fails
-    is rolled back alone and its error returned in its place; a failure of the transaction raises."""
+def run_batch(conn: sqlite3.Connection, batch: list[tuple]) -> list[tuple[bool, object]]:
+    """BEGIN IMMEDIATE, every unit, COMMIT; on the store's SQLite thread. Units rarely fail, so they first
+    run side by side; when one does, the transaction is rolled back and the batch runs again with each
+    unit in a savepoint of its own, so that the failing one is rolled back alone and its error returned in
+    its place. A failure of the transaction itself raises."""
+    try:
+        return _transaction(conn, batch, isolated=False)
+    except _UnitFailed:
+        return _transaction(conn, batch, isolated=True)
+
+
+class _UnitFailed(Exception):
+    """A unit raised in a batch run without savepoints: run it again, isolated."""
+
+
+def _transaction(conn: sqlite3.Connection, batch: list[tuple], isolated: bool) -> list[tuple[bool, object]]:
     conn.execute("BEGIN IMMEDIATE")
     outcomes: list[tuple[bool, object]] = []
     try:
-        for unit in batch:
+        for unit, args in batch:
+            if not isolated:
+                try:
+                    outcomes.append((True, run_unit(conn, unit(SQLITE, *args))))
+                except sqlite3.OperationalError as exc:
+                    if _whole_transaction(exc):
+                        raise
+                    raise _UnitFailed() from exc
+                except Exception as exc:  # noqa: BLE001 - run again, isolated
+                    raise _UnitFailed() from exc
+                continue
             conn.execute("SAVEPOINT unit")
             try:
-                outcomes.append((True, run_unit(conn, unit)))
+                outcomes.append((True, run_unit(conn, unit(SQLITE, *args))))
             except Exception as exc:  # noqa: BLE001 - handed to the unit's caller
+                if isinstance(exc, sqlite3.OperationalError) and _whole_transaction(exc):
+                    raise
                 conn.execute("ROLLBACK TO unit")
                 outcomes.append((False, exc))
             conn.execute("RELEASE unit")
@@ -240,6 +266,12 @@ def run_batch(conn: sqlite3.Connection, batch: list) -> list[tuple[bool, object]
             pass
         raise
     return outcomes
+
+
+def _whole_transaction(exc: sqlite3.OperationalError) -> bool:
+    """Errors of the database, not of one unit: locked, full, read-only, I/O: every waiter hears of them."""
+    text = str(exc).lower()
+    return any(w in text for w in ("locked", "busy", "full", "readonly", "read-only", "disk i/o", "malformed"))
 
 
 def split_sql(script: str) -> list[str]:

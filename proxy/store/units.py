@@ -9,6 +9,7 @@ because the whole unit is one transaction. Units do no I/O of their own and buil
 from __future__ import annotations
 
 import json
+from operator import attrgetter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,16 +96,14 @@ def _insert_event(d: Dialect) -> str:
             "DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in _REPARSED))
 
 
-def message_row(m: MessageRecord) -> tuple:
-    return tuple(_plain(getattr(m, c)) for c in MESSAGE_COLUMNS)
-
-
-def event_row(e: BounceEvent) -> tuple:
-    return tuple(_plain(getattr(e, c)) for c in EVENT_COLUMNS)
+# A record's values in column order, in one C call: the relay writes two rows of each message this way.
+# Enum members are str subclasses, which both drivers bind as text.
+message_row = attrgetter(*MESSAGE_COLUMNS)
+event_row = attrgetter(*EVENT_COLUMNS)
 
 
 def _plain(value):
-    """Enum members as their plain values (drivers want str, not a str subclass)."""
+    """Enum members as their plain values, where a value is compared in Python afterwards."""
     return value.value if hasattr(value, "value") else value
 
 
