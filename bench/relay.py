@@ -61,9 +61,12 @@ class Result:
     seconds: float | None = None
     error: str | None = None
     client_seconds: float | None = None  # until smtp-source had its last 250, when that is not `seconds`
+    wait_ms: float | None = None  # the mean wait per message, where the client measured it (pipelining client)
 
     def latency_ms(self, count: int, sessions: int) -> float | None:
         """Mean time a message keeps the client waiting: each session sends one message at a time."""
+        if self.wait_ms is not None:
+            return self.wait_ms
         seconds = self.client_seconds or self.seconds
         return None if seconds is None else 1000 * seconds * sessions / count
 
@@ -107,6 +110,77 @@ def smtp_source(port: int, count: int, size: int, sessions: int, timeout: float)
         lines = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()
         return Result(error=f"failed: {lines[-1][:60]}")
     return Result(rate=count / elapsed, seconds=elapsed)
+
+
+def _bench_message(size: int) -> bytes:
+    """A message of about `size` bytes as a client sends it: CRLF lines, none starting with a dot, and the end of data."""
+    head = (f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: bench\r\n\r\n").encode()
+    line = b"x" * 76 + b"\r\n"
+    return head + line * max(1, (size - len(head)) // len(line)) + b".\r\n"
+
+
+async def _replies(reader: asyncio.StreamReader, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("the relay closed the connection")
+            if line[3:4] != b"-":
+                out.append(line)
+                break
+    return out
+
+
+def smtp_client(port: int, count: int, size: int, sessions: int, timeout: float, pipelining: bool) -> Result:
+    """Like smtp-source (one recipient per message, `sessions` at once) but over one connection per session,
+    and, with `pipelining`, MAIL, RCPT and DATA in one write (RFC 2920), as smtp-source never does. Each
+    message's wait is timed from its MAIL to the final 250."""
+    message = _bench_message(size)
+    commands = [f"MAIL FROM:<{SENDER}>\r\n".encode(), f"RCPT TO:<{RECIPIENT}>\r\n".encode(), b"DATA\r\n"]
+    waits: list[float] = []
+
+    async def session(messages: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            await _replies(reader, 1)
+            writer.write(b"EHLO bench.example.com\r\n")
+            await _replies(reader, 1)
+            for _ in range(messages):
+                start = time.perf_counter()
+                if pipelining:
+                    writer.write(b"".join(commands))
+                    replies = await _replies(reader, 3)
+                else:
+                    replies = []
+                    for command in commands:
+                        writer.write(command)
+                        replies += await _replies(reader, 1)
+                if [r[:3] for r in replies] != [b"250", b"250", b"354"]:
+                    raise RuntimeError(f"refused: {b' | '.join(r.strip() for r in replies)[:80]!r}")
+                writer.write(message)
+                (end,) = await _replies(reader, 1)
+                if not end.startswith(b"250"):
+                    raise RuntimeError(f"refused: {end.strip()[:60]!r}")
+                waits.append(time.perf_counter() - start)
+            writer.write(b"QUIT\r\n")
+            await _replies(reader, 1)
+        finally:
+            writer.close()
+
+    async def run() -> float:
+        start = time.perf_counter()
+        shares = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
+        await asyncio.wait_for(asyncio.gather(*(session(n) for n in shares if n)), timeout)
+        return time.perf_counter() - start
+
+    try:
+        elapsed = asyncio.run(run())
+    except asyncio.TimeoutError:
+        return Result(error=f"timeout>{timeout:.0f}s")
+    except (OSError, RuntimeError) as exc:
+        return Result(error=f"failed: {str(exc)[:60]}")
+    return Result(rate=count / elapsed, seconds=elapsed, wait_ms=1000 * sum(waits) / len(waits))
 
 
 class DelayProxy:
@@ -348,8 +422,11 @@ def _median(results: list[Result]) -> Result:
     good = sorted((r for r in results if r.rate is not None), key=lambda r: r.rate)
     if not good:
         return results[0]
-    return good[(len(good) - 1) // 2] if len(good) % 2 else Result(
-        rate=(good[len(good) // 2 - 1].rate + good[len(good) // 2].rate) / 2)
+    if len(good) % 2:
+        return good[(len(good) - 1) // 2]
+    low, high = good[len(good) // 2 - 1], good[len(good) // 2]
+    waits = None if low.wait_ms is None or high.wait_ms is None else (low.wait_ms + high.wait_ms) / 2
+    return Result(rate=(low.rate + high.rate) / 2, wait_ms=waits)
 
 
 def _size_label(size: int) -> str:
@@ -571,6 +648,25 @@ def rtt_profile(workdir: Path, sink: Sink, args, with_postfix: bool) -> None:
                 lines.append([f"bounceproxy pool_size={pool}", str(n), res.cell(), _ms(res.latency_ms(count, n))])
             bp.stop()
             targets.remove(bp)
+        # Pipelining towards the upstream, on and off ([upstream] pipelining), for a client that pipelines
+        # and one that does not, at the largest pool (so that the pool does not bound it).
+        pool = max(int(p) for p in args.rtt_pools.split(","))
+        for upstream_pipelining in ("true", "false"):
+            home = workdir / f"rtt-pipelining-{upstream_pipelining}"
+            home.mkdir()
+            bp = Bounceproxy(home, proxy.port, args.workers, pool, args.verp, args.bounceproxy,
+                             extra_env={"BOUNCEPROXY_UPSTREAM__PIPELINING": upstream_pipelining})
+            targets.append(bp)
+            for n in sessions:
+                for client_pipelining in (False, True):
+                    smtp_client(bp.port, min(count, 2 * n), size, n, args.cell_timeout, client_pipelining)
+                    res = _median([smtp_client(bp.port, count, size, n, args.cell_timeout, client_pipelining)
+                                   for _ in range(args.repeat)])
+                    client = "pipelining client" if client_pipelining else "one command at a time"
+                    lines.append([f"bounceproxy pool_size={pool} pipelining={upstream_pipelining}, {client}", str(n),
+                                  res.cell(), _ms(res.latency_ms(count, n))])
+            bp.stop()
+            targets.remove(bp)
         if with_postfix:
             (workdir / "rtt").mkdir()
             pf = Postfix(workdir / "rtt", proxy.port, name="bench-rtt")
@@ -593,6 +689,10 @@ def rtt_profile(workdir: Path, sink: Sink, args, with_postfix: bool) -> None:
     print("  bounceproxy: the client waits for every upstream round trip (MAIL, RCPT, DATA, end of data), and at "
           "most pool_size messages are in flight at once; Postfix answers from its queue (the client's wait) "
           "and delivers afterwards (msg/s counts until every message was delivered).")
+    print("  smtp-source opens a connection per message and never pipelines; the `pipelining=` rows use one "
+          "connection per session (bench/relay.py's own client), one command at a time or MAIL+RCPT+DATA in one "
+          "write: with [upstream] pipelining the relay sends that MAIL and RCPT upstream in one write "
+          "(one round trip fewer per message).")
 
 
 def _ms(value: float | None) -> str:
