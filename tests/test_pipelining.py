@@ -267,3 +267,32 @@ async def test_pipelined_rcpts_the_relay_cannot_take_as_plain_fall_back_to_one_a
     assert flight.flights[0] == [b"MAIL FROM:<app@example.com>", b"RCPT TO:<a@example.net>"]
     assert flight.flights[1] == [b"RCPT TO:<c@example.net>"]
     assert not any(b"<b@" in c for f in flight.flights for c in f)
+
+
+async def test_a_flight_out_of_step_with_the_clients_rcpts_never_sends_the_message(svc, flight, monkeypatch):
+    """The safety net: should the look-ahead ever read another recipient than aiosmtpd hands over, the
+    transaction is abandoned (451) before anything is sent on it."""
+    import proxy.relay.server as server
+
+    monkeypatch.setattr(server, "pipelined_rcpts", lambda _server: ["other@example.net"])
+    client = await Client.open(svc)
+    replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>")
+    assert [r[:3] for r in replies] == [b"250", b"451"]
+    assert (await client.send(b"DATA"))[0][:3] == b"503"  # no recipient was accepted
+    await client.close()
+    assert flight.flights[0] == [b"MAIL FROM:<app@example.com>", b"RCPT TO:<other@example.net>"]
+    assert not flight.bodies and not any(b"DATA" in c for f in flight.flights for c in f)
+
+
+async def test_data_after_fewer_rcpts_than_the_flight_sent_never_sends_the_message(svc, flight, monkeypatch):
+    import proxy.relay.server as server
+
+    monkeypatch.setattr(server, "pipelined_rcpts", lambda _server: ["ok@example.net", "other@example.net"])
+    client = await Client.open(svc)
+    replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>")
+    assert [r[:3] for r in replies] == [b"250", b"250"]
+    assert (await client.message()).startswith(b"451 4.4.1")  # never reported sent
+    await client.close()
+    assert not flight.bodies and not any(b"DATA" in c for f in flight.flights for c in f)
+    (message,) = await svc.store.list_messages(MessageFilter(limit=10))
+    assert message.status == "failed"
