@@ -434,3 +434,22 @@ async def test_activity_counts_per_bucket_on_bucket_boundaries(any_store):
     assert all(r["bucket_start"] % 86400 == 0 for r in daily)
     with pytest.raises(StoreError):
         await any_store.activity(base, 0)
+
+
+async def test_the_duplicate_check_starts_from_the_message_id_index(tmp_path):
+    """`stats` and `messages` ask, for every message, whether another with its Message-ID went to a shared
+    recipient; the plan must start from the Message-ID index, never scan recipients (a newsletter's
+    thousands of messages to one address made it quadratic). SQLite's own plan, read on the store's file."""
+    import sqlite3
+
+    from proxy.store.dialect import SQLITE
+    from proxy.store.units import duplicate_sql
+
+    store = await store_for_url(f"sqlite://{tmp_path / 'plan.db'}").open()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "plan.db")
+    plan = [row[3] for row in db.execute(
+        f"EXPLAIN QUERY PLAN SELECT COUNT(*) FROM messages m WHERE {duplicate_sql(SQLITE, earlier_only=True)}")]
+    db.close()
+    assert any("messages_msgid" in step for step in plan), plan
+    assert not any(step.startswith("SCAN r") for step in plan), plan  # no recipients table scan

@@ -369,11 +369,14 @@ def duplicate_sql(d: Dialect, earlier_only: bool = False) -> str:
     message with the same client Message-ID (a client's retry after a crash or a lost connection).
     Postfix splitting one message over transactions to different recipients is no duplicate."""
     order = " AND (o.created_at, o.id) < (m.created_at, m.id)" if earlier_only else ""
+    # Nested, so that the planner starts from the other messages with this Message-ID (an index lookup that
+    # almost always finds none) and never from the recipients: a newsletter's thousands of messages to one
+    # address made the flat join quadratic (15 s for `stats` over 6,000 messages).
     return (
         f"(m.message_id IS NOT NULL AND m.status IN {_WENT_OUT} AND EXISTS (SELECT 1 FROM messages o "
-        "JOIN recipients ro ON ro.relay_id = o.id AND ro.status = 'accepted' "
-        f"JOIN recipients rm ON rm.relay_id = m.id AND rm.status = 'accepted' AND {d.ci_same('rm.address', 'ro.address')} "
-        f"WHERE o.message_id = m.message_id AND o.id != m.id AND o.status IN {_WENT_OUT}{order}))"
+        f"WHERE o.message_id = m.message_id AND o.id != m.id AND o.status IN {_WENT_OUT}{order} "
+        "AND EXISTS (SELECT 1 FROM recipients rm JOIN recipients ro ON ro.relay_id = o.id AND ro.status = 'accepted' "
+        f"AND {d.ci_same('ro.address', 'rm.address')} WHERE rm.relay_id = m.id AND rm.status = 'accepted')))"
     )
 
 
