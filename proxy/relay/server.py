@@ -194,7 +194,9 @@ class RelayHandler:
             return True
         return extension in getattr(self.upstream, "extensions", ())
 
-    async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]):
+    async def _new_message(self, session: Session, address: str) -> MessageRecord | str:
+        """MAIL's checks before anything goes anywhere (the client's right to send, the reputation guard)
+        and the previous transaction closed: the new message, or the reply that refuses it."""
         if not self._may_send(session):
             return REPLY_NOT_ALLOWED
         await self.finish(session)
@@ -202,10 +204,13 @@ class RelayHandler:
             paused = self.suppressor.paused_reply(address)
             if paused:
                 return paused
-        message = MessageRecord(
-            id=new_id(), created_at=time.time(), client_peer=_peer(session),
-            client_user=_user(session), sender=address,
-        )
+        return MessageRecord(id=new_id(), created_at=time.time(), client_peer=_peer(session),
+                             client_user=_user(session), sender=address)
+
+    async def handle_MAIL(self, server, session, envelope: Envelope, address: str, options: list[str]):
+        message = await self._new_message(session, address)
+        if isinstance(message, str):
+            return message
         try:
             conn = await self.upstream.acquire()
         except UpstreamAuthFailed as exc:

@@ -10,13 +10,9 @@ import logging
 import time
 
 from proxy.logging_setup import log_message
-from proxy.model import (
-    MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, SpoolEntry, SpoolRecipient, SpoolState,
-)
+from proxy.model import MessageStatus, RecipientRecord, RecipientStatus, SpoolEntry, SpoolRecipient, SpoolState
 from proxy.relay.headers import new_message_id, prepend_headers, read_headers
-from proxy.relay.server import (
-    REPLY_NOT_ALLOWED, REPLY_STORE_DOWN, RelayHandler, Transaction, _peer, _user, new_id, smuggling_refusal, unstuffed,
-)
+from proxy.relay.server import REPLY_STORE_DOWN, RelayHandler, Transaction, _peer, smuggling_refusal, unstuffed
 from proxy.store import StoreError
 from proxy.suppression import content_digest
 
@@ -37,15 +33,9 @@ class SpoolHandler(RelayHandler):
         self.lifetime = config.spool.lifetime_seconds
 
     async def handle_MAIL(self, server, session, envelope, address: str, options: list[str]):
-        if not self._may_send(session):
-            return REPLY_NOT_ALLOWED
-        await self.finish(session)
-        if self.suppressor is not None:
-            paused = self.suppressor.paused_reply(address)
-            if paused:
-                return paused
-        message = MessageRecord(id=new_id(), created_at=time.time(), client_peer=_peer(session),
-                                client_user=_user(session), sender=address)
+        message = await self._new_message(session, address)
+        if isinstance(message, str):
+            return message
         session.tx = Transaction(message, None)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
