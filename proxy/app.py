@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import ssl
-import sys
 import time
 
 import secrets

@@ -663,8 +663,6 @@ def selftest(config_path, sender, timeout) -> None:
 
     The one command to run after set-up: exits 1 when a step is not what SES would do.
     """
-    import asyncio
-
     from proxy import selftest as st
 
     config = _load(config_path)

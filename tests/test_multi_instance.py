@@ -7,7 +7,6 @@ import asyncio
 import smtplib
 import time
 
-import pytest
 
 from proxy.model import Correlation, Kind, Source
 from proxy.store import EventFilter, MessageFilter, store_for_url

@@ -15,7 +15,6 @@ from collections import defaultdict, deque
 from email.parser import BytesHeaderParser
 
 import aiosmtplib
-import pytest
 
 from proxy.config import SpoolConfig
 from proxy.model import MessageStatus, RecipientStatus, Source
