@@ -453,3 +453,26 @@ async def test_the_duplicate_check_starts_from_the_message_id_index(tmp_path):
     db.close()
     assert any("messages_msgid" in step for step in plan), plan
     assert not any(step.startswith("SCAN r") for step in plan), plan  # no recipients table scan
+
+
+async def test_work_leased_by_a_gone_process_on_this_host_is_due_again(any_store):
+    """After kill -9 and a restart, what the dead process had claimed is not left to its lease's expiry;
+    a live process's and another host's leases are left alone."""
+    import os
+
+    from proxy.leases import gone, new_owner
+
+    me = new_owner()
+    host, pid = me.split(":")[:2]
+    dead, reborn, other_host = f"{host}:999999999:aa", f"{host}:{pid}:bb", "elsewhere:1:cc"
+    assert gone(dead, me) and gone(reborn, me) and not gone(other_host, me)
+    assert not gone(me, me) and not gone(f"{host}:{os.getppid()}:dd", me)  # our parent runs
+    from proxy.model import WebhookTarget
+
+    any_store.webhook_targets = (WebhookTarget("http://h/"),)
+    for i, owner in enumerate((dead, reborn, other_host, me)):
+        await any_store.record_message(message(f"w{i}", (f"x{i}@b.example", R)), [bounce(f"x{i}@b.example", f"w{i}")])
+        assert len(await any_store.claim_webhooks(owner, time.time() + 1, 300, 1)) == 1
+    assert await any_store.release_gone_leases("webhook_outbox", me) == 2
+    due = {e.address for e in await any_store.claim_webhooks("next", time.time() + 1, 300, 10)}
+    assert due == {"x0@b.example", "x1@b.example"}  # the dead process's and the earlier incarnation's

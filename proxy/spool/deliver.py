@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import secrets
-import socket
 import time
 
 from proxy.dsn.classify import classify
 from proxy.logging_setup import log_message
+from proxy.leases import new_owner
 from proxy.model import (
     BounceEvent, BounceType, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source,
     SpoolEntry, SpoolRecipientState, SpoolState, StatusSource, spool_status,
@@ -68,7 +66,7 @@ class SpoolWorkers:
         self.suppressor = suppressor
         self.health = health
         self.clock = clock
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = new_owner()
         self.lease_seconds = self.cfg.lease_seconds
         self.rate = RateController(clock(), self.cfg.max_rate, self.cfg.initial_rate)
         self.quota = QuotaHold(self.cfg.quota_retry_seconds)
@@ -84,6 +82,9 @@ class SpoolWorkers:
 
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> "SpoolWorkers":
+        freed = await self.store.release_gone_leases("spool", self.owner)
+        if freed:
+            log.warning("spool: %d messages an earlier process on this host was delivering are due again", freed)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="spool")
         log.info("spool: delivering to %s, %d at once, %s", self.name, self.cfg.concurrency,
                  f"at most {self.cfg.max_rate:g} recipients/s" if self.cfg.max_rate > 0 else

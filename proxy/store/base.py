@@ -182,6 +182,14 @@ class SqlStore:
         return await self._read(units.event_id_for, event)
 
     # -- the webhooks' outbox ---------------------------------------------------------------
+    async def release_gone_leases(self, table: str, me: str) -> int:
+        """At start: free the work that earlier processes on this host leased and never finished
+        (proxy.leases.gone), instead of waiting for their leases to run out."""
+        from proxy.leases import gone
+
+        owners = [o for o in await self._read(units.lease_owners, table, time.time()) if gone(o, me)]
+        return await self._write(units.release_leases, table, owners) if owners else 0
+
     async def claim_webhooks(self, owner: str, now: float, lease_seconds: float, limit: int) -> list[OutboxEntry]:
         return await self._write(units.claim_webhooks, owner, now, lease_seconds, limit)
 

@@ -687,6 +687,26 @@ def _lease(d: Dialect, table: str, key: str, due: str, order: str, owner: str, n
     return (yield fetch(f"SELECT * FROM {table} w WHERE {key} IN ({marks}) ORDER BY {order}", ids))
 
 
+_LEASED = ("spool", "webhook_outbox")
+
+
+def lease_owners(d: Dialect, table: str, now: float) -> Unit:
+    """Who holds live leases on `table` (the spool or the webhooks' outbox)."""
+    assert table in _LEASED
+    rows = yield fetch(f"SELECT DISTINCT lease_owner FROM {table} WHERE lease_owner IS NOT NULL AND lease_until >= ?",
+                       (now,))
+    return sorted(r["lease_owner"] for r in rows)
+
+
+def release_leases(d: Dialect, table: str, owners: Sequence[str]) -> Unit:
+    """Free what these holders (gone) leased: it is due again at once."""
+    assert table in _LEASED
+    if not owners:
+        return 0
+    return (yield execute(f"UPDATE {table} SET lease_owner = NULL, lease_until = NULL "
+                          f"WHERE lease_owner IN ({', '.join('?' * len(owners))})", list(owners)))
+
+
 def webhook_delivered(d: Dialect, entry_id: int, owner: str, at: float) -> Unit:
     return (yield execute("UPDATE webhook_outbox SET state = 'delivered', delivered_at = ?, attempts = attempts + 1, "
                           "last_error = NULL, lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'pending'",

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import secrets
-import socket
 import time
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from proxy.leases import new_owner
 from proxy.model import OutboxEntry
 from proxy.webhooks import payload
 from proxy.webhooks.signature import headers
@@ -62,7 +60,7 @@ class WebhookDispatcher:
         self.config = config  # WebhooksConfig
         self.store = store
         self.secret = secret
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = new_owner()
         # an entry claimed by a process that died is claimable again after this
         self.lease_seconds = config.timeout_seconds + 10.0
         self.delivered = self.failed = self.dead = 0
@@ -80,6 +78,9 @@ class WebhookDispatcher:
         self.wake.set()
 
     async def start(self) -> None:
+        freed = await self.store.release_gone_leases("webhook_outbox", self.owner)
+        if freed:
+            log.warning("webhooks: %d notifications an earlier process on this host was sending are due again", freed)
         self._session = new_session(self.config.timeout_seconds, self.config.concurrency)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="webhooks")
         log.info("webhooks: sending to %s (at most %d at once, %d tries each)",
