@@ -473,6 +473,7 @@ class SpoolRecipientState(StrEnum):
     BOUNCED = "bounced"
     EXPIRED = "expired"
     DELETED = "deleted"
+    SUPPRESSED = "suppressed"  # suppressed while it waited (a hard bounce or a complaint from another message)
 
 
 @dataclass(slots=True)

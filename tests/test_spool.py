@@ -353,3 +353,34 @@ async def test_kill_9_during_delivery_loses_nothing_and_repeats_nothing_acknowle
     finally:
         await accept.close()
         up.server.close()
+
+
+async def test_an_address_suppressed_while_its_message_waited_is_never_sent(tmp_path):
+    from proxy.model import Suppression
+    from proxy.suppression import Suppressor
+
+    handler = ThrottlingUpstream()
+    up = await start_upstream(handler)
+    config = spool_config(tmp_path, up.port)
+    stack = await start_stack(config, workers=False, verp=False)
+    suppressor = Suppressor(config.suppression, stack.store)
+    try:
+        await send_all(stack.port, [("app@example.com", ["gone@example.org", "b@example.org"], mail("s1@test"))],
+                       sessions=1)
+        # while it waited, another message's hard bounce put gone@ on the list
+        await stack.store.upsert_suppressions([Suppression("", "gone@example.org", "userunknown", "hard", time.time())])
+        await suppressor.start()
+        workers = SpoolWorkers(config, stack.store, stack.pool, suppressor=suppressor)
+        [entry] = await stack.store.claim_spool(workers.owner, time.time() + 1, 30, 10)
+        await workers.deliver(entry)
+        message = await stack.store.get_message(entry.relay_id)
+        status = {r.address: (r.status, r.reply) for r in message.recipients}
+        assert status["gone@example.org"][0] == RecipientStatus.SUPPRESSED
+        assert status["gone@example.org"][1].startswith("550 5.1.1 <gone@example.org>: address is on the suppression list")
+        assert status["b@example.org"][0] == RecipientStatus.ACCEPTED and message.status == MessageStatus.PARTIAL
+        assert [r for r, _ in handler.copies["s1@test"]] == ["b@example.org"]  # gone@ never went upstream
+        assert await stack.store.get_spool(entry.relay_id) is None and workers.counts["suppressed"] == 1
+    finally:
+        await suppressor.stop()
+        await stack.close()
+        up.server.close()

@@ -29,6 +29,7 @@ from proxy.model import (
 )
 from proxy.relay.failures import send_failure
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamUnavailable, upstream_id_from
+from proxy.suppression import refusal
 from proxy.spool.rate import QuotaHold, RateController, jitter, retry_delay
 from proxy.store import StoreError
 
@@ -36,6 +37,7 @@ log = logging.getLogger("bounceproxy.spool")
 
 # what a reply means for the recipients it concerns
 SENT, BOUNCE, DEFER, THROTTLE, QUOTA, HOLD = "sent", "bounce", "defer", "throttle", "quota", "hold"
+SUPPRESS = "suppress"  # on the suppression list by the time its turn came: never sent
 _QUOTA = re.compile(r"daily message quota|sending quota exceeded", re.I)
 
 
@@ -64,6 +66,8 @@ class SpoolWorkers:
         self.store = store
         self.upstream = upstream
         self.suppressor = suppressor
+        self.suppression_mode = config.suppression.mode  # enforce, or observe: count only
+        self.reply_style = config.suppression.reply_style
         self.health = health
         self.clock = clock
         self.owner = new_owner()
@@ -72,7 +76,8 @@ class SpoolWorkers:
         self.quota = QuotaHold(self.cfg.quota_retry_seconds)
         self.name = getattr(upstream, "name", "upstream")
         self.wake = asyncio.Event()
-        self.counts = dict.fromkeys(("attempts", "sent", "bounced", "deferred", "throttled", "held", "expired"), 0)
+        self.counts = dict.fromkeys(("attempts", "sent", "bounced", "deferred", "throttled", "held", "expired",
+                                     "suppressed"), 0)
         self._in_flight: set[asyncio.Task] = set()
         self._slot_free = asyncio.Event()
         self._buffer: list[SpoolEntry] = []
@@ -232,7 +237,29 @@ class SpoolWorkers:
                 continue  # already decided by the upstream's own reply (a 5xx at RCPT, a 250 to the end of data)
             outcome[r.address] = (what, reply, stage, failure)
 
+    async def _not_suppressed(self, entry: SpoolEntry, pending, outcome) -> list:
+        """The suppression list as it stands now, not as it stood at RCPT: an address suppressed while the
+        message waited (a hard bounce or a complaint of another message) is never sent; a soft suppression
+        waits like any 4xx. The list's observe mode only counts."""
+        if self.suppressor is None or self.suppression_mode != "enforce":
+            return list(pending)
+        sender = entry.message.sender if entry.message is not None else entry.sender
+        keep = []
+        for r in pending:
+            row = await self.suppressor.lookup(sender, r.address)
+            if row is None:
+                keep.append(r)
+                continue
+            self.suppressor.hits += 1
+            line = refusal(row, r.address, self.reply_style)
+            reply = Reply(int(line[:3]), line[4:])
+            outcome[r.address] = (SUPPRESS if reply.permanent else DEFER, reply, "RCPT", None)
+        return keep
+
     async def _transaction(self, entry: SpoolEntry, pending, outcome) -> Reply | None:
+        pending = await self._not_suppressed(entry, pending, outcome)
+        if not pending:
+            return None
         conn = await self.upstream.acquire()
         try:
             if self.health is not None:
@@ -297,6 +324,9 @@ class SpoolWorkers:
                 r.state, mr.status, mr.reply = SpoolRecipientState.SENT, RecipientStatus.ACCEPTED, reply.line()
                 sent.append(r.address)
                 self.counts["sent"] += 1
+            elif what == SUPPRESS:
+                r.state, mr.status, mr.reply = SpoolRecipientState.SUPPRESSED, RecipientStatus.SUPPRESSED, reply.line()
+                self.counts["suppressed"] += 1
             elif what == BOUNCE:
                 r.state, mr.status, mr.reply = SpoolRecipientState.BOUNCED, RecipientStatus.REJECTED, reply.line()
                 events.append(self._bounce(message, r.address, reply, stage))
