@@ -193,8 +193,8 @@ async def test_a_copy_another_bounce_mx_recorded_first_is_a_duplicate_and_acts_o
     second = await svc.store.store_inbound("192.0.2.2:25", "", [message.verp_token], raw)
     real_check = svc.store.first_inbound_with_sha
 
-    async def first_not_committed_yet(sha256: str) -> int:
-        return second
+    async def first_not_committed_yet(sha256: str, other_than: int) -> None:
+        return None  # the other copy's result is not committed yet
 
     monkeypatch.setattr(svc.store, "first_inbound_with_sha", first_not_committed_yet)
     assert len(await svc.pipeline.process(second)) == 1  # the MX that parsed first records the events

@@ -476,3 +476,16 @@ async def test_work_leased_by_a_gone_process_on_this_host_is_due_again(any_store
     assert await any_store.release_gone_leases("webhook_outbox", me) == 2
     due = {e.address for e in await any_store.claim_webhooks("next", time.time() + 1, 300, 10)}
     assert due == {"x0@b.example", "x1@b.example"}  # the dead process's and the earlier incarnation's
+
+
+async def test_a_copy_whose_first_twin_failed_to_parse_is_no_duplicate(any_store):
+    """Only a twin whose events were recorded makes a row a duplicate: a parser failure on the first copy
+    must not leave the next one unparsed."""
+    raw = b"the same bytes twice"
+    first = await any_store.store_inbound("a", "", [], raw)
+    await any_store.record_inbound_result(first, InboundResult(ParseState.FAILED, "v1", error="ParseError: x"))
+    second = await any_store.store_inbound("b", "", [], raw)
+    assert await any_store.first_inbound_with_sha((await any_store.get_inbound(second)).sha256, second) is None
+    await any_store.record_inbound_result(second, InboundResult(ParseState.PARSED, "v1", "bounce", "rfc3464",
+                                                                sha256=(await any_store.get_inbound(second)).sha256))
+    assert await any_store.first_inbound_with_sha((await any_store.get_inbound(first)).sha256, first) == second

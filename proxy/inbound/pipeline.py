@@ -45,8 +45,8 @@ class Pipeline:
         row = await self.store.get_inbound(inbound_id)
         if row is None:
             return []
-        first = await self.store.first_inbound_with_sha(row.sha256)
-        if first != inbound_id:  # the cheap pre-check; the store decides atomically below
+        first = await self.store.first_inbound_with_sha(row.sha256, other_than=inbound_id)
+        if first is not None:  # the cheap pre-check, by the store's own rule; it decides atomically below
             await self.store.record_inbound_result(inbound_id, InboundResult(
                 ParseState.PARSED, PARSER_VERSION, error=f"duplicate of inbound #{first}"))
             return []

@@ -75,8 +75,9 @@ class SqlStore:
     async def get_inbound(self, inbound_id: int) -> InboundRecord | None:
         return await self._read(units.get_inbound, inbound_id)
 
-    async def first_inbound_with_sha(self, sha256: str) -> int:
-        return await self._read(units.first_inbound_with_sha, sha256)
+    async def first_inbound_with_sha(self, sha256: str, other_than: int) -> int | None:
+        """The first other inbound row with these bytes whose events were recorded (None: there is none)."""
+        return await self._read(units.first_inbound_with_sha, sha256, other_than)
 
     async def inbound_ids(self, states: Sequence[str] | None = None) -> list[int]:
         return await self._read(units.inbound_ids, tuple(states) if states else None)

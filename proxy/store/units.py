@@ -234,8 +234,14 @@ def get_inbound(d: Dialect, inbound_id: int) -> Unit:
     return to_inbound(row) if row else None
 
 
-def first_inbound_with_sha(d: Dialect, sha256: str) -> Unit:
-    return (yield fetch("SELECT MIN(id) AS id FROM inbound WHERE sha256 = ?", (sha256,)))[0]["id"]
+# The first other row holding the same bytes whose events were recorded: what makes a row a duplicate,
+# for the bounce MX's check before parsing and for the store's own decision when a result is recorded.
+_RECORDED_TWIN = ("SELECT MIN(id) AS id FROM inbound WHERE sha256 = ? AND id != ? AND state = 'parsed' "
+                  "AND error IS NULL")
+
+
+def first_inbound_with_sha(d: Dialect, sha256: str, other_than: int) -> Unit:
+    return (yield fetch(_RECORDED_TWIN, (sha256, other_than)))[0]["id"]
 
 
 def inbound_ids(d: Dialect, states: Sequence[str] | None) -> Unit:
@@ -280,9 +286,7 @@ def record_inbound_result(d: Dialect, inbound_id: int, result: InboundResult, ta
     if lock and result.sha256:
         yield fetch(lock)
     if result.sha256:
-        first = _one((yield fetch(
-            "SELECT MIN(id) AS id FROM inbound WHERE sha256 = ? AND id != ? AND state = 'parsed' AND error IS NULL",
-            (result.sha256, inbound_id))))
+        first = _one((yield fetch(_RECORDED_TWIN, (result.sha256, inbound_id))))
         if first and first["id"] is not None:
             duplicate_of = first["id"]
             error, events = f"duplicate of inbound #{duplicate_of}", []
