@@ -29,6 +29,12 @@ class Match:
     recipient: str | None = None  # the recipient the evidence names, when it names one
     own: frozenset[str] = frozenset()  # normalised addresses the evidence vouches for
 
+    @classmethod
+    def identified(cls, correlation: Correlation, message: MessageRecord) -> "Match":
+        """Evidence that identified `message` (an upstream id, a Message-ID): it vouches for the message's
+        own recipients, those the upstream accepted it for, and no one else. SES's notifications too."""
+        return cls(correlation, message, None, _accepted(message.recipients))
+
     def vouches_for(self, address: str | None) -> bool:
         return address is not None and normalize_address(address) in self.own
 
@@ -86,11 +92,11 @@ async def correlate_report(store, report: Report, tokens: list[VerpToken]) -> Ma
     for upstream_id in upstream_id_candidates(report):
         message = await store.find_message_by_upstream_id(upstream_id)
         if message is not None:
-            return Match(Correlation.UPSTREAM_ID, message, None, _accepted(message.recipients))
+            return Match.identified(Correlation.UPSTREAM_ID, message)
     for message_id in message_id_candidates(report):
         message = await store.find_message_by_message_id(message_id)
         if message is not None:
-            return Match(Correlation.MESSAGE_ID, message, None, _accepted(message.recipients))
+            return Match.identified(Correlation.MESSAGE_ID, message)
     return Match(Correlation.NONE)
 
 

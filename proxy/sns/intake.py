@@ -29,14 +29,14 @@ from aiohttp import web
 from cryptography import x509
 
 from proxy.config import Config, ConfigError
-from proxy.model import BounceEvent, Correlation, MessageRecord, RecipientStatus
+from proxy.inbound.correlate import Match
+from proxy.model import BounceEvent, Correlation, MessageRecord
 from proxy.sns.ses import SesNotice, read_notice
 from proxy.sns.verify import (
     SUBSCRIBE, UNSUBSCRIBE, Refused, SnsMessage, certificate_key, check_cert_url, check_fresh,
     check_signature, check_topic, parse_certificate, read_message, signature_scheme,
 )
 from proxy.store import StoreError
-from proxy.suppression import normalize_address
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +210,10 @@ async def correlate(store, notice: SesNotice) -> list[BounceEvent]:
     message, correlation = await find_message(store, notice)
     if message is None:
         return notice.events
-    own = {normalize_address(r.address) for r in message.recipients if r.status == RecipientStatus.ACCEPTED}
+    match = Match.identified(correlation, message)  # the bounce MX's own trust rule
     for event in notice.events:
         event.relay_id = message.id
-        event.correlation = correlation if normalize_address(event.recipient or "") in own \
-            else Correlation.FOREIGN_RECIPIENT
+        event.correlation = correlation if match.vouches_for(event.recipient) else Correlation.FOREIGN_RECIPIENT
     return notice.events
 
 
