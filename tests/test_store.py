@@ -402,7 +402,10 @@ async def test_every_list_pages_by_cursor(any_store):
     assert sorted(listed) == sorted(f"s{i}@b.example" for i in range(7)) and len(listed) == 7
     found = await any_store.list_suppressions(SuppressionFilter(search="S3@B", limit=None))
     assert [s.address for s in found] == ["s3@b.example"]
-    assert await any_store.list_suppressions(SuppressionFilter(search="%", limit=None)) != []  # a wildcard is text
+    assert await any_store.list_suppressions(SuppressionFilter(search="s_@", limit=None)) == []  # "_" is text
+    await any_store.upsert_suppressions([Suppression("", "first_last@b.example", "userunknown", "hard", NOW)])
+    found = await any_store.list_suppressions(SuppressionFilter(search="T_L", limit=None))
+    assert [s.address for s in found] == ["first_last@b.example"]
 
 
 async def test_activity_counts_per_bucket_on_bucket_boundaries(any_store):

@@ -9,6 +9,7 @@ because the whole unit is one transaction. Units do no I/O of their own and buil
 from __future__ import annotations
 
 import json
+import re
 from operator import attrgetter
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -605,8 +606,9 @@ def list_suppressions(d: Dialect, flt: SuppressionFilter) -> Unit:
         clauses.append("scope = ?")
         params.append(flt.scope)
     if flt.search:
-        clauses.append("address LIKE ?")
-        params.append("%" + flt.search.lower().replace("\\", "").replace("%", "").replace("_", "") + "%")
+        # the text as typed: an address's own "_" or "%" is matched, never taken as a wildcard
+        clauses.append("address LIKE ? ESCAPE '!'")
+        params.append("%" + re.sub(r"([!%_])", r"!\1", flt.search.lower()) + "%")
     if flt.before is not None:
         clauses.append("(created_at < ? OR (created_at = ? AND (scope, address) > (?, ?)))")
         params.extend((flt.before[0], flt.before[0], flt.before[1], flt.before[2]))
