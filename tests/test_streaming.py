@@ -129,9 +129,11 @@ async def test_a_message_id_is_prepended_to_a_streamed_body(service, upstream):
     assert got.count(b"\r\n") == content.count(b"\r\n") + 1
 
 
-async def test_smuggling_after_the_stream_started_never_reaches_the_upstream(service, upstream):
-    """The body had begun to go upstream: its connection is closed without an end of data."""
-    head = stuff(big_body(STREAM_AFTER * 4))
+@pytest.mark.parametrize("size", [600, STREAM_AFTER * 4])
+async def test_smuggling_after_the_stream_started_never_reaches_the_upstream(service, upstream, size):
+    """DATA went upstream when the client sent it, and a long body had begun to follow: the connection
+    is closed without an end of data, and never reused for the next message (which arrives alone)."""
+    head = stuff(big_body(size))
     out = await raw_session(service.relay_address[1], [
         b"EHLO x\r\n", b"MAIL FROM:<app@example.com>\r\n", b"RCPT TO:<user@example.net>\r\n", b"DATA\r\n",
         head, b"late\r\n\x00.\r\nMAIL FROM:<evil@example.com>\r\n", b".\r\n",
@@ -143,11 +145,15 @@ async def test_smuggling_after_the_stream_started_never_reaches_the_upstream(ser
     assert "evil@example.com" not in upstream.handler.mail_from
 
 
-async def test_a_client_that_aborts_mid_data_leaves_no_upstream_message(service, upstream):
+@pytest.mark.parametrize("size", [600, STREAM_AFTER * 4])
+async def test_a_client_that_aborts_mid_data_leaves_no_upstream_message(service, upstream, size):
+    """Small: the upstream had DATA (sent at the client's DATA) and no body; large: part of the body.
+    Either way its connection closes without an end of data and is never used again: the next
+    message goes out alone, byte for byte."""
     reader, writer = await asyncio.open_connection(*service.relay_address)
     await reader.readline()
     writer.write(b"EHLO x\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<user@example.net>\r\nDATA\r\n")
-    writer.write(stuff(big_body(STREAM_AFTER * 4)))  # enough that the body has started to go upstream
+    writer.write(stuff(big_body(size)))  # no end of data
     await writer.drain()
     await asyncio.sleep(0.5)
     writer.transport.abort()
@@ -155,6 +161,12 @@ async def test_a_client_that_aborts_mid_data_leaves_no_upstream_message(service,
     assert upstream.handler.messages == []
     rows = await service.store.list_messages(MessageFilter())
     assert all(m.status in ("failed", "pending") for m in rows) and not any(m.status == "sent" for m in rows)
+    out = await raw_session(service.relay_address[1], [
+        b"EHLO x\r\n", b"MAIL FROM:<app@example.com>\r\n", b"RCPT TO:<user@example.net>\r\n", b"DATA\r\n",
+        b"Subject: next\r\nMessage-ID: <next@example.com>\r\n\r\nfine\r\n.\r\n", b"QUIT\r\n",
+    ])
+    assert b"\r\n250 " in out.split(b"354")[-1]
+    assert [m[2] for m in upstream.handler.messages] == [b"Subject: next\r\nMessage-ID: <next@example.com>\r\n\r\nfine\r\n"]
 
 
 async def test_an_upstream_lost_mid_stream_is_a_451_and_not_sent(tmp_path, upstream):

@@ -413,8 +413,13 @@ class RelayHandler:
         held: list[bytes] = []
         held_size = plain_size = 0
         digest = hashlib.sha256()  # of the client's bytes, un-stuffed: the same on each retry
-        streaming = False
         early: Reply | UpstreamUnavailable | None = None  # the upstream's refusal of DATA, or its loss, midway
+        try:
+            conn.send_data()  # its 354 comes back while the client is still sending the body
+        except UpstreamUnavailable as exc:
+            early = exc
+        opened = early is None  # the upstream may be in the body: only the end of data or a close ends it
+        streaming = False  # the 354 was read and the body is going upstream
         try:
             async for stretch in data.stretches():
                 plain = unstuffed(stretch)
@@ -432,48 +437,47 @@ class RelayHandler:
                     continue
                 try:
                     if not streaming:
-                        reply = await conn.data_start()
+                        reply = await conn.data_reply()
                         if reply.code != 354:
-                            early = reply
+                            early, opened = reply, False
                             continue
                         streaming = True
                         held.insert(0, prefix)
                     await conn.send_body(b"".join(held))
-                except UpstreamUnavailable as exc:
-                    early = exc
+                except UpstreamUnavailable as exc:  # the connection is closed
+                    early, opened = exc, False
                 held.clear()
                 held_size = 0
+            if data.refusal is not None:
+                if opened:
+                    conn.abort()
+                return data.limit_hit or await self._refuse_data(session, data.found)
+            if prefix is None:
+                prefix = prepend_headers(b"", self._header_lines(tx, accepted, bytes(head)))
+            if early is None and not streaming:
+                try:
+                    reply = await conn.data_reply()
+                except UpstreamUnavailable as exc:
+                    early = exc
+                else:
+                    if reply.code != 354:
+                        early = reply
+                    held.insert(0, prefix)
+            if early is not None:
+                opened = False
+                if isinstance(early, UpstreamUnavailable):  # the end of data never went: nothing was sent
+                    return await self._lost_before_end_of_data(session, tx, early)
+                return await self._data_outcome(session, tx, accepted, early, None)
+            message.content_sha256 = digest.hexdigest()
+            message.size = len(prefix) + plain_size
+            if not await self._record_in_flight(session, tx):
+                return REPLY_STORE_DOWN
         except BaseException:  # the client vanished or the session ended: never half a message upstream
-            if streaming:
+            if opened:
                 conn.abort()
             raise
-        if data.refusal is not None:
-            if streaming:
-                conn.abort()
-            return data.limit_hit or await self._refuse_data(session, data.found)
-        if prefix is None:
-            prefix = prepend_headers(b"", self._header_lines(tx, accepted, bytes(head)))
-        if isinstance(early, UpstreamUnavailable):  # the end of data never went: nothing was sent
-            tx.broken = True
-            self.health.failed(failure_reason(str(early)), str(early), down=False)
-            message.status, message.upstream_reply = MessageStatus.FAILED, f"connection lost during DATA: {early}"
-            await self.finish(session, record=True)
-            return REPLY_UPSTREAM_DOWN.format(why=early)
-        if early is not None:
-            return await self._data_outcome(session, tx, accepted, early, None)
-        message.content_sha256 = digest.hexdigest()
-        message.size = len(prefix) + plain_size
-        if not await self._record_in_flight(session, tx):
-            if streaming:
-                conn.abort()
-            return REPLY_STORE_DOWN
         try:
-            if streaming:
-                reply = await conn.end_data(b"".join(held))
-            else:
-                reply = await conn.data_start()
-                if reply.code == 354:
-                    reply = await conn.end_data(b"".join([prefix, *held]))
+            reply = await conn.end_data(b"".join(held))
         except (UpstreamUnavailable, asyncio.CancelledError) as exc:
             return await self._lost_at_end_of_data(session, tx, exc)
         return await self._data_outcome(session, tx, accepted, reply, None)
@@ -512,6 +516,15 @@ class RelayHandler:
             return False
         tx.in_flight = _recipient_rows(tx.message)
         return True
+
+    async def _lost_before_end_of_data(self, session: Session, tx: Transaction, exc: UpstreamUnavailable) -> str:
+        """The upstream connection failed before the end of data went: nothing was sent."""
+        tx.broken = True
+        self.health.failed(failure_reason(str(exc)), str(exc), down=False)
+        message = tx.message
+        message.status, message.upstream_reply = MessageStatus.FAILED, f"connection lost during DATA: {exc}"
+        await self.finish(session, record=True)
+        return REPLY_UPSTREAM_DOWN.format(why=exc)
 
     async def _lost_at_end_of_data(self, session: Session, tx: Transaction, exc: BaseException) -> str:
         message = tx.message

@@ -196,6 +196,8 @@ class UpstreamConnection:
         self.pipelining = False  # the upstream offered PIPELINING and [upstream] pipelining allows it
         self.pending_rset = False  # the RSET that ends the last transaction, to go with the next MAIL
         self.prefetched: deque[tuple[str, Reply | UpstreamUnavailable]] = deque()  # RCPTs sent with MAIL
+        self._timer: asyncio.TimerHandle | None = None  # the command timeout of the exchange under way
+        self.in_body = False  # DATA went and no refusal of it or end of data was read: never reused
         protocol = client.protocol
         if protocol is not None:  # count from here on: the handshake's replies are all consumed
             original = protocol.data_received
@@ -250,24 +252,42 @@ class UpstreamConnection:
     async def _exchange(self, data: bytes, count: int) -> list[tuple[int, bool, str]]:
         """Write `data` and wait for `count` complete replies, read by the audit (never by aiosmtplib,
         whose parse, lock and wait_for per command were a tenth of the relay's own time per message)."""
+        self._send(data, count)
+        return await self._replies()
+
+    def _send(self, data: bytes, count: int) -> None:
+        """Write `data`; from now on the audit collects its `count` replies for _replies()."""
         self._ready()
-        protocol, audit = self.client.protocol, self.audit
+        audit = self.audit
         loop = asyncio.get_running_loop()
         waiter = audit.waiter = loop.create_future()
         audit.queue, audit.want = deque(), count
         timeout = self.client.timeout
-        timer = loop.call_later(timeout, _expire, waiter) if timeout else None
+        self._timer = loop.call_later(timeout, _expire, waiter) if timeout else None
         try:
-            protocol.write(data)
-            await waiter
+            self.client.protocol.write(data)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._settle()
+            self.close()
+            raise UpstreamUnavailable(_describe(exc)) from None
+
+    async def _replies(self) -> list[tuple[int, bool, str]]:
+        audit = self.audit
+        try:
+            await audit.waiter
             return list(audit.queue)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             self.close()
             raise UpstreamUnavailable(_describe(exc)) from None
         finally:
-            if timer is not None:
-                timer.cancel()
-            audit.queue, audit.waiter, audit.want = None, None, 0
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        audit = self.audit
+        audit.queue, audit.waiter, audit.want = None, None, 0
 
     async def flight(self, commands: list[bytes]) -> list[Reply | UpstreamUnavailable]:
         """Commands (each a whole line with its CRLF) in one write, their replies read in order.
@@ -276,8 +296,9 @@ class UpstreamConnection:
         from the audit, which counts every one: the in-step invariant holds. A refusal that closes the
         connection (421, a refusal with mixed codes) leaves the commands after it unanswered: they get
         UpstreamUnavailable; a single command's such reply is returned (the connection closed)."""
-        count = len(commands)
-        got = await self._exchange(b"".join(commands), count)
+        return self._answers(await self._exchange(b"".join(commands), len(commands)), len(commands))
+
+    def _answers(self, got: list[tuple[int, bool, str]], count: int) -> list[Reply | UpstreamUnavailable]:
         audit = self.audit
         if audit.malformed:
             self.consumed = audit.replies
@@ -366,16 +387,29 @@ class UpstreamConnection:
         return await self.end_data(_DOT.sub(b"..", normalize_message_line_endings(content)))
 
     async def data_start(self) -> Reply:
-        """DATA alone: only a 354 opens the body.
+        """DATA alone: only a 354 opens the body."""
+        self.send_data()
+        return await self.data_reply()
+
+    def send_data(self) -> None:
+        """Write DATA without waiting: its reply comes while the client is still sending the body.
 
         Audited steps rather than aiosmtplib's execute_data_command, which reports a refusal of
         DATA and one of the end of data alike, and takes a 250 to DATA for a refusal of the body."""
         if self.prefetched:  # RCPTs sent upstream that the client never had answered: never send on them
             raise self._out_of_step("pipelined RCPTs were sent that the client's commands never reached")
-        reply = await self.command(b"DATA")
+        self._send(b"DATA\r\n", 1)
+        self.in_body = True
+
+    async def data_reply(self) -> Reply:
+        """The reply to send_data's DATA: 354, or a refusal before any byte of the body (the transaction
+        stays open: RSET)."""
+        reply = self._answers(await self._replies(), 1)[0]
+        if reply.code != 354:
+            self.in_body = False
         if reply.code != 354 and reply.code < 400:
             raise self._out_of_step(f"{reply.code} to DATA, where only 354 opens the body")
-        return reply  # a refusal comes before any byte of the body: the transaction stays open (RSET)
+        return reply
 
     async def send_body(self, stretch: bytes) -> None:
         """Part of the body as the client sent it, dot-stuffed, ending with CRLF: nothing to re-stuff.
@@ -401,7 +435,7 @@ class UpstreamConnection:
         except UpstreamOutOfStep as exc:
             exc.body_sent = True
             raise
-        self.in_transaction = False
+        self.in_transaction = self.in_body = False
         if reply.ok and reply.code != 250:
             raise self._out_of_step(f"{reply.code} to the end of data, where only 250 means sent", body_sent=True)
         if reply.ok:
@@ -428,9 +462,14 @@ class UpstreamConnection:
 
     @property
     def usable(self) -> bool:
-        return self.client.is_connected and self.in_step
+        return self.client.is_connected and self.in_step and not self.in_body
 
     def close(self) -> None:
+        waiter = self.audit.waiter  # an exchange under way learns at once that no reply will come
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing a broken transport may fail; it is gone either way
