@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections import defaultdict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, syntax
@@ -144,9 +145,32 @@ class _SessionTemplate:
         for name in _SESSION_ATTRS:
             setattr(session, name, None)
         session._tls_handshake_okay = True
-        session._smtp_methods = {cmd: getattr(session, name) for cmd, name in self.commands.items()}
+        session._smtp_methods = _Commands(session, self.commands)
         session._auth_methods = {mech: _AuthMechAttr(getattr(session, name), True) if name else impl
                                  for mech, name, impl in self.auth}
+
+
+class _Commands(Mapping):
+    """A session's command table (command -> its bound smtp_* method), bound when a command is used
+    rather than all twenty at every connection."""
+
+    __slots__ = ("_session", "_names")
+
+    def __init__(self, session: SMTP, names: dict[str, str]):
+        self._session, self._names = session, names
+
+    def get(self, command, default=None):
+        name = self._names.get(command)
+        return default if name is None else getattr(self._session, name)
+
+    def __getitem__(self, command):
+        return getattr(self._session, self._names[command])
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class GuardedSMTP(SMTP):
@@ -191,6 +215,23 @@ class GuardedSMTP(SMTP):
         super().__init__(handler, *args, **kwargs)
         if not args and loop is not None and self.loop is loop:
             cls._template = _SessionTemplate.of(self, handler, kwargs)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd re-arms the idle timer at every command (a cancelled handle and a new one); here the
+        deadline moves and the one timer, when it fires before it, waits again until it."""
+        loop = self.loop
+        deadline = self._idle_deadline = loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+            return
+        self._timeout_cb()
 
     # -- replies ------------------------------------------------------------------------------
     def _proper(self, status: str) -> str:

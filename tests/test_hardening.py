@@ -137,6 +137,26 @@ async def test_idle_session_times_out(tmp_path, upstream):
         writer.close()
 
 
+async def test_each_command_moves_the_idle_deadline(tmp_path, upstream):
+    """One idle timer per session whose deadline each command moves (not a new timer per command): a
+    session that keeps talking outlives the first deadline many times, then closes once silent."""
+    config = make_config(tmp_path, upstream.port, relay={"session_timeout": 0.4})
+    async with Service(config) as svc:
+        reader, writer = await asyncio.open_connection("127.0.0.1", svc.relay_address[1])
+        await reader.readline()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(6):  # 1.2 s of NOOPs 0.2 s apart: three times the idle timeout
+            await asyncio.sleep(0.2)
+            writer.write(b"NOOP\r\n")
+            assert (await asyncio.wait_for(reader.readline(), 2)).startswith(b"250 ")
+        silent = loop.time()
+        assert silent - started >= 1.2
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.3 <= loop.time() - silent < 2.0  # closed after the timeout of silence, not before
+        writer.close()
+
+
 async def test_overlong_command_and_line_are_refused(service):
     out = await raw_session(service.relay_address[1], [b"EHLO x\r\n", b"MAIL FROM:<" + b"a" * 2000 + b"@example.com>\r\n"])
     assert b"500 " in out.split(b"\r\n", 2)[-1] or b"Line too long" in out

@@ -5,6 +5,7 @@ in front (Message-ID when missing, Return-Path for SES) and streams the rest thr
 """
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -42,8 +43,41 @@ def _decoded(value: str | None) -> str | None:
         return value.strip()
 
 
+# The leading lines the stdlib parser takes as headers (its headerRE: a field name and a colon, a
+# continuation, or an mbox "From " line); the first other line ends them, as it ends them there.
+_HEADER_LINES = re.compile(rb"(?:(?:From |[\x21-\x39\x3b-\x7e]*:|[\t ])[^\n]*\n)*")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+# The fields read_headers wants, each with its continuation lines, within those lines.
+_WANTED = re.compile(rb"^(?:message-id|from|subject):[^\n]*\n(?:[\t ][^\n]*\n)*", re.IGNORECASE | re.MULTILINE)
+
+
 def read_headers(content: bytes) -> HeaderFacts:
-    msg = _PARSER.parsebytes(header_block(content), headersonly=True)
+    """Message-ID, From and Subject as the stdlib parser (compat32) reads them from the header block.
+
+    Only those fields' lines are looked at. Plain ASCII without encoded words (nearly every message)
+    is read as compat32 reads it, a field's value being the text after its colon, leading blanks
+    dropped, its folded lines kept, the first field of a name winning; anything else goes to the
+    parser. tests/test_headers.py holds both readings to the same answers."""
+    block = header_block(content)
+    if _BARE_CR.search(block):  # the parser splits lines at a bare CR too: let it read everything
+        return _facts(_PARSER.parsebytes(block, headersonly=True))
+    if not block.endswith(b"\n"):
+        block += b"\n"
+    wanted = _WANTED.findall(_HEADER_LINES.match(block).group())
+    selected = b"".join(wanted)
+    if not selected.isascii() or b"=?" in selected:
+        return _facts(_PARSER.parsebytes(selected, headersonly=True))
+    values: dict[str, str] = {}
+    for field in wanted:
+        name, _, value = field.decode("ascii").partition(":")
+        values.setdefault(name.lower(), value.lstrip(" \t").rstrip("\r\n"))
+    msgid, header_from, subject = values.get("message-id"), values.get("from"), values.get("subject")
+    return HeaderFacts(msgid.strip().strip("<>").strip() if msgid else None,
+                       header_from.strip() if header_from is not None else None,
+                       subject.strip() if subject is not None else None)
+
+
+def _facts(msg) -> HeaderFacts:
     msgid = msg.get("Message-ID")
     return HeaderFacts(
         message_id=msgid.strip().strip("<>").strip() if msgid else None,
