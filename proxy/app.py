@@ -146,6 +146,8 @@ class Service:
         hostname = cfg.relay_hostname
         authenticator = Authenticator(users) if users else None
         self.relay_limits = Limits(relay.max_connections, relay.max_connections_per_ip, relay.max_session_seconds)
+        if hasattr(self.store, "quiet"):  # SQLite: with one session open, commit in the loop's thread
+            self.store.quiet = self._quiet
 
         def factory():
             return self.sessions.track(RelaySMTP(
@@ -168,6 +170,11 @@ class Service:
         if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:  # last: nothing fails after
             self._probe = asyncio.get_running_loop().create_task(
                 probe_loop(self.upstream, self.health, cfg.upstream.probe_interval), name="upstream-probe")
+
+    def _quiet(self) -> bool:
+        """At most one SMTP session open on this process's listeners (the API's rare requests aside)."""
+        inbound = getattr(self, "inbound_limits", None)
+        return self.relay_limits.open_total + (inbound.open_total if inbound is not None else 0) <= 1
 
     # -- messages left in flight -------------------------------------------------------------
     # A message is `pending` from the commit just before its end of data goes upstream to the commit of the

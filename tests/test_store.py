@@ -223,6 +223,37 @@ async def test_soft_bounces_count_since_the_last_delivery(any_store):
     assert len(await any_store.soft_bounces("full@b.example", NOW - 1000, (), ("verp",))) == 1  # nothing excluded
 
 
+async def test_a_final_record_that_does_not_wait_for_the_disk_is_committed_all_the_same(any_store):
+    """durable=False (the relay's final record of a plain success) is a commit every reader sees at once;
+    only the wait for the disk is skipped, and a durable write after it still syncs everything."""
+    m = message("quick", ("a@b.example", A), status=MessageStatus.PENDING)
+    await any_store.record_message(m)
+    m.status = MessageStatus.SENT
+    await any_store.record_message(m, recipients=False, durable=False)
+    other = await second(any_store, None)
+    try:
+        assert (await other.get_message("quick")).status == MessageStatus.SENT
+    finally:
+        await other.close()
+    await any_store.record_message(message("after", ("a@b.example", A)))
+    assert (await any_store.get_message("after")).status == MessageStatus.SENT
+
+
+async def test_sqlite_syncs_a_batch_unless_every_unit_said_not_to(tmp_path):
+    store = await store_for_url(f"sqlite:///{tmp_path / 'sync.db'}").open()
+    try:
+        sync = lambda: store._write_conn.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+        await store.record_message(message("q1", ("a@b.example", A)), durable=False)
+        assert sync() == 1  # NORMAL: committed, the WAL not synced for it
+        await asyncio.gather(store.record_message(message("q2", ("a@b.example", A)), durable=False),
+                             store.record_message(message("q3", ("a@b.example", A))))
+        assert sync() == 2  # FULL: one unit of the batch had to be on disk
+        await store.record_message(message("q4", ("a@b.example", A)))
+        assert sync() == 2
+    finally:
+        await store.close()
+
+
 async def test_in_flight_messages_become_possibly_sent(any_store):
     await any_store.record_message(message("inflight", ("a@b.example", A), status=MessageStatus.PENDING, at=NOW - 10))
     await any_store.record_message(message("later", ("a@b.example", A), status=MessageStatus.PENDING, at=NOW + 10))

@@ -559,8 +559,10 @@ class RelayHandler:
             self._refusal(tx, reply, [r.address for r in accepted], "DATA")
         message.status = settle_status(message.recipients, reply.code, message.send_failure)
         raw = body if (self.keeps_messages and reply.ok) else None
+        # A plain success needs no wait for the disk: its in-flight row was, and covers a crash before this.
+        durable = not (reply.ok and not tx.events and not message.send_failure and raw is None)
         try:
-            await self.finish(session, record=True, raw=raw, strict=True)
+            await self.finish(session, record=True, raw=raw, strict=True, durable=durable)
         except StoreError:
             return REPLY_STORE_DOWN
         if reply.ok and body is not None and hasattr(self.upstream, "accepted"):
@@ -597,7 +599,8 @@ class RelayHandler:
                 evidence=verdict.evidence, smtp_command=verdict.stage or command, decided_by=verdict.decided_by,
             ))
 
-    async def finish(self, session: Session, record: bool = False, raw: bytes | None = None, strict: bool = False):
+    async def finish(self, session: Session, record: bool = False, raw: bytes | None = None, strict: bool = False,
+                     durable: bool = True):
         """End the session's transaction: release the upstream connection and record what happened."""
         tx: Transaction | None = getattr(session, "tx", None)
         if tx is None:
@@ -613,7 +616,7 @@ class RelayHandler:
             message.status = settle_status(message.recipients, None, message.send_failure)
         changed = tx.in_flight != _recipient_rows(message)  # most often not: the final commit is one row
         if strict:
-            await self.store.record_message(message, tx.events, raw, recipients=changed)
+            await self.store.record_message(message, tx.events, raw, recipients=changed, durable=durable)
             log_message(message, getattr(self.upstream, "name", "upstream"))
         else:
             await self._record_quietly(message, tx.events, recipients=changed)

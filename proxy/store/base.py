@@ -53,11 +53,16 @@ class SqlStore:
 
     # -- the relay ---------------------------------------------------------------------------
     async def record_message(self, message: MessageRecord, events: Iterable[BounceEvent] = (),
-                             raw: bytes | None = None, recipients: bool = True) -> None:
+                             raw: bytes | None = None, recipients: bool = True, durable: bool = True) -> None:
         """Commit a message, its recipients (unless `recipients` is False: unchanged since its in-flight
-        record) and its synchronous events in one transaction."""
+        record) and its synchronous events in one transaction.
+
+        `durable=False`: committed (every reader sees it, a crash of the process keeps it) without waiting
+        for the disk, so an outage of the machine itself may lose it. Only for what a durable record
+        already covers: the relay's final record of a plain success, whose in-flight row then becomes
+        possibly_sent at the next start, as for any crash between the upstream's 250 and that commit."""
         await self._write(units.record_message, message, list(events), raw, recipients, self.webhook_targets,
-                          time.time())
+                          time.time(), durable=durable)
         self._queued()
 
     async def mark_possibly_sent(self, before: float) -> int:

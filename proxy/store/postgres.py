@@ -125,7 +125,7 @@ class PostgresStore(SqlStore):
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"{self.url}: {_said(exc)}") from None
 
-    async def _write(self, unit, *args):
+    async def _write(self, unit, *args, durable: bool = True):
         import asyncpg
 
         if self._pool is None or self._readonly:
@@ -134,6 +134,8 @@ class PostgresStore(SqlStore):
             try:
                 async with self._pool.acquire() as conn:
                     async with conn.transaction():
+                        if not durable:  # committed without waiting for the WAL flush (this transaction only)
+                            await conn.execute("SET LOCAL synchronous_commit TO OFF")
                         value = await run_unit(conn, unit(POSTGRES, *args))
             except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
                 if attempt == _RETRIES - 1:
