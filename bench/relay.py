@@ -19,6 +19,7 @@ bounceproxy and any worker processes) is printed at the end.
     bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions; about a minute
     bench/relay.py --repeat 3         # the median of 3 interleaved runs per cell (a shared machine is noisy)
     bench/relay.py --sizes 2048 --sessions 10 --count 5000 --profile /tmp/bp.svg   # py-spy flame graph
+    bench/relay.py ... --profile /tmp/bp.txt --profile-gil    # only samples holding the GIL, as collapsed stacks
     bench/relay.py --rtt 20           # also: the upstream 20 ms away each way (a delaying proxy before the sink)
     bench/relay.py --memory           # also: 50 sessions of 10 MB messages, bounceproxy's peak memory
 
@@ -474,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verp", action="store_true", help="set BOUNCEPROXY_VERP_KEY so bounceproxy signs VERP senders")
     ap.add_argument("--cell-timeout", type=float, default=300, help="seconds allowed per measurement")
     ap.add_argument("--profile", metavar="FILE", help="py-spy record bounceproxy during its runs (FILE.svg or .txt)")
+    ap.add_argument("--profile-gil", action="store_true",
+                    help="with --profile: only samples holding the GIL (where the event loop's thread spends its CPU)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, bounce log, Postfix)")
     ap.add_argument("--rtt", type=float, nargs="?", const=20.0, metavar="MS",
                     help="also run the round-trip profile: the sink MS ms away each way (default 20) for "
@@ -522,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         if with_postfix:
             pf = Postfix(workdir, sink.port)
         if args.profile:
-            spy = _start_py_spy(bp, args.profile)
+            spy = _start_py_spy(bp, args.profile, args.profile_gil)
         print(f"# load average at start: {_loadavg()}", flush=True)
         print(f"# {os.cpu_count()} CPUs; smtp-sink :{sink.port}; bounceproxy :{bp.port} (workers={args.workers})"
               + (f"; postfix :{pf.port}" if pf else "") + f"; work dir {workdir}", flush=True)
@@ -699,13 +702,13 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
-def _start_py_spy(bp: Bounceproxy, out: str) -> subprocess.Popen | None:
+def _start_py_spy(bp: Bounceproxy, out: str, gil: bool = False) -> subprocess.Popen | None:
     spy = shutil.which("py-spy", path=str(ROOT / ".venv" / "bin")) or shutil.which("py-spy")
     if not spy:
         print("relay.py: --profile needs py-spy (.venv/bin/pip install py-spy)", file=sys.stderr)
         return None
     fmt = "raw" if out.endswith(".txt") else "flamegraph"
-    proc = subprocess.Popen([spy, "record", "--subprocesses", "-r", "200", "-f", fmt, "-o", out, "-p", str(bp.proc.pid)],
+    proc = subprocess.Popen([spy, "record", "--subprocesses", "-r", "200", *(["--gil"] if gil else []), "-f", fmt, "-o", out, "-p", str(bp.proc.pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
     return proc
