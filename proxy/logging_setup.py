@@ -84,6 +84,10 @@ def configure(log_config, verbose: bool = False, stream=None) -> logging.Handler
     _handler = handler
     set_level("debug" if verbose else log_config.level)
     logging.captureWarnings(True)  # warnings.warn() lines go through the same format
+    # Neither format shows the caller's file and line, the thread or the process: logging need not look
+    # them up for every line (the logging HOWTO's "Optimization"; a line per message is on the hot path).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return handler
 
 

@@ -73,10 +73,11 @@ def normalize_address(address: str) -> str:
     if not at:
         return address.lower()
     domain = domain.rstrip(".").lower()
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass
+    if not domain.isascii():  # IDNA leaves an ASCII name as it is (or refuses it, and it is kept as it is)
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
     return f"{local.lower()}@{domain}"
 
 

@@ -193,17 +193,15 @@ class SqliteStore(SqlStore):
         is idle: a unit that need not wait for the disk (about 35 us of work, where handing it to the
         thread and back cost ten times that in wake-ups), or any unit while `quiet` says the loop has
         nothing else to do (its fsync then delays nobody). Never waits for a lock held by another
-        process (busy_timeout 0 here): then (False, None), and the unit goes to the writer thread."""
+        process: then (False, None), and the unit goes to the writer thread."""
         if not self._conn_lock.acquire(blocking=False):
             return False, None
         conn = self._write_conn
         try:
-            conn.execute("PRAGMA busy_timeout = 0")
-            try:
-                self._sync(durable)
-                [(ok, value)] = run_batch(conn, [(unit, args)])
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            self._sync(durable)
+            [(ok, value)] = run_batch(conn, [(unit, args)], wait=0.0)
+        except _Locked:
+            return False, None
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 return False, None
@@ -224,7 +222,7 @@ class SqliteStore(SqlStore):
         the thread and one back, where an asyncio task driving aiosqlite's thread took two of each."""
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA busy_timeout = 0")  # waits for another process's write lock: _begin
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = OFF")
         except sqlite3.Error:
@@ -254,7 +252,8 @@ class SqliteStore(SqlStore):
             try:
                 with self._conn_lock:
                     self._sync(any(q.durable for q in batch))
-                    outcomes = run_batch(self._write_conn, [(q.unit, q.args) for q in batch])
+                    outcomes = run_batch(self._write_conn, [(q.unit, q.args) for q in batch],
+                                         wait=self.busy_timeout_ms / 1000.0)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 error = exc
             try:
@@ -307,15 +306,44 @@ def run_unit(conn: sqlite3.Connection, unit) -> object:
         return stop.value
 
 
-def run_batch(conn: sqlite3.Connection, batch: list[tuple]) -> list[tuple[bool, object]]:
+def run_batch(conn: sqlite3.Connection, batch: list[tuple], wait: float = 5.0) -> list[tuple[bool, object]]:
     """BEGIN IMMEDIATE, every unit, COMMIT; on the store's SQLite thread. Units rarely fail, so they first
     run side by side; when one does, the transaction is rolled back and the batch runs again with each
     unit in a savepoint of its own, so that the failing one is rolled back alone and its error returned in
     its place. A failure of the transaction itself raises."""
+    _begin(conn, wait)
     try:
         return _transaction(conn, batch, isolated=False)
     except _UnitFailed:
+        _begin(conn, wait)
         return _transaction(conn, batch, isolated=True)
+
+
+class _Locked(sqlite3.OperationalError):
+    """Another process held the write lock for longer than this batch could wait."""
+
+
+def _begin(conn: sqlite3.Connection, wait: float) -> None:
+    """BEGIN IMMEDIATE, waiting up to `wait` seconds for another process's write lock in steps of
+    0.1 to 1 ms. SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more between tries, far longer
+    than such a lock is held (one group commit): relay workers sharing a file waited on each other."""
+    deadline = None
+    pause = 0.0001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" not in text and "busy" not in text:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + wait
+            if now >= deadline:
+                raise _Locked(text) from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.001)
 
 
 class _UnitFailed(Exception):
@@ -323,7 +351,7 @@ class _UnitFailed(Exception):
 
 
 def _transaction(conn: sqlite3.Connection, batch: list[tuple], isolated: bool) -> list[tuple[bool, object]]:
-    conn.execute("BEGIN IMMEDIATE")
+    """Every unit of the batch in the transaction _begin opened, then COMMIT (ROLLBACK on failure)."""
     outcomes: list[tuple[bool, object]] = []
     try:
         for unit, args in batch:
