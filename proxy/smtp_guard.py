@@ -437,6 +437,19 @@ _READ_SIZE = 256 * 1024
 _END = b"\r\n.\r\n"
 
 
+def _has_long_line(stretch: bytes, max_line: int) -> bool:
+    """Whether a line of this stretch of whole lines runs past `max_line` bytes before its CRLF. From each
+    line start, the last LF within max_line + 2 bytes: none means the line there is too long; else every
+    line starting before it ends by it. A jump of about max_line bytes a step, not a split into lines."""
+    start, end = 0, len(stretch)
+    while start < end:
+        last = stretch.rfind(b"\n", start, start + max_line + 2)
+        if last < 0:
+            return True
+        start = last + 1
+    return False
+
+
 class MessageData:
     """The data of one DATA command, read in large chunks instead of aiosmtpd's line-by-line loop
     (one Python iteration per line was most of the cost of a 100 KB message).
@@ -514,7 +527,7 @@ class MessageData:
             return False
         before = self.size
         self.size += len(stretch)
-        if len(stretch) > self.max_line + 2:
+        if len(stretch) > self.max_line + 2 and _has_long_line(stretch, self.max_line):
             lines = stretch.split(b"\r\n")
             if max(map(len, lines)) > self.max_line:
                 offset = before

@@ -81,3 +81,25 @@ async def test_dot_line_with_a_control_goes_upstream_stuffed_and_exact(service, 
     ])
     assert b"250 Ok 0100018c" in out
     assert upstream.handler.messages[0][2] == b"Subject: a\r\nMessage-ID: <dot@example.com>\r\n\r\nhello\r\n.\x0c\r\nbye\r\n"
+
+
+def test_the_shortcut_for_clean_data_agrees_with_the_rules_on_any_data():
+    """smuggling_refusal recognises clean data in two passes; on every kind of data it must answer as the
+    rules taken one by one (smuggling_found) do, and the long-line jump as a split into lines does."""
+    import random
+
+    from proxy.relay.server import smuggling_found, smuggling_refusal
+    from proxy.smtp_guard import _has_long_line
+
+    rng = random.Random(1505)
+    alphabet = [b"\r\n", b"\r", b"\n", b"\0", b".", b"\x01", b"\x7f", b"\t", b"a", b"\xc3\xa9", b"\r\n.", b"\n\r"]
+    checked = 0
+    for _ in range(20000):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert smuggling_refusal(data) == smuggling_found(data), data
+        checked += smuggling_found(data) is not None
+    assert checked > 5000  # the random data held every kind of refusal many times
+    for _ in range(3000):
+        lines = [b"x" * rng.choice([0, 1, 5, 996, 997, 998, 999, 1000, 2500]) for _ in range(rng.randint(1, 6))]
+        stretch = b"\r\n".join(lines) + b"\r\n"
+        assert _has_long_line(stretch, 998) == (max(map(len, lines)) > 998), [len(x) for x in lines]
