@@ -100,7 +100,6 @@ def handler_dir(obj) -> list[str]:
 # every session a listener opens with the same arguments (see _SessionTemplate).
 _SESSION_ATTRS = ("session", "envelope", "transport", "_handler_coroutine", "_timeout_handle",
                   "_tls_handshake_okay", "_tls_protocol", "_original_transport")
-_PLAIN_VALUES = (bool, int, float, str, type(None))
 
 
 @dataclass
@@ -123,28 +122,23 @@ class _SessionTemplate:
                                                     loop=session.loop)))
         shared = {k: v for k, v in vars(session).items()
                   if k not in own and k not in _SESSION_ATTRS and k not in ("_smtp_methods", "_auth_methods")}
+        shared.update(dict.fromkeys(_SESSION_ATTRS), _tls_handshake_okay=True)  # a new session's state
         commands = {cmd: method.__name__ for cmd, method in session._smtp_methods.items()}
         auth = [(mech, impl.method.__name__ if impl.is_builtin else None, impl)
                 for mech, impl in session._auth_methods.items()]
         return cls(handler, dict(kwargs), session.loop, shared, commands, auth)
 
     def fits(self, handler, kwargs: dict, loop) -> bool:
-        if handler is not self.handler or loop is not self.loop or kwargs.keys() != self.kwargs.keys():
-            return False
-        return all(v is w or (type(v) in _PLAIN_VALUES and type(v) is type(w) and v == w)
-                   for v, w in ((kwargs[k], self.kwargs[k]) for k in kwargs))
+        # The arguments are plain values and objects that compare by identity (TLS context, authenticator).
+        return handler is self.handler and loop is self.loop and kwargs == self.kwargs
 
     def apply(self, session: SMTP) -> None:
         """What SMTP.__init__ would do, from the first session's result."""
         asyncio.StreamReaderProtocol.__init__(
             session, asyncio.StreamReader(loop=self.loop, limit=session.line_length_limit),
             client_connected_cb=session._cb_client_connected, loop=self.loop)
-        session.__dict__.update(self.shared)
-        session._handle_hooks = dict(self.shared["_handle_hooks"])
+        session.__dict__.update(self.shared)  # the hook table too: aiosmtpd only reads it
         session.command_size_limits.clear()  # as SMTP.__init__ (a table of the class)
-        for name in _SESSION_ATTRS:
-            setattr(session, name, None)
-        session._tls_handshake_okay = True
         session._smtp_methods = _Commands(session, self.commands)
         session._auth_methods = {mech: _AuthMechAttr(getattr(session, name), True) if name else impl
                                  for mech, name, impl in self.auth}
