@@ -395,9 +395,12 @@ class GuardedSMTP(SMTP):
         super().connection_lost(error)
 
     def eof_received(self):
-        if not self._peer_ip:
-            return False
-        return super().eof_received()
+        """The client closed its side: aiosmtpd stops the session but keeps the transport open (half-open
+        TCP), so the session would count against the limits, and hold its upstream connection, until
+        the idle timeout. Nothing more can be said to a client that sends nothing more: close."""
+        if self._peer_ip:
+            super().eof_received()
+        return False
 
 
 class AuthThrottle:

@@ -228,3 +228,56 @@ def test_fast_address_path_agrees_with_aiosmtpd(arg):
     fast = GuardedSMTP(Handler(), limits=Limits(1, 1, 1))
     slow = SMTP(Handler())
     assert fast._getaddr(arg) == slow._getaddr(arg)
+
+
+async def test_a_client_that_closes_its_side_frees_its_session_at_once(tmp_path, upstream):
+    """A health check that connects and closes, or a client that closes mid-transaction, leaves a
+    half-open connection; under `serve` (uvloop) aiosmtpd kept it open, counted against the limits and
+    holding its upstream connection, until the idle timeout. It must be freed at once."""
+    import urllib.request
+
+    from tests.daemon import Daemon
+
+    daemon = Daemon(tmp_path, f"""
+[relay]
+max_connections_per_ip = 3
+[upstream]
+profile = "smtp"
+host = "127.0.0.1"
+port = {upstream.port}
+tls = "none"
+pool_size = 1
+probe_interval = 0
+""")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, daemon.start)
+    try:
+        def open_sessions() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{daemon.api_port}/metrics", timeout=5) as r:
+                return next(line for line in r.read().decode().splitlines()
+                            if line.startswith("bounceproxy_relay_open_sessions"))
+
+        for _ in range(5):  # more than the per-IP limit
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.relay_port)
+            writer.close()
+            await writer.wait_closed()
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.relay_port)
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"220 ")
+        writer.write(b"EHLO x\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<user@example.net>\r\n")
+        for _ in range(3):  # EHLO's, MAIL's and RCPT's replies
+            line = await asyncio.wait_for(reader.readline(), 5)
+            while line[3:4] == b"-":
+                line = await asyncio.wait_for(reader.readline(), 5)
+            assert line.startswith(b"250 ")
+        writer.write_eof()  # FIN, no QUIT: the transaction holds the only upstream connection
+        await asyncio.sleep(0.5)
+        assert await loop.run_in_executor(None, open_sessions) == "bounceproxy_relay_open_sessions 0.0"
+        # the per-IP limit is not spent and the one upstream connection is free for the next message
+        out = await raw_session(daemon.relay_port, [
+            b"EHLO x\r\n", b"MAIL FROM:<app@example.com>\r\n", b"RCPT TO:<user@example.net>\r\n", b"DATA\r\n",
+            b"Subject: next\r\n\r\nhi\r\n.\r\n", b"QUIT\r\n"])
+        assert out.startswith(b"220 ") and b"421" not in out and b"451" not in out
+        assert b"\r\n250 " in out.split(b"\r\n354 ", 1)[1]  # the message went out
+        writer.close()
+    finally:
+        await loop.run_in_executor(None, daemon.stop)
