@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -413,6 +414,9 @@ async def serve(config: Config, worker: int = 0, children: list[int] | None = No
         raise
     if worker > 0:
         loop.create_task(_exit_with_parent(stop))
+    # What start-up made (modules, the config, tables) lives as long as the process: out of the cyclic
+    # collector's way, so that its collections walk only what sessions make (Python's gc.freeze advice).
+    gc.freeze()
     await stop.wait()
     log.info("shutting down%s: not accepting; idle sessions get 421 4.3.2, transfers have %gs to finish",
              f" worker {worker}" if worker else "", service.config.service.shutdown_grace)
