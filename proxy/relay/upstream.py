@@ -57,6 +57,9 @@ class Reply:
 
     def smtp(self) -> str:
         """The reply as aiosmtpd pushes it: multi-line replies keep their lines (ASCII only)."""
+        text = self.text
+        if text.isascii() and text.isprintable():  # one line, nothing to replace: the common case
+            return UpstreamText(f"{self.code} {text}".rstrip())
         lines = _REPLY_CONTROL.sub(" ", self.text.encode("ascii", "replace").decode("ascii")).split("\n") or [""]
         head = [f"{self.code}-{part}" for part in lines[:-1]]
         return UpstreamText("\r\n".join([*head, f"{self.code} {lines[-1]}".rstrip()]))
