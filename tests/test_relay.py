@@ -199,10 +199,11 @@ async def test_connection_lost_upstream_gives_451_and_nothing_reported_sent(serv
 
 
 async def test_stalled_upstream_times_out_with_451(tmp_path, upstream):
-    config = make_config(tmp_path, upstream.port, upstream={"command_timeout": 0.5})
+    config = make_config(tmp_path, upstream.port, upstream={"command_timeout": 0.5, "pool_size": 1})
     async with Service(config) as svc:
         smtp = await client(svc)
-        await smtp.ehlo()
+        await smtp.sendmail("app@example.com", ["fine@example.net"], UNSIGNED)  # the connection, used once
+        await asyncio.sleep(0.7)  # past the first exchanges' deadline: the connection's timer is off
         await smtp.mail("app@example.com")
         reply = await smtp.execute_command(b"RCPT", b"TO:<stall@example.net>")
         assert reply.code == 451 and "did not answer in time" in reply.message

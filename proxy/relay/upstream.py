@@ -199,7 +199,10 @@ class UpstreamConnection:
         self.pipelining = False  # the upstream offered PIPELINING and [upstream] pipelining allows it
         self.pending_rset = False  # the RSET that ends the last transaction, to go with the next MAIL
         self.prefetched: deque[tuple[str, Reply | UpstreamUnavailable]] = deque()  # RCPTs sent with MAIL
-        self._timer: asyncio.TimerHandle | None = None  # the command timeout of the exchange under way
+        # The command timeout: one timer per connection, re-armed only when it fires before the deadline
+        # of the exchange under way (not a timer made and cancelled per command).
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
         self.in_body = False  # DATA went and no refusal of it or end of data was read: never reused
         protocol = client.protocol
         if protocol is not None:  # count from here on: the handshake's replies are all consumed
@@ -266,7 +269,10 @@ class UpstreamConnection:
         waiter = audit.waiter = loop.create_future()
         audit.queue, audit.want = deque(), count
         timeout = self.client.timeout
-        self._timer = loop.call_later(timeout, _expire, waiter) if timeout else None
+        if timeout:
+            self._deadline = loop.time() + timeout
+            if self._timer is None:
+                self._timer = loop.call_at(self._deadline, self._time_out)
         try:
             self.client.protocol.write(data)
         except (aiosmtplib.SMTPException, OSError) as exc:
@@ -286,11 +292,20 @@ class UpstreamConnection:
             self._settle()
 
     def _settle(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         audit = self.audit
         audit.queue, audit.waiter, audit.want = None, None, 0
+
+    def _time_out(self) -> None:
+        """The connection's timer: the exchange under way, if any, failed to get its replies in time."""
+        self._timer = None
+        waiter = self.audit.waiter
+        if waiter is None or waiter.done():
+            return  # nothing waits: the timer stays off until the next exchange
+        loop = waiter.get_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._time_out)
+            return
+        _expire(waiter)
 
     async def flight(self, commands: list[bytes]) -> list[Reply | UpstreamUnavailable]:
         """Commands (each a whole line with its CRLF) in one write, their replies read in order.
