@@ -189,7 +189,7 @@ class GuardedSMTP(SMTP):
         self._smtp_init(handler, args, kwargs)
         self._limits = limits
         self._peer_ip: str | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self._session_end = float("inf")  # loop time when the whole session must end (max_session_seconds)
         self._greeted = False
         self._in_ehlo = ""  # "EHLO"/"HELO" while pushing that reply: RFC 2034 exempts it from enhanced codes
         self._offered: set[str] = set()  # EHLO keywords this session was offered
@@ -212,9 +212,11 @@ class GuardedSMTP(SMTP):
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """aiosmtpd re-arms the idle timer at every command (a cancelled handle and a new one); here the
-        deadline moves and the one timer, when it fires before it, waits again until it."""
+        deadline moves and the session's one timer, which also keeps the session's whole-length limit,
+        waits again when it fires before the nearer of the two."""
         loop = self.loop
-        deadline = self._idle_deadline = loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = loop.time() + (duration or self._timeout_duration)
+        deadline = min(self._idle_deadline, self._session_end)
         handle = self._timeout_handle
         if handle is None or handle.cancelled() or handle.when() > deadline:
             if handle is not None:
@@ -222,10 +224,13 @@ class GuardedSMTP(SMTP):
             self._timeout_handle = loop.call_at(deadline, self._idle_check)
 
     def _idle_check(self) -> None:
-        if self.loop.time() < self._idle_deadline:
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
-            return
-        self._timeout_cb()
+        now = self.loop.time()
+        if now >= self._session_end:
+            self._session_too_long()
+        elif now < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(min(self._idle_deadline, self._session_end), self._idle_check)
+        else:
+            self._timeout_cb()
 
     # -- replies ------------------------------------------------------------------------------
     def _proper(self, status: str) -> str:
@@ -373,8 +378,8 @@ class GuardedSMTP(SMTP):
         self._peer_ip = ip
         limits.open_total += 1
         limits.open_by_ip[ip] += 1
+        self._session_end = self.loop.time() + limits.max_session_seconds  # kept by the idle timer
         super().connection_made(transport)
-        self._deadline = asyncio.get_running_loop().call_later(limits.max_session_seconds, self._session_too_long)
 
     def _session_too_long(self) -> None:
         log.info("%s: session exceeded %.0fs, closing", self._peer_ip, self._limits.max_session_seconds)
@@ -390,9 +395,7 @@ class GuardedSMTP(SMTP):
         limits.open_by_ip[self._peer_ip] -= 1
         if limits.open_by_ip[self._peer_ip] <= 0:
             del limits.open_by_ip[self._peer_ip]
-        if self._deadline is not None:
-            self._deadline.cancel()
-        super().connection_lost(error)
+        super().connection_lost(error)  # cancels the session's timer
 
     def eof_received(self):
         """The client closed its side: aiosmtpd stops the session but keeps the transport open (half-open
