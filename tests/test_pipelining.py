@@ -29,6 +29,7 @@ class FlightUpstream:
         self.rcpt: dict[bytes, bytes] = {}  # recipient -> its reply (default OK)
         self.rset: list[bytes] = []  # the next RSETs' replies (default OK)
         self.flights: list[list[bytes]] = []  # the commands that arrived in one read, EHLO and QUIT left out
+        self.accepted = 0  # recipients accepted in the transaction under way (DATA without one: 554)
         self.bodies: list[bytes] = []
         self.connections = 0
         self.server: asyncio.AbstractServer | None = None
@@ -49,10 +50,16 @@ class FlightUpstream:
         if verb == b"EHLO":
             return self.ehlo
         if verb == b"RCPT":
-            return self.rcpt.get(line[8:].strip(b"<>"), OK)
+            reply = self.rcpt.get(line[8:].strip(b"<>"), OK)
+            self.accepted += reply[:1] == b"2"
+            return reply
+        if verb in (b"RSET", b"MAIL"):
+            self.accepted = 0
         if verb == b"RSET":
             return self.rset.pop(0) if self.rset else OK
         if verb == b"DATA":
+            if not self.accepted:
+                return b"554 5.5.1 Error: no valid recipients\r\n"  # RFC 2920 3.1
             return b"354 End data with <CR><LF>.<CR><LF>\r\n"
         if verb == b"QUIT":
             return b"221 2.0.0 Bye\r\n"
@@ -81,7 +88,7 @@ class FlightUpstream:
                     if command.split(b" ", 1)[0].upper() not in (b"EHLO", b"QUIT"):
                         flight.append(command)
                     out += self._reply(command)
-                    if command.upper() == b"DATA":
+                    if command.upper() == b"DATA" and self.accepted:
                         body = bytearray()
                 if flight:
                     self.flights.append(flight)
@@ -168,6 +175,54 @@ async def test_a_pipelining_clients_mail_and_rcpts_go_upstream_in_one_flight_eac
     (message,) = await svc.store.list_messages(MessageFilter(limit=10))
     assert [(r.address, r.status) for r in message.recipients] == [
         ("ok@example.net", "accepted"), ("gone@example.net", "rejected"), ("later@example.net", "deferred")]
+
+
+async def test_a_pipelined_data_goes_upstream_in_the_same_flight(svc, flight):
+    """MAIL, RCPT and DATA in one write from the client: one flight upstream (one round trip fewer), the
+    client still hearing each reply, the body arriving as sent."""
+    client = await Client.open(svc)
+    replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>", b"DATA")
+    assert [r[:3] for r in replies] == [b"250", b"250", b"354"]
+    client.writer.write(MESSAGE)
+    assert (await client.replies(1))[0].startswith(b"250 2.0.0 Ok: queued as F1")
+    await client.close()
+    assert flight.flights[0] == [b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>", b"DATA"]
+    [body] = flight.bodies
+    assert body.startswith(b"Message-ID: <") and body.endswith(b"\r\n" + MESSAGE[:-3])  # the relay's Message-ID first
+    (message,) = await svc.store.list_messages(MessageFilter(limit=10))
+    assert message.status == "sent"
+
+
+async def test_a_pipelined_data_whose_recipients_were_all_refused_sends_nothing(svc, flight):
+    flight.rcpt[b"gone@example.net"] = b"550 5.1.1 <gone@example.net>: user unknown\r\n"
+    client = await Client.open(svc)
+    replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<gone@example.net>", b"DATA")
+    assert [r[:3] for r in replies] == [b"250", b"550", b"503"]  # no recipient: the client's DATA is refused
+    # the same connection, upstream too, carries the next transaction (its RSET folded into the MAIL)
+    replies = await client.send(b"RSET", b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>")
+    assert [r[:3] for r in replies] == [b"250", b"250", b"250"]
+    assert (await client.message()).startswith(b"250 2.0.0 Ok: queued as F1")
+    await client.close()
+    assert flight.flights[0] == [b"MAIL FROM:<app@example.com>", b"RCPT TO:<gone@example.net>", b"DATA"]
+    assert verbs(flight.flights[1]) == [b"RSET", b"MAIL", b"RCPT"] and flight.connections == 1
+    assert len(flight.bodies) == 1 and flight.bodies[0].endswith(b"\r\n" + MESSAGE[:-3])
+
+
+async def test_a_client_gone_after_its_pipelined_data_leaves_nothing_upstream(svc, flight):
+    """The upstream had DATA and answered 354: the client never sends the body. That connection is
+    closed, never reused (the next message would otherwise become the body): nothing is delivered."""
+    client = await Client.open(svc)
+    replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>", b"DATA")
+    assert [r[:3] for r in replies] == [b"250", b"250", b"354"]
+    client.writer.transport.abort()
+    await asyncio.sleep(0.3)
+    other = await Client.open(svc)
+    assert [r[:3] for r in await other.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>")] == \
+        [b"250", b"250"]
+    assert (await other.message()).startswith(b"250 2.0.0 Ok: queued as F1")
+    await other.close()
+    assert len(flight.bodies) == 1 and flight.bodies[0].endswith(b"\r\n" + MESSAGE[:-3])
+    assert flight.connections == 2
 
 
 async def test_a_recipient_the_relay_refuses_itself_never_goes_upstream(svc, flight):
@@ -274,7 +329,7 @@ async def test_a_flight_out_of_step_with_the_clients_rcpts_never_sends_the_messa
     transaction is abandoned (451) before anything is sent on it."""
     import proxy.relay.server as server
 
-    monkeypatch.setattr(server, "pipelined_rcpts", lambda _server: ["other@example.net"])
+    monkeypatch.setattr(server, "pipelined_rcpts", lambda _server: (["other@example.net"], False))
     client = await Client.open(svc)
     replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>")
     assert [r[:3] for r in replies] == [b"250", b"451"]
@@ -287,7 +342,7 @@ async def test_a_flight_out_of_step_with_the_clients_rcpts_never_sends_the_messa
 async def test_data_after_fewer_rcpts_than_the_flight_sent_never_sends_the_message(svc, flight, monkeypatch):
     import proxy.relay.server as server
 
-    monkeypatch.setattr(server, "pipelined_rcpts", lambda _server: ["ok@example.net", "other@example.net"])
+    monkeypatch.setattr(server, "pipelined_rcpts", lambda _server: (["ok@example.net", "other@example.net"], False))
     client = await Client.open(svc)
     replies = await client.send(b"MAIL FROM:<app@example.com>", b"RCPT TO:<ok@example.net>")
     assert [r[:3] for r in replies] == [b"250", b"250"]
@@ -296,3 +351,20 @@ async def test_data_after_fewer_rcpts_than_the_flight_sent_never_sends_the_messa
     assert not flight.bodies and not any(b"DATA" in c for f in flight.flights for c in f)
     (message,) = await svc.store.list_messages(MessageFilter(limit=10))
     assert message.status == "failed"
+
+
+async def test_a_connection_whose_flight_opened_the_body_is_never_reused(svc, flight):
+    """After a flight whose DATA got 354 the upstream reads everything as the body until the end of data:
+    such a connection is not usable (released, it is closed), whatever happens to the session."""
+    flight.rcpt[b"gone@example.net"] = b"550 5.1.1 <gone@example.net>: user unknown\r\n"
+    conn = await svc.upstream.acquire()
+    reply = await conn.mail("app@example.com", [], ["ok@example.net"], data=True)
+    assert reply.code == 250 and conn.data_prefetched.code == 354
+    assert conn.in_step and not conn.usable
+    await svc.upstream.release(conn)
+    assert conn not in svc.upstream._idle
+    conn = await svc.upstream.acquire()  # a new one: all refused, DATA refused, the transaction stays usable
+    await conn.mail("app@example.com", [], ["gone@example.net"], data=True)
+    assert conn.data_prefetched.code == 554 and conn.usable
+    await svc.upstream.release(conn)
+    assert conn in svc.upstream._idle and flight.connections == 2

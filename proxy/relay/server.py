@@ -112,14 +112,15 @@ STREAM_AFTER = 64 * 1024
 MAX_PIPELINED_RCPTS = 100  # RCPTs taken from the client's buffer into one flight with MAIL
 
 
-def pipelined_rcpts(server) -> list[str]:
+def pipelined_rcpts(server) -> tuple[list[str], bool]:
     """The recipients of the RCPT lines the client already sent after its MAIL (aiosmtpd's reader holds
     them), up to the first line that is not a plain `RCPT TO:<local@domain>`: only lines aiosmtpd is sure
-    to hand to handle_RCPT with that very address (no parameters, no control or non-ASCII bytes)."""
+    to hand to handle_RCPT with that very address (no parameters, no control or non-ASCII bytes); and
+    whether the line right after them is DATA (RFC 2920: the last command of a pipelined group)."""
     buf = getattr(getattr(server, "_reader", None), "_buffer", None)
     found: list[str] = []
     if not buf:
-        return found
+        return found, False
     start = 0
     while len(found) < MAX_PIPELINED_RCPTS:
         end = buf.find(b"\n", start)
@@ -131,9 +132,9 @@ def pipelined_rcpts(server) -> list[str]:
             break
         m = _PLAIN_PATH.fullmatch(line.decode("ascii"))
         if m is None or m.group(2):
-            break
+            return found, False
         found.append(m.group(1))
-    return found
+    return found, bytes(buf[start:start + 6]).upper() == b"DATA\r\n"
 
 
 def new_id() -> str:
@@ -252,16 +253,19 @@ class RelayHandler:
             envelope_sender = message.verp_token = self.verp.address(message.id)
         passed = self._mail_options(conn, options)
         recipients: list[str] = []
+        data = False  # the client's DATA follows its RCPTs: it goes in the flight too
         if getattr(conn, "pipelining", False) is True:
             utf8 = any(o.upper() == "SMTPUTF8" for o in passed)
-            for rcpt in pipelined_rcpts(server):
+            planned, data = pipelined_rcpts(server)
+            for rcpt in planned:
                 check = await self._relay_check(address, rcpt)
                 tx.planned.append((rcpt, check))
                 if not self._check_refuses(check) and conn.can_pipeline(rcpt, utf8):
                     recipients.append(rcpt)
+            data = data and len(recipients) == len(planned)  # every RCPT of the group goes upstream with it
         try:
             try:
-                reply = await (conn.mail(envelope_sender, passed, recipients) if recipients
+                reply = await (conn.mail(envelope_sender, passed, recipients, data) if recipients
                                else conn.mail(envelope_sender, passed))
             except UpstreamStale:  # a reused connection refused the folded RSET: closed; a fresh one
                 await self.upstream.release(conn)
@@ -270,7 +274,7 @@ class RelayHandler:
                     conn = tx.conn = await self.upstream.acquire(fresh=True)
                 except UpstreamAuthFailed as exc:
                     raise UpstreamUnavailable(f"the upstream refused the relay's credentials ({exc.reply.line()})") from None
-                reply = await conn.mail(envelope_sender, self._mail_options(conn, options), recipients)
+                reply = await conn.mail(envelope_sender, self._mail_options(conn, options), recipients, data)
         except UpstreamUnavailable as exc:
             await self._drop(session)
             return REPLY_UPSTREAM_DOWN.format(why=exc)

@@ -204,6 +204,7 @@ class UpstreamConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self.in_body = False  # DATA went and no refusal of it or end of data was read: never reused
+        self.data_prefetched: Reply | UpstreamUnavailable | None = None  # DATA's reply, from the MAIL flight
         protocol = client.protocol
         if protocol is not None:  # count from here on: the handshake's replies are all consumed
             original = protocol.data_received
@@ -349,11 +350,12 @@ class UpstreamConnection:
         not what it refuses itself."""
         return self.pipelining and (recipient.isascii() or utf8) and not _COMMAND_CONTROL.search(recipient)
 
-    async def mail(self, sender: str, options: list[str], recipients: list[str] = ()) -> Reply:
+    async def mail(self, sender: str, options: list[str], recipients: list[str] = (), data: bool = False) -> Reply:
         """MAIL; with a pending RSET (folded) and `recipients` (the client's pipelined RCPTs, each
-        allowed by can_pipeline) in the same write where the upstream pipelines. The RCPTs' replies wait
-        in `prefetched` for rcpt(). A refused RSET raises UpstreamStale: the transaction goes on a fresh
-        connection."""
+        allowed by can_pipeline) in the same write where the upstream pipelines, and DATA after them
+        when the client pipelined its DATA too (`data`, RFC 2920: the last command of a group). The
+        RCPTs' replies wait in `prefetched` for rcpt(), DATA's in `data_prefetched` for data_reply().
+        A refused RSET raises UpstreamStale: the transaction goes on a fresh connection."""
         self.utf8 = any(o.upper() == "SMTPUTF8" for o in options)
         if (self.utf8 or not sender.isascii()) and not self.supports("smtputf8"):
             # Offered to the client from what an earlier connection said: a mismatch of ours, temporary.
@@ -361,18 +363,26 @@ class UpstreamConnection:
             return Reply(451, "4.5.4 The upstream does not offer SMTPUTF8 on this connection; "
                               "message not sent, please retry later")
         self.prefetched.clear()
+        self.data_prefetched = None
         args = [b"MAIL", f"FROM:<{sender}>".encode("utf-8"), *(o.encode() for o in options)]
         recipients = [r for r in recipients if self.can_pipeline(r, self.utf8)]  # as the caller chose them
         if not (self.pending_rset or recipients) or any(_COMMAND_CONTROL_BYTES.search(a) for a in args):
             self.in_transaction = True
             return await self.command(*args)
         commands = [b" ".join(args) + b"\r\n", *(f"RCPT TO:<{r}>\r\n".encode("utf-8") for r in recipients)]
+        data = data and bool(recipients)
+        if data:
+            commands.append(b"DATA\r\n")
+            self.in_body = True  # until its reply says otherwise: a 354 leaves the upstream in the body
         rset = self.pending_rset
         if rset:
             commands.insert(0, b"RSET\r\n")
             self.pending_rset = False
         self.in_transaction = True
         replies = await self.flight(commands)
+        if data:
+            self.data_prefetched = replies.pop()
+            self.in_body = isinstance(self.data_prefetched, Reply) and self.data_prefetched.code == 354
         if rset:
             first = replies.pop(0)
             if not isinstance(first, Reply) or first.code != 250:
@@ -410,19 +420,27 @@ class UpstreamConnection:
         return await self.data_reply()
 
     def send_data(self) -> None:
-        """Write DATA without waiting: its reply comes while the client is still sending the body.
+        """Write DATA without waiting: its reply comes while the client is still sending the body (or
+        nothing, when DATA went in the MAIL flight).
 
         Audited steps rather than aiosmtplib's execute_data_command, which reports a refusal of
         DATA and one of the end of data alike, and takes a 250 to DATA for a refusal of the body."""
         if self.prefetched:  # RCPTs sent upstream that the client never had answered: never send on them
             raise self._out_of_step("pipelined RCPTs were sent that the client's commands never reached")
+        if self.data_prefetched is not None:
+            return
         self._send(b"DATA\r\n", 1)
         self.in_body = True
 
     async def data_reply(self) -> Reply:
         """The reply to send_data's DATA: 354, or a refusal before any byte of the body (the transaction
         stays open: RSET)."""
-        reply = self._answers(await self._replies(), 1)[0]
+        if self.data_prefetched is not None:
+            reply, self.data_prefetched = self.data_prefetched, None
+            if isinstance(reply, UpstreamUnavailable):
+                raise reply
+        else:
+            reply = self._answers(await self._replies(), 1)[0]
         if reply.code != 354:
             self.in_body = False
         if reply.code != 354 and reply.code < 400:
@@ -469,6 +487,7 @@ class UpstreamConnection:
         """End a transaction left open. Where the upstream pipelines, the RSET waits for the next MAIL
         and goes in the same write (a round trip saved); else it goes now."""
         self.prefetched.clear()
+        self.data_prefetched = None
         if self.in_transaction and self.usable:
             if self.pipelining:
                 self.pending_rset = True
