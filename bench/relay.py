@@ -689,13 +689,14 @@ def rtt_profile(workdir: Path, sink: Sink, args, with_postfix: bool) -> None:
     widths = [max(len(x) for x in col) for col in zip(head, *lines)]
     for line in [head, *lines]:
         print(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
-    print("  bounceproxy: the client waits for every upstream round trip (MAIL, RCPT, DATA, end of data), and at "
-          "most pool_size messages are in flight at once; Postfix answers from its queue (the client's wait) "
-          "and delivers afterwards (msg/s counts until every message was delivered).")
+    print("  bounceproxy: the client waits for the upstream's round trips (MAIL, RCPT, DATA, end of data; DATA goes "
+          "when the client sends it, so its round trip overlaps the client's body), and at most pool_size messages "
+          "are in flight at once; Postfix answers from its queue (the client's wait) and delivers afterwards (msg/s "
+          "counts until every message was delivered).")
     print("  smtp-source opens a connection per message and never pipelines; the `pipelining=` rows use one "
           "connection per session (bench/relay.py's own client), one command at a time or MAIL+RCPT+DATA in one "
-          "write: with [upstream] pipelining the relay sends that MAIL and RCPT upstream in one write "
-          "(one round trip fewer per message).")
+          "write: with [upstream] pipelining the relay sends that MAIL, RCPT and DATA upstream in one write "
+          "(two round trips per message, the flight and the end of data, instead of four).")
 
 
 def _ms(value: float | None) -> str:
