@@ -267,7 +267,7 @@ class UpstreamConnection:
         self._ready()
         audit = self.audit
         loop = asyncio.get_running_loop()
-        waiter = audit.waiter = loop.create_future()
+        audit.waiter = loop.create_future()
         audit.queue, audit.want = deque(), count
         timeout = self.client.timeout
         if timeout:
