@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from proxy.cli_options import config_option
 from proxy.errors import ConfigError
 from proxy.model import Correlation
 from proxy.queries import EVENT_COLUMNS, EXPLAIN_COLUMNS, INBOUND_COLUMNS, MESSAGE_COLUMNS, SUPPRESSION_COLUMNS
@@ -123,12 +124,6 @@ def output_options(fn):
     fn = click.option("--json", "fmt", flag_value="json", help="One JSON object per line.")(fn)
     fn = click.option("--table", "fmt", flag_value="table", default=True, hidden=True)(fn)
     return fn
-
-
-config_option = click.option(
-    "-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Config file (default: ./config.toml when present, else built-in defaults).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

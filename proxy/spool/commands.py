@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import click
 
-from proxy.webhooks.commands import config_option
+from proxy.cli_options import config_option
 
 COLUMNS = ["relay_id", "state", "age", "attempts", "next_at", "sender", "pending", "last_error"]
 

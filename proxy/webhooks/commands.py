@@ -10,12 +10,9 @@ from datetime import UTC, datetime
 
 import click
 
-STATES = ["pending", "delivered", "dead"]
+from proxy.cli_options import config_option
 
-config_option = click.option(
-    "-c", "--config", "config_path", type=click.Path(dir_okay=False), default=None,
-    help="Config file (default: ./config.toml when present, else built-in defaults).",
-)
+STATES = ["pending", "delivered", "dead"]
 
 
 @click.group("webhooks", invoke_without_command=True)
