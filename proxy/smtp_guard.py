@@ -82,18 +82,9 @@ class Limits:
     refused: int = 0
 
 
-_SMTP_NAMES: dict[type, list[str]] = {}
 # `<local@domain> params` in its plain, everyday form; anything else takes aiosmtpd's full parser.
 _PLAIN_PATH = re.compile(r"<((?![.])(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|\.(?![.@])){1,64}@[A-Za-z0-9][A-Za-z0-9.-]{0,252})>[ \t]*(.*)",
                          re.DOTALL)
-
-
-def handler_dir(obj) -> list[str]:
-    """The hook names aiosmtpd collects from a handler at every connection, computed once a class."""
-    names = _SMTP_NAMES.get(type(obj))
-    if names is None:
-        names = _SMTP_NAMES[type(obj)] = [n for n in object.__dir__(obj) if n.startswith(("handle_", "auth_"))]
-    return names
 
 
 # What aiosmtpd's SMTP.__init__ sets that belongs to one session; everything else it sets is the same for
@@ -169,15 +160,6 @@ class _Commands(Mapping):
 
 class GuardedSMTP(SMTP):
     """aiosmtpd's SMTP behind connection limits and a total-session deadline."""
-
-    def __dir__(self):
-        """Only the smtp_*/auth_* names aiosmtpd looks for when it builds each session's command
-        table (with inspect.getmembers and dir): computed once per class, not once per connection,
-        which was a fifth of the relay's time per message."""
-        names = _SMTP_NAMES.get(type(self))
-        if names is None:
-            names = _SMTP_NAMES[type(self)] = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
-        return names
 
     max_line_length = 998  # RFC 5321 4.5.3.1.6: 1000 with CRLF (aiosmtpd's 1001 also lets a stuffed dot in)
     # What this listener says when a message is too big or holds a line too long (end of data).

@@ -520,3 +520,22 @@ async def test_null_sender_passes_as_null_and_gets_no_return_path(tmp_path, upst
         await smtp.quit()
     assert upstream.handler.mail_from[0] == "<>"  # as aiosmtpd spells the null sender
     assert upstream.handler.mail_from[1].startswith("bounce+")
+
+
+def test_a_reply_longer_than_the_kept_lines_is_said_in_the_log(caplog):
+    """The text of an upstream reply keeps its first _MAX_REPLY_LINES lines; the rest is counted and logged,
+    never dropped silently, and the reply still counts as one."""
+    import collections
+    import logging
+
+    from proxy.relay.upstream import _MAX_REPLY_LINES, ReplyAudit
+
+    audit = ReplyAudit()
+    audit.queue, audit.want = collections.deque(), 1
+    lines = [b"250-line %d\r\n" % i for i in range(_MAX_REPLY_LINES + 19)] + [b"250 last\r\n"]
+    with caplog.at_level(logging.WARNING, logger="proxy.relay.upstream"):
+        audit.feed(b"".join(lines))
+    [(code, mixed, text)] = audit.queue
+    assert (code, mixed, audit.replies) == (250, False, 1)
+    assert text.split("\n") == [f"line {i}" for i in range(_MAX_REPLY_LINES)]
+    assert f"of {_MAX_REPLY_LINES + 20} lines: its text keeps the first {_MAX_REPLY_LINES}" in caplog.text

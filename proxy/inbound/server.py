@@ -12,7 +12,7 @@ import logging
 from aiosmtpd.smtp import Envelope, Session
 
 from proxy.relay.verp import VerpSigner
-from proxy.smtp_guard import GuardedSMTP, handler_dir
+from proxy.smtp_guard import GuardedSMTP
 from proxy.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -23,9 +23,6 @@ REPLY_STORE_DOWN = "451 4.3.0 Cannot store the message right now; please retry l
 
 
 class InboundHandler:
-    def __dir__(self):
-        return handler_dir(self)  # aiosmtpd lists a handler's hooks at every connection
-
     def __init__(self, config, store, signer: VerpSigner | None, on_stored):
         cfg = config.inbound
         self.store = store

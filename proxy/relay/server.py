@@ -28,7 +28,7 @@ from proxy.relay.failures import send_failure
 from proxy.relay.health import UpstreamHealth, failure_reason
 from proxy.relay.headers import MAX_HEADER_SCAN, new_message_id, prepend_headers, read_headers
 from proxy.relay.upstream import Reply, UpstreamAuthFailed, UpstreamStale, UpstreamUnavailable, upstream_id_from
-from proxy.smtp_guard import _PLAIN_PATH, AuthThrottle, GuardedSMTP, MessageData, handler_dir, syntax
+from proxy.smtp_guard import _PLAIN_PATH, AuthThrottle, GuardedSMTP, MessageData, syntax
 from proxy.store import StoreError
 from proxy.suppression import content_digest, refusal
 
@@ -159,9 +159,6 @@ class Transaction:
 
 class RelayHandler:
     """aiosmtpd handler hooks; one instance serves every session of a listener."""
-
-    def __dir__(self):
-        return handler_dir(self)  # aiosmtpd lists a handler's hooks at every connection
 
     def __init__(self, config, store, upstream, verp=None, suppressor=None, preflight=None, health=None):
         self.config = config

@@ -3,11 +3,12 @@
 A connection carries many transactions (RSET between when one was left open), is checked with
 NOOP after it idled, and is replaced when broken, idle too long, out of step, or after N messages.
 
-In step: aiosmtplib pairs replies with commands by arrival. A reply the upstream sends beyond the
-one asked for would be taken as the next command's answer (a stale 250 read as the answer to DATA),
-and a multi-line reply whose lines disagree (`554-…` then `250 …`) takes its last line's code. So
-each connection counts the upstream's replies from the raw bytes (ReplyAudit); a reply out of
-protocol closes the connection and the client is told the message was not sent.
+In step: replies pair with commands by arrival. A reply the upstream sends beyond the one asked for
+would be taken as the next command's answer (a stale 250 read as the answer to DATA), and a multi-line
+reply whose lines disagree (`554-…` then `250 …`) must not pass for its last line's code. So each
+connection reads and counts the upstream's replies from the raw bytes itself (ReplyAudit; aiosmtplib
+only connects, says EHLO, authenticates and quits); a reply out of protocol closes the connection and
+the client is told the message was not sent.
 """
 from __future__ import annotations
 
@@ -112,26 +113,26 @@ def upstream_id_from(reply: Reply) -> str | None:
 
 
 class ReplyAudit:
-    """The upstream's replies counted from the bytes it sends, beside aiosmtplib's own reading.
+    """The upstream's replies, read and counted from the bytes it sends.
 
-    Fed from the protocol's data_received before aiosmtplib sees the bytes, so that when a command's
-    reply is handed over the audit has seen it too: `replies` is the number of complete replies so
-    far, `partial` bytes of one not yet complete, `recent` the last ones as (first line's code,
-    whether a later line carried another code, the text of the lines carrying the first code)."""
+    Fed from the protocol's data_received: `replies` is the number of complete replies so far,
+    `partial` bytes of one not yet complete. While an exchange waits (UpstreamConnection._send), each
+    complete reply goes to `queue` as (first line's code, whether a later line carried another code,
+    the text of the lines carrying the first code)."""
 
-    __slots__ = ("partial", "replies", "malformed", "recent", "_first", "_mixed", "_lines", "queue", "want",
+    __slots__ = ("partial", "replies", "malformed", "_first", "_mixed", "_lines", "_dropped", "queue", "want",
                  "waiter")
 
     def __init__(self):
         self.partial = bytearray()
         self.replies = 0
         self.malformed = False
-        self.recent: deque[tuple[int, bool, str]] = deque(maxlen=2)
         self._first: bytes | None = None
         self._mixed = False
         self._lines: list[bytes] = []
-        # While a pipelined flight waits (UpstreamConnection.flight): every complete reply, in order, and
-        # the future woken once `want` of them are in (or a reply is malformed, or the connection is lost).
+        self._dropped = 0  # lines of the reply under way beyond _MAX_REPLY_LINES
+        # While an exchange waits: every complete reply, in order, and the future woken once `want` of
+        # them are in (or a reply is malformed, or the connection is lost).
         self.queue: deque[tuple[int, bool, str]] | None = None
         self.want = 0
         self.waiter: asyncio.Future | None = None
@@ -152,17 +153,22 @@ class ReplyAudit:
             if not (code.isdigit() and b"2" <= code[:1] <= b"5") or line[3:4] not in (b" ", b"-", b"\r", b"\n"):
                 self.malformed = True
             if self._first is None:
-                self._first, self._mixed, self._lines = code, False, []
+                self._first, self._mixed, self._lines, self._dropped = code, False, [], 0
             elif code != self._first:
                 self._mixed = True
-            if code == self._first and len(self._lines) < _MAX_REPLY_LINES:
-                self._lines.append(line[4:].strip(b" \t\r\n"))
+            if code == self._first:
+                if len(self._lines) < _MAX_REPLY_LINES:
+                    self._lines.append(line[4:].strip(b" \t\r\n"))
+                else:
+                    self._dropped += 1
             if line[3:4] != b"-":
                 self.replies += 1
-                text = b"\n".join(self._lines).decode("utf-8", "replace")
-                self.recent.append((int(self._first) if self._first.isdigit() else 0, self._mixed, text))
+                if self._dropped:
+                    log.warning("upstream reply %s of %d lines: its text keeps the first %d", self._first.decode(
+                        "ascii", "replace"), _MAX_REPLY_LINES + self._dropped, _MAX_REPLY_LINES)
                 if self.queue is not None:
-                    self.queue.append(self.recent[-1])
+                    text = b"\n".join(self._lines).decode("utf-8", "replace")
+                    self.queue.append((int(self._first) if self._first.isdigit() else 0, self._mixed, text))
                 self._first = None
         del buf[:start]
         if len(buf) > _MAX_REPLY_LINE:  # bytes without a line end: no SMTP reply, and bounded memory
