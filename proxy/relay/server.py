@@ -522,15 +522,16 @@ class RelayHandler:
         return refused
 
     async def _record_in_flight(self, session: Session, tx: Transaction) -> bool:
-        """In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
-        the end of data goes upstream: a crash between the upstream's 250 and the final commit then
-        leaves a row the next start marks possibly_sent, instead of a delivery missing from the log."""
+        """In flight (pending, with recipients, Message-ID and VERP token), on disk before the end of data
+        goes upstream: a crash between the upstream's 250 and the final commit then leaves a message the
+        next start marks possibly_sent, instead of a delivery missing from the log. A row of the log
+        (PostgreSQL), or a line of SQLite's in-flight journal, whose outcome's commit writes every row."""
         try:
-            await self.store.record_message(tx.message)
+            in_log = await self.store.record_in_flight(tx.message)
         except StoreError:
             await self.finish(session)  # nothing went upstream: the client retries
             return False
-        tx.in_flight = _recipient_rows(tx.message)
+        tx.in_flight = _recipient_rows(tx.message) if in_log else None
         return True
 
     async def _lost_before_end_of_data(self, session: Session, tx: Transaction, exc: UpstreamUnavailable) -> str:
