@@ -522,16 +522,15 @@ class RelayHandler:
         return refused
 
     async def _record_in_flight(self, session: Session, tx: Transaction) -> bool:
-        """In flight (pending, with recipients, Message-ID and VERP token), on disk before the end of data
-        goes upstream: a crash between the upstream's 250 and the final commit then leaves a message the
-        next start marks possibly_sent, instead of a delivery missing from the log. A row of the log
-        (PostgreSQL), or a line of SQLite's in-flight journal, whose outcome's commit writes every row."""
+        """In flight (pending, with recipients, Message-ID and VERP token), in the next group commit, before
+        the end of data goes upstream: a crash between the upstream's 250 and the final commit then
+        leaves a row the next start marks possibly_sent, instead of a delivery missing from the log."""
         try:
-            in_log = await self.store.record_in_flight(tx.message)
+            await self.store.record_message(tx.message)
         except StoreError:
             await self.finish(session)  # nothing went upstream: the client retries
             return False
-        tx.in_flight = _recipient_rows(tx.message) if in_log else None
+        tx.in_flight = _recipient_rows(tx.message)
         return True
 
     async def _lost_before_end_of_data(self, session: Session, tx: Transaction, exc: UpstreamUnavailable) -> str:

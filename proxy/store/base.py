@@ -65,13 +65,6 @@ class SqlStore:
                           time.time(), durable=durable)
         self._queued()
 
-    async def record_in_flight(self, message: MessageRecord) -> bool:
-        """The relay's record of a message whose end of data is about to go upstream, on disk when this
-        returns. True: it is the log's row (pending until the outcome's record_message); False: it is
-        kept outside the log (SQLite's in-flight journal), and the outcome's record writes every row."""
-        await self.record_message(message)
-        return True
-
     async def mark_possibly_sent(self, before: float) -> int:
         return await self._write(units.mark_possibly_sent, before)
 

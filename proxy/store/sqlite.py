@@ -4,10 +4,6 @@ Writers queue units of work and await the commit that contains them; the writer 
 unit queued so far in one transaction (a failing unit is rolled back alone and fails only its
 caller), so concurrent sessions share one fsync, and hands the outcomes back to the event loop in
 one call. Reads go through aiosqlite on a second connection and never see a batch half-written.
-
-The relay's in-flight records go to a journal of this process's (proxy.store.journal) instead: a line
-appended, and synced by the syncer thread's next fdatasync (shared by every line before it), or here
-and now while the loop has nothing else to do.
 """
 from __future__ import annotations
 
@@ -17,18 +13,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosqlite
 
-from proxy.model import MessageRecord, MessageStatus
 from proxy.store import units
 from proxy.store.base import SqlStore
 from proxy.store.dialect import SQLITE
 from proxy.store.errors import StoreError
-from proxy.store.journal import InFlightJournal, orphans
 from proxy.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -64,13 +57,6 @@ class SqliteStore(SqlStore):
         self._durable = True  # the writer connection's synchronous setting is FULL
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._journal: InFlightJournal | None = None  # made at the relay's first in-flight record
-        # The syncer thread: asked through an eventfd for an fdatasync of the journal, it answers with the
-        # number of lines that covers; who waits for a line up to it hears so.
-        self._sync_waiters: deque[tuple[int, asyncio.Future]] = deque()
-        self._sync_asked = False  # the syncer has a request it has not answered yet
-        self._sync_fd: int | None = None
-        self._syncer: threading.Thread | None = None
         # Set by the service: True while one session at most is open, when waiting for the disk in the
         # event loop's thread delays nobody and saves the two thread wake-ups of a queued commit.
         self.quiet: Callable[[], bool] | None = None
@@ -116,27 +102,10 @@ class SqliteStore(SqlStore):
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
-        if self._sync_fd is not None:
-            os.eventfd_write(self._sync_fd, 1)  # the syncer answers what was asked, and stops
-        for name in ("_writer", "_syncer"):
-            thread = getattr(self, name)
-            if thread is not None:
-                setattr(self, name, None)
-                await asyncio.get_running_loop().run_in_executor(None, thread.join)
-        await asyncio.sleep(0)  # the last outcomes, handed over by call_soon_threadsafe
-        while self._sync_waiters:  # asked after the syncer's last sync
-            fut = self._sync_waiters.popleft()[1]
-            if not fut.done():
-                fut.set_exception(StoreError(f"{self.path}: the store closed before the journal was synced"))
-        if self._sync_fd is not None:
-            os.close(self._sync_fd)
-            self._sync_fd = None
-        if self._journal is not None:
-            journal, self._journal = self._journal, None
-            try:
-                journal.close()
-            except OSError as exc:
-                log.error("in-flight journal %s: %s", journal.path, exc)
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.get_running_loop().run_in_executor(None, writer.join)
+            await asyncio.sleep(0)  # the last batch's outcomes, handed over by call_soon_threadsafe
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -208,126 +177,6 @@ class SqliteStore(SqlStore):
             self._queue.append(_Queued(unit, args, fut, durable))
         self._wakeup.set()
         return await fut
-
-    # -- the relay's in-flight journal ---------------------------------------------------------
-    async def record_in_flight(self, message: MessageRecord) -> bool:
-        """A line of this process's journal, on disk when this returns; the log has no row of the message
-        until record_message writes its outcome (False: see Store.record_in_flight)."""
-        if self._writer is None or self._closing:
-            raise StoreError("store is not open for writing")
-        try:
-            journal = self._journal
-            if journal is None:
-                journal = self._journal = InFlightJournal(self.path)
-                self._start_syncer()
-            line = journal.append(units.message_row(message),
-                                  [(r.address, str(r.status)) for r in message.recipients])
-            if journal.size >= journal.rotate_bytes and not self._sync_asked:
-                journal.rotate(self._sync_log)  # syncs every line still open, this one included
-            elif self.quiet is not None and self.quiet():
-                journal.sync()  # nobody else waits for the loop: sooner here than through the thread
-                journal.synced = journal.appended
-        except OSError as exc:
-            self._refused(exc, log)
-            raise StoreError(f"{self.path}: in-flight journal: {exc}") from None
-        if journal.synced < line:
-            await self._journal_synced(line)
-        return False
-
-    async def record_message(self, message: MessageRecord, events=(), raw: bytes | None = None,
-                             recipients: bool = True, durable: bool = True) -> None:
-        await super().record_message(message, events, raw, recipients, durable)
-        if self._journal is not None and message.status != MessageStatus.PENDING:
-            self._journal.settled(message.id)
-
-    async def mark_possibly_sent(self, before: float) -> int:
-        """Every row left in flight, and every message the journal of a stopped process holds whose
-        outcome the log lacks, become possibly_sent; those journals go once that is committed."""
-        found = orphans(self.path)
-        try:
-            entries = [e for o in found for e in o.entries]
-            count = await self._write(units.recover_in_flight, entries, before)
-            for orphan in found:
-                orphan.forget()
-        except OSError as exc:
-            raise StoreError(f"{self.path}: in-flight journal: {exc}") from None
-        finally:
-            for orphan in found:
-                orphan.release()
-        return count
-
-    def _start_syncer(self) -> None:
-        self._sync_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self._syncer = threading.Thread(target=self._sync_thread, name="store-syncer", daemon=True)
-        self._syncer.start()
-
-    def _journal_synced(self, line: int) -> asyncio.Future:
-        """Done once the journal's line `line` is on disk (a StoreError if it cannot be)."""
-        fut = self._loop.create_future()
-        self._sync_waiters.append((line, fut))
-        if not self._sync_asked:
-            self._sync_asked = True
-            os.eventfd_write(self._sync_fd, 1)
-        return fut
-
-    def _sync_thread(self) -> None:
-        """fdatasync the journal each time the loop asks, and say up to which line (an eventfd one way,
-        call_soon_threadsafe back: a few lines of Python per sync, never the store's own)."""
-        ask, reply, fd = os.eventfd_read, self._loop.call_soon_threadsafe, self._sync_fd
-        while True:
-            ask(fd)
-            journal = self._journal
-            if journal is None:
-                return
-            target = journal.appended  # os.write returned for each of these lines
-            error = None
-            try:
-                journal.sync()
-            except OSError as exc:
-                error = exc
-            try:
-                reply(self._synced, target, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
-            if self._closing:
-                return
-
-    def _synced(self, target: int, error: OSError | None) -> None:
-        """In the event loop: who waited for lines up to `target` hears they are on disk, or why not;
-        who asked since gets the next sync."""
-        self._sync_asked = False
-        journal = self._journal
-        failure = None
-        if error is not None:
-            self._refused(error, log)
-            failure = StoreError(f"{self.path}: could not sync the in-flight journal: {error}")
-        elif journal is not None:
-            journal.synced = max(journal.synced, target)
-        waiters = self._sync_waiters
-        while waiters and waiters[0][0] <= target:
-            fut = waiters.popleft()[1]
-            if not fut.done():
-                if failure is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(failure)
-        if waiters and not self._closing:
-            self._sync_asked = True
-            os.eventfd_write(self._sync_fd, 1)
-
-    def _sync_log(self) -> None:
-        """fdatasync the WAL: every commit made so far (the outcomes a rotated journal stops covering) is
-        on disk. Without a WAL, everything was checkpointed into the database file, synced instead."""
-        for path in (self.path + "-wal", self.path):
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            return
 
     def suppression_keys(self, chunk: int = 20_000):
         return self._keys(chunk)

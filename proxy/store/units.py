@@ -215,26 +215,6 @@ def mark_possibly_sent(d: Dialect, before: float) -> Unit:
         (POSSIBLY_SENT_NOTE, before)))
 
 
-def recover_in_flight(d: Dialect, entries: list, before: float) -> Unit:
-    """Messages the journals of stopped processes held (proxy.store.journal): each one the log has no row
-    of gets back its in-flight row, and every row left in flight becomes possibly_sent. A message whose
-    outcome was committed keeps it."""
-    columns = ", ".join(MESSAGE_COLUMNS)
-    status_at = MESSAGE_COLUMNS.index("status")
-    for entry in entries:
-        if len(entry.row) != len(MESSAGE_COLUMNS):
-            continue  # not a line this version wrote
-        row = list(entry.row)
-        row[status_at] = MessageStatus.PENDING.value
-        yield execute(f"INSERT INTO messages ({columns}) VALUES ({', '.join('?' * len(row))}) "
-                      "ON CONFLICT (id) DO NOTHING", tuple(row))
-        if entry.recipients:
-            yield execute_many("INSERT INTO recipients (relay_id, address, status, reply, position) "
-                               "VALUES (?, ?, ?, '', ?) ON CONFLICT (relay_id, address) DO NOTHING",
-                               [(row[0], a, s, i) for i, (a, s) in enumerate(entry.recipients)])
-    return (yield from mark_possibly_sent(d, before))
-
-
 def outbox_raw(d: Dialect, relay_id: str) -> Unit:
     row = _one((yield fetch("SELECT raw FROM outbox WHERE relay_id = ?", (relay_id,))))
     return bytes(row["raw"]) if row else None
