@@ -18,6 +18,9 @@ bounceproxy and any worker processes) is printed at the end.
     bench/relay.py --quick            # about 20 seconds
     bench/relay.py                    # 2000 × 2 KB and 300 × 100 KB per cell, 1/10/50 sessions; about a minute
     bench/relay.py --repeat 3         # the median of 3 interleaved runs per cell (a shared machine is noisy)
+    bench/relay.py --repeat 5 --no-postfix --baseline "env PYTHONPATH=/tmp/old .venv/bin/python -m proxy"
+                                      # a change against the build checked out in /tmp/old (git worktree add):
+                                      # both in the same interleaved runs, with their CPU time per message
     bench/relay.py --sizes 2048 --sessions 10 --count 5000 --profile /tmp/bp.svg   # py-spy flame graph
     bench/relay.py ... --profile /tmp/bp.txt --profile-gil    # only samples holding the GIL, as collapsed stacks
     bench/relay.py --rtt 20           # also: the upstream 20 ms away each way (a delaying proxy before the sink)
@@ -35,7 +38,9 @@ import argparse
 import asyncio
 import os
 import shutil
+import shlex
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -63,6 +68,7 @@ class Result:
     error: str | None = None
     client_seconds: float | None = None  # until smtp-source had its last 250, when that is not `seconds`
     wait_ms: float | None = None  # the mean wait per message, where the client measured it (pipelining client)
+    cpu_us: float | None = None  # CPU time (user + system, every process of it) per message, for bounceproxy
 
     def latency_ms(self, count: int, sessions: int) -> float | None:
         """Mean time a message keeps the client waiting: each session sends one message at a time."""
@@ -289,7 +295,7 @@ class Bounceproxy:
         self.log_path = workdir / "bounceproxy.log"
         self.log = open(self.log_path, "w")
         # its own working directory, so that no config.toml of the caller's is read
-        self.proc = subprocess.Popen([command, "serve"], env=env, cwd=workdir, stdout=self.log,
+        self.proc = subprocess.Popen([*shlex.split(command), "serve"], env=env, cwd=workdir, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_port(self.port, proc=self.proc)
@@ -303,6 +309,25 @@ class Bounceproxy:
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"bounceproxy exited ({self.proc.returncode}):\n{self.log_path.read_text()[-2000:]}")
+
+    def cpu_seconds(self) -> float:
+        """User and system time of its processes so far (steadier than a rate on a shared machine)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def run(self, count: int, size: int, sessions: int, timeout: float) -> Result:
+        """smtp-source through it, with the CPU time it spent per message."""
+        before = self.cpu_seconds()
+        result = smtp_source(self.port, count, size, sessions, timeout)
+        if result.rate is not None:
+            result.cpu_us = 1e6 * (self.cpu_seconds() - before) / count
+        return result
 
     def peak_memory_kb(self) -> dict[int, int]:
         return {pid: kb for pid in self.pids() if (kb := _status_kb(pid, "VmHWM")) is not None}
@@ -419,15 +444,19 @@ def _status_kb(pid: int, key: str) -> int | None:
 
 
 def _median(results: list[Result]) -> Result:
-    """The median rate of the runs that worked; the first error when none did."""
+    """The median rate of the runs that worked (and, apart, their median CPU per message); the first error
+    when none did."""
     good = sorted((r for r in results if r.rate is not None), key=lambda r: r.rate)
     if not good:
         return results[0]
+    cpus = [r.cpu_us for r in good if r.cpu_us is not None]
+    cpu = statistics.median(cpus) if cpus else None
     if len(good) % 2:
-        return good[(len(good) - 1) // 2]
+        middle = good[(len(good) - 1) // 2]
+        return Result(rate=middle.rate, wait_ms=middle.wait_ms, cpu_us=cpu)
     low, high = good[len(good) // 2 - 1], good[len(good) // 2]
     waits = None if low.wait_ms is None or high.wait_ms is None else (low.wait_ms + high.wait_ms) / 2
-    return Result(rate=(low.rate + high.rate) / 2, wait_ms=waits)
+    return Result(rate=(low.rate + high.rate) / 2, wait_ms=waits, cpu_us=cpu)
 
 
 def _size_label(size: int) -> str:
@@ -440,10 +469,17 @@ def _ratio(a: Result, b: Result) -> str:
     return f"{a.rate / b.rate:.2f}"
 
 
+def _cpu_ratio(a: Result, b: Result) -> str:
+    return "-" if not (a.cpu_us and b.cpu_us) else f"{a.cpu_us / b.cpu_us:.2f}"
+
+
 def print_table(rows: list[Row], with_postfix: bool) -> None:
     head = ["cell", "direct msg/s", "bounceproxy msg/s", "bp/direct"]
     if with_postfix:
         head += ["postfix msg/s", "bp/postfix"]
+    with_baseline = any("baseline" in row.results for row in rows)
+    if with_baseline:
+        head += ["baseline msg/s", "bp/baseline", "CPU µs/msg bp", "baseline", "CPU bp/baseline"]
     lines = []
     for row in rows:
         r = row.results
@@ -451,6 +487,10 @@ def print_table(rows: list[Row], with_postfix: bool) -> None:
                 r["bounceproxy"].cell(), _ratio(r["bounceproxy"], r["direct"])]
         if with_postfix:
             line += [r["postfix"].cell(), _ratio(r["bounceproxy"], r["postfix"])]
+        if with_baseline:
+            bp, base = r["bounceproxy"], r["baseline"]
+            line += [base.cell(), _ratio(bp, base), f"{bp.cpu_us:,.0f}" if bp.cpu_us else "-",
+                     f"{base.cpu_us:,.0f}" if base.cpu_us else "-", _cpu_ratio(bp, base)]
         lines.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)]
     fmt = lambda cells: " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
@@ -489,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-count", type=int, default=100, help="messages of the memory cell")
     ap.add_argument("--bounceproxy", metavar="CMD", default=BOUNCEPROXY,
                     help=f"the bounceproxy executable to run as `CMD serve` (default {BOUNCEPROXY})")
+    ap.add_argument("--baseline", metavar="CMD",
+                    help="also measure another bounceproxy (`CMD serve`, say an older build's) in the same "
+                         "interleaved runs: its rate, and both one's CPU time per message, a steadier figure")
     args = ap.parse_args(argv)
 
     for tool in (SMTP_SOURCE, SMTP_SINK):
@@ -517,11 +560,14 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     os.chmod(workdir, 0o755)
-    sink = bp = pf = spy = None
+    sink = bp = pf = spy = base = None
     rows: list[Row] = []
     try:
         sink = Sink(workdir)
         bp = Bounceproxy(workdir, sink.port, args.workers, args.pool_size, args.verp, args.bounceproxy)
+        if args.baseline:
+            (workdir / "baseline").mkdir()
+            base = Bounceproxy(workdir / "baseline", sink.port, args.workers, args.pool_size, args.verp, args.baseline)
         if with_postfix:
             pf = Postfix(workdir, sink.port)
         if args.profile:
@@ -536,10 +582,13 @@ def main(argv: list[str] | None = None) -> int:
                 warm = min(count, max(2 * n, 20))
                 runs: dict[str, list[Result]] = {}
                 for _ in range(args.repeat):  # interleaved, so that a noisy moment hits every target alike
-                    for name, port in (("direct", sink.port), ("bounceproxy", bp.port)):
-                        smtp_source(port, warm, size, n, args.cell_timeout)
-                        runs.setdefault(name, []).append(smtp_source(port, count, size, n, args.cell_timeout))
-                    bp.check_alive()
+                    smtp_source(sink.port, warm, size, n, args.cell_timeout)
+                    runs.setdefault("direct", []).append(smtp_source(sink.port, count, size, n, args.cell_timeout))
+                    for name, relay in (("bounceproxy", bp), ("baseline", base)):
+                        if relay is not None:
+                            smtp_source(relay.port, warm, size, n, args.cell_timeout)
+                            runs.setdefault(name, []).append(relay.run(count, size, n, args.cell_timeout))
+                            relay.check_alive()
                     if pf:
                         pf.run(warm, size, n, args.cell_timeout)
                         runs.setdefault("postfix", []).append(pf.run(count, size, n, args.cell_timeout))
@@ -547,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 r = row.results
                 print(f"  {_size_label(size)} × {n}: direct {r['direct'].cell()}, bounceproxy {r['bounceproxy'].cell()}"
+                      + (f", baseline {r['baseline'].cell()}" if base else "")
                       + (f", postfix {r['postfix'].cell()}" if pf else "") + " msg/s", flush=True)
         print(f"# load average at end: {_loadavg()}  (other work on the machine skews every column)", flush=True)
         memory = bp.peak_memory_kb()
@@ -576,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if spy is not None and spy.poll() is None:
             _terminate(spy)
-        for target in (bp, pf, sink):
+        for target in (bp, base, pf, sink):
             if target is not None:
                 try:
                     target.stop()
