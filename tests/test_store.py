@@ -523,3 +523,46 @@ async def test_a_copy_whose_first_twin_failed_to_parse_is_no_duplicate(any_store
     await any_store.record_inbound_result(second, InboundResult(ParseState.PARSED, "v1", "bounce", "rfc3464",
                                                                 sha256=(await any_store.get_inbound(second)).sha256))
     assert await any_store.first_inbound_with_sha((await any_store.get_inbound(first)).sha256, first) == second
+
+
+async def test_sqlite_writes_a_group_of_plain_records_as_one_statement_per_table_and_a_bad_one_fails_alone(tmp_path):
+    """The writer thread's group of relay records: several plain record_message units become one
+    record_messages (one INSERT per table for the group); every row lands as if written one by one, and a
+    unit that fails in such a group fails alone when the group runs again, unit by unit."""
+    from proxy.store import units
+    from proxy.store.sqlite import SqliteStore, _coalesced
+
+    store = await SqliteStore(str(tmp_path / "group.db"), commit_interval_ms=100).open()  # one group for all
+    try:
+        first = [message(f"g{i}", ("a@b.example", A), (f"r{i}@b.example", R), status=MessageStatus.PENDING)
+                 for i in range(5)]
+        bad = message("bad", ("a@b.example", A))
+        bad.created_at = None  # NOT NULL: this unit's own fault
+        with_event = message("ev", ("c@b.example", R))
+        store.quiet = lambda: False  # every unit through the writer thread's group commits
+        commits = store.commits
+        results = await asyncio.gather(*(store.record_message(m) for m in first),
+                                       store.record_message(bad), store.record_message(with_event,
+                                                                                       [bounce("c@b.example", "ev")]),
+                                       return_exceptions=True)
+        assert results[:5] == [None] * 5 and results[6] is None and store.commits == commits + 1
+        assert isinstance(results[5], StoreError) and "NOT NULL" in str(results[5])
+        for i, m in enumerate(first):
+            got = await store.get_message(f"g{i}")
+            assert got.status == MessageStatus.PENDING and [(r.address, r.status) for r in got.recipients] == [
+                ("a@b.example", A), (f"r{i}@b.example", R)]
+        assert await store.get_message("bad") is None
+        assert [e.recipient for e in await store.message_events("ev")] == ["c@b.example"]
+        # the outcomes, grouped the same way, rewrite the rows in place
+        for m in first:
+            m.status = MessageStatus.PARTIAL
+        await asyncio.gather(*(store.record_message(m, recipients=False) for m in first))
+        assert {(await store.get_message(m.id)).status for m in first} == {MessageStatus.PARTIAL}
+        assert await store.count_rows("recipients") == 11
+    finally:
+        await store.close()
+    batch = [(units.record_message, (m, [], None, True, (), 0.0)) for m in first[:2]]
+    batch.append((units.record_message, (with_event, [bounce("c@b.example", "ev")], None, True, (), 0.0)))
+    grouped, shape = _coalesced(batch)
+    assert [u for u, _ in grouped] == [units.record_messages, units.record_message] and shape == [True, True, False]
+    assert _coalesced(batch[1:]) == (batch[1:], None)  # one plain record: nothing to group

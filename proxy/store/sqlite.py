@@ -319,6 +319,17 @@ def run_batch(conn: sqlite3.Connection, batch: list[tuple], wait: float = 5.0) -
         return _transaction(conn, batch, isolated=True)
 
 
+def _coalesced(batch: list[tuple]) -> tuple[list[tuple], list[bool] | None]:
+    """The batch with its plain record_message units made one record_messages unit, first (where there
+    are two or more), and which of the original units it stands for (None: the batch as it was)."""
+    plain = [units.plain_record(unit, args) for unit, args in batch]
+    if sum(p is not None for p in plain) < 2:
+        return batch, None
+    records = [p for p in plain if p is not None]
+    rest = [item for item, p in zip(batch, plain) if p is None]
+    return [(units.record_messages, (records,)), *rest], [p is not None for p in plain]
+
+
 class _Locked(sqlite3.OperationalError):
     """Another process held the write lock for longer than this batch could wait."""
 
@@ -353,6 +364,9 @@ class _UnitFailed(Exception):
 def _transaction(conn: sqlite3.Connection, batch: list[tuple], isolated: bool) -> list[tuple[bool, object]]:
     """Every unit of the batch in the transaction _begin opened, then COMMIT (ROLLBACK on failure)."""
     outcomes: list[tuple[bool, object]] = []
+    shape = None
+    if not isolated:  # a unit that fails makes the batch run again isolated, each unit on its own
+        batch, shape = _coalesced(batch)
     try:
         for unit, args in batch:
             if not isolated:
@@ -381,6 +395,9 @@ def _transaction(conn: sqlite3.Connection, batch: list[tuple], isolated: bool) -
         except sqlite3.Error:
             pass
         raise
+    if shape is not None:  # the record_messages unit's outcome is each of its records'
+        shared, rest = outcomes[0], iter(outcomes[1:])
+        outcomes = [shared if is_plain else next(rest) for is_plain in shape]
     return outcomes
 
 
