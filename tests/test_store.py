@@ -239,17 +239,27 @@ async def test_a_final_record_that_does_not_wait_for_the_disk_is_committed_all_t
     assert (await any_store.get_message("after")).status == MessageStatus.SENT
 
 
-async def test_sqlite_syncs_a_batch_unless_every_unit_said_not_to(tmp_path):
+async def test_sqlite_syncs_every_batch_but_a_lone_commit_that_need_not_wait(tmp_path):
+    """A unit that need not wait for the disk, committed alone in the loop's thread, runs with NORMAL; the
+    connection is FULL again after it, as every batch of the writer thread runs (no PRAGMA there)."""
     store = await store_for_url(f"sqlite:///{tmp_path / 'sync.db'}").open()
     try:
-        sync = lambda: store._write_conn.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
+        conn = store._write_conn
+        settings = []
+        conn.set_trace_callback(lambda sql: settings.append(sql) if sql.startswith("PRAGMA synchronous") else None)
+        sync = lambda: conn.execute("PRAGMA synchronous").fetchone()[0]  # noqa: E731
         await store.record_message(message("q1", ("a@b.example", A)), durable=False)
-        assert sync() == 1  # NORMAL: committed, the WAL not synced for it
+        assert settings == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"] and sync() == 2
+        settings.clear()
+        store.quiet = lambda: False
         await asyncio.gather(store.record_message(message("q2", ("a@b.example", A)), durable=False),
                              store.record_message(message("q3", ("a@b.example", A))))
-        assert sync() == 2  # FULL: one unit of the batch had to be on disk
         await store.record_message(message("q4", ("a@b.example", A)))
-        assert sync() == 2
+        changes = [s for s in settings if s != "PRAGMA synchronous"]
+        # only the loop's lone non-durable commit (q2) switched, and back: none in the writer's batches
+        assert changes == ["PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"] * (len(changes) // 2)
+        assert len(changes) <= 2 and sync() == 2
+        assert {(await store.get_message(f"q{i}")).status for i in range(1, 5)} == {MessageStatus.SENT}
     finally:
         await store.close()
 

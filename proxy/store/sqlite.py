@@ -199,7 +199,10 @@ class SqliteStore(SqlStore):
         conn = self._write_conn
         try:
             self._sync(durable)
-            [(ok, value)] = run_batch(conn, [(unit, args)], wait=0.0)
+            try:
+                [(ok, value)] = run_batch(conn, [(unit, args)], wait=0.0)
+            finally:
+                self._sync(True)  # as the writer thread expects it
         except _Locked:
             return False, None
         except sqlite3.OperationalError as exc:
@@ -251,7 +254,7 @@ class SqliteStore(SqlStore):
             error: BaseException | None = None
             try:
                 with self._conn_lock:
-                    self._sync(any(q.durable for q in batch))
+                    self._sync(True)  # FULL, as the loop's thread leaves it: no PRAGMA in the batch
                     outcomes = run_batch(self._write_conn, [(q.unit, q.args) for q in batch],
                                          wait=self.busy_timeout_ms / 1000.0)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
@@ -262,7 +265,9 @@ class SqliteStore(SqlStore):
                 return
 
     def _sync(self, durable: bool) -> None:
-        """FULL (the WAL synced at commit) when a unit of the batch must be on disk, else NORMAL."""
+        """FULL (the WAL synced at commit) or NORMAL. The connection is left FULL: the loop's thread sets
+        NORMAL for a commit that need not wait for the disk and FULL again after it, so that the writer
+        thread's batches run no PRAGMA (every statement it runs costs it a wait for the GIL)."""
         if durable != self._durable:
             self._write_conn.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
             self._durable = durable
