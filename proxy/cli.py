@@ -96,7 +96,7 @@ def _flat(row: dict) -> dict:
 
 def _emit(rows: list[dict], columns: list[str], fmt: str, titles: dict[str, str] | None = None) -> None:
     """Rows as a human table, JSON lines or CSV."""
-    out = click.get_text_stream("stdout")
+    out = sys.stdout  # click.get_text_stream is deprecated (Click 9 removes it); CliRunner swaps sys.stdout too
     rows = [_flat(row) for row in rows]
     if fmt == "json":
         for row in rows:
@@ -178,7 +178,7 @@ def parse(files: tuple[str, ...], as_json: bool) -> None:
         for tagged in output.splitlines(keepends=True):
             tag, _, line = tagged.partition("\t")
             lines.setdefault(tag, []).append(line)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     for position in range(len(files)):  # file p is item p // workers of slice p % workers
         out.writelines(lines.get(f"{position % workers}:{position // workers}", ()))
     if failed:
@@ -259,7 +259,7 @@ def _emit_explained(rows: list[dict]) -> None:
     """Each event on its line, then the why under it."""
     from proxy.queries import why
 
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if not rows:
         out.write("(none)\n")
     for e in rows:
@@ -516,7 +516,7 @@ def suppressions_export(config_path, sender_domain) -> None:
 
     config = _load(config_path)
     scope = _scope(config, sender_domain)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     _run(_with_store(config, lambda s: queries.export_suppressions_csv(s, scope, out)))
 
 
