@@ -569,10 +569,19 @@ async def test_sqlite_writes_a_group_of_plain_records_as_one_statement_per_table
         await asyncio.gather(*(store.record_message(m, recipients=False) for m in first))
         assert {(await store.get_message(m.id)).status for m in first} == {MessageStatus.PARTIAL}
         assert await store.count_rows("recipients") == 11
+        # a group larger than one statement takes (60 messages, 180 recipients): in several, all written
+        commits = store.commits
+        many = [message(f"n{i}", ("a@b.example", A), (f"n{i}@b.example", R)) for i in range(130)]
+        await asyncio.gather(*(store.record_message(m) for m in many))
+        assert store.commits == commits + 1 and await store.count_rows("messages") == 6 + 130
+        assert await store.count_rows("recipients") == 11 + 260
+        assert [r.address for r in (await store.get_message("n129")).recipients] == ["a@b.example", "n129@b.example"]
     finally:
         await store.close()
-    batch = [(units.record_message, (m, [], None, True, (), 0.0)) for m in first[:2]]
-    batch.append((units.record_message, (with_event, [bounce("c@b.example", "ev")], None, True, (), 0.0)))
-    grouped, shape = _coalesced(batch)
-    assert [u for u, _ in grouped] == [units.record_messages, units.record_message] and shape == [True, True, False]
-    assert _coalesced(batch[1:]) == (batch[1:], None)  # one plain record: nothing to group
+    plain = [(units.record_message, (m, [], None, True, (), 0.0)) for m in first[:4]]
+    evented = (units.record_message, (with_event, [bounce("c@b.example", "ev")], None, True, (), 0.0))
+    grouped, shape = _coalesced([plain[0], plain[1], evented, plain[2], plain[3]])
+    # runs of consecutive plain records only: no write moves past another
+    assert [u for u, _ in grouped] == [units.record_messages, units.record_message, units.record_messages]
+    assert shape == [2, 1, 2] and [m.id for m, _ in grouped[2][1][0]] == ["g2", "g3"]
+    assert _coalesced([plain[0], evented, plain[1]]) == ([plain[0], evented, plain[1]], None)  # no run of two

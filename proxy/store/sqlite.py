@@ -324,15 +324,33 @@ def run_batch(conn: sqlite3.Connection, batch: list[tuple], wait: float = 5.0) -
         return _transaction(conn, batch, isolated=True)
 
 
-def _coalesced(batch: list[tuple]) -> tuple[list[tuple], list[bool] | None]:
-    """The batch with its plain record_message units made one record_messages unit, first (where there
-    are two or more), and which of the original units it stands for (None: the batch as it was)."""
-    plain = [units.plain_record(unit, args) for unit, args in batch]
-    if sum(p is not None for p in plain) < 2:
-        return batch, None
-    records = [p for p in plain if p is not None]
-    rest = [item for item, p in zip(batch, plain) if p is None]
-    return [(units.record_messages, (records,)), *rest], [p is not None for p in plain]
+def _coalesced(batch: list[tuple]) -> tuple[list[tuple], list[int] | None]:
+    """The batch with each run of two or more consecutive plain record_message units made one
+    record_messages unit (the order of every write kept), and how many original units each unit of the
+    new batch stands for (None: the batch as it was)."""
+    grouped: list[tuple] = []
+    counts: list[int] = []
+    run: list[tuple] = []  # (queued unit, its plain record) of the run under way
+
+    def close_run() -> None:
+        if len(run) > 1:
+            grouped.append((units.record_messages, ([plain for _, plain in run],)))
+            counts.append(len(run))
+        else:
+            grouped.extend(item for item, _ in run)
+            counts.extend([1] * len(run))
+        run.clear()
+
+    for item in batch:
+        plain = units.plain_record(*item)
+        if plain is not None:
+            run.append((item, plain))
+            continue
+        close_run()
+        grouped.append(item)
+        counts.append(1)
+    close_run()
+    return (grouped, counts) if len(grouped) < len(batch) else (batch, None)
 
 
 class _Locked(sqlite3.OperationalError):
@@ -400,9 +418,8 @@ def _transaction(conn: sqlite3.Connection, batch: list[tuple], isolated: bool) -
         except sqlite3.Error:
             pass
         raise
-    if shape is not None:  # the record_messages unit's outcome is each of its records'
-        shared, rest = outcomes[0], iter(outcomes[1:])
-        outcomes = [shared if is_plain else next(rest) for is_plain in shape]
+    if shape is not None:  # a record_messages unit's outcome is each of its records'
+        outcomes = [outcome for outcome, count in zip(outcomes, shape) for _ in range(count)]
     return outcomes
 
 

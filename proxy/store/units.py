@@ -77,15 +77,19 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _insert_message(d: Dialect) -> str:
-    return (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))}) "
+def _insert_message(d: Dialect, rows: int = 1) -> str:
+    one = "(" + ", ".join("?" * len(MESSAGE_COLUMNS)) + ")"
+    return (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES {', '.join([one] * rows)} "
             "ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in MESSAGE_COLUMNS[1:]))
 
 
-_INSERT_RECIPIENT = (
-    "INSERT INTO recipients (relay_id, address, status, reply, position) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (relay_id, address) DO UPDATE SET status=excluded.status, reply=excluded.reply"
-)
+def _insert_recipients(rows: int = 1) -> str:
+    return ("INSERT INTO recipients (relay_id, address, status, reply, position) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+            + " ON CONFLICT (relay_id, address) DO UPDATE SET status=excluded.status, reply=excluded.reply")
+
+
+_INSERT_RECIPIENT = _insert_recipients()
 
 
 _ONCE_KEY = "COALESCE(recipient, '')"  # with inbound_id, the key of index events_once
@@ -218,7 +222,7 @@ def plain_record(unit, args: tuple) -> tuple[MessageRecord, bool] | None:
     return message, recipients
 
 
-_ROWS_PER_STATEMENT = 200  # message rows of 15 values: far below SQLite's 32,766 bound variables
+_ROWS_PER_STATEMENT = 60  # 900 values (15 a message, 5 a recipient x 3): within 999, SQLite's bound before 3.32
 
 
 def record_messages(d: Dialect, records: list[tuple[MessageRecord, bool]]) -> Unit:
@@ -227,15 +231,12 @@ def record_messages(d: Dialect, records: list[tuple[MessageRecord, bool]]) -> Un
     it back while the event loop runs: one statement for a whole group, not two per message."""
     for start in range(0, len(records), _ROWS_PER_STATEMENT):
         chunk = records[start:start + _ROWS_PER_STATEMENT]
-        one = "(" + ", ".join("?" * len(MESSAGE_COLUMNS)) + ")"
-        yield execute(_insert_message(d).replace(f"VALUES {one}", "VALUES " + ", ".join([one] * len(chunk))),
-                      [v for message, _ in chunk for v in message_row(message)])
+        yield execute(_insert_message(d, len(chunk)), [v for message, _ in chunk for v in message_row(message)])
         rows = [(message.id, r.address, _plain(r.status), r.reply, i) for message, recipients in chunk
                 if recipients for i, r in enumerate(message.recipients)]
         for at in range(0, len(rows), _ROWS_PER_STATEMENT * 3):
             part = rows[at:at + _ROWS_PER_STATEMENT * 3]
-            yield execute(_INSERT_RECIPIENT.replace("VALUES (?, ?, ?, ?, ?)", "VALUES " + ", ".join(
-                ["(?, ?, ?, ?, ?)"] * len(part))), [v for row in part for v in row])
+            yield execute(_insert_recipients(len(part)), [v for row in part for v in row])
 
 
 def mark_possibly_sent(d: Dialect, before: float) -> Unit:
