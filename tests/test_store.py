@@ -239,6 +239,24 @@ async def test_a_final_record_that_does_not_wait_for_the_disk_is_committed_all_t
     assert (await any_store.get_message("after")).status == MessageStatus.SENT
 
 
+async def test_a_final_record_writes_only_the_outcome_over_its_in_flight_row(any_store):
+    """recipients=False (the relay's final record after its in-flight one) writes status, reply, upstream id
+    and send failure, nothing else of the row; with no row to update it writes the whole message."""
+    m = message("final", ("a@b.example", A), status=MessageStatus.PENDING)
+    m.subject = "as in flight"
+    await any_store.record_message(m)
+    m.subject = "changed since, never written by the final record"
+    m.status, m.upstream_reply, m.upstream_id = MessageStatus.SENT, "250 2.0.0 Ok: queued as Q1", "Q1"
+    await any_store.record_message(m, recipients=False, durable=False)
+    stored = await any_store.get_message("final")
+    assert (stored.status, stored.upstream_reply, stored.upstream_id) == (MessageStatus.SENT, "250 2.0.0 Ok: queued as Q1", "Q1")
+    assert stored.subject == "as in flight" and [r.address for r in stored.recipients] == ["a@b.example"]
+    lone = message("lone", ("c@b.example", A))
+    await any_store.record_message(lone, recipients=False)
+    stored = await any_store.get_message("lone")
+    assert stored is not None and stored.status == lone.status and stored.sender == lone.sender
+
+
 async def test_sqlite_syncs_every_batch_but_a_lone_commit_that_need_not_wait(tmp_path):
     """A unit that need not wait for the disk, committed alone in the loop's thread, runs with NORMAL; the
     connection is FULL again after it, as every batch of the writer thread runs (no PRAGMA there)."""
