@@ -517,6 +517,28 @@ async def test_the_duplicate_check_starts_from_the_message_id_index(tmp_path):
     assert not any(step.startswith("SCAN r") for step in plan), plan  # no recipients table scan
 
 
+async def test_recipient_lookups_use_the_case_insensitive_index_the_only_one_on_addresses(tmp_path):
+    """Correlation by recipient and the address filter find their rows through the NOCASE index; the
+    exact-match index, which served no lookup and cost every in-flight record a page, is gone."""
+    import sqlite3
+
+    from proxy.store import units
+    from proxy.store.dialect import SQLITE
+
+    store = await store_for_url(f"sqlite://{tmp_path / 'plan.db'}").open()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "plan.db")
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'recipients'"
+                                            " AND sql IS NOT NULL")}
+    assert indexes == {"recipients_address_nocase"}
+    for op in (next(units.find_latest_message_to(SQLITE, "A@b.example", NOW)),
+               next(units.list_messages(SQLITE, MessageFilter(recipient="A@b.example")))):
+        plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {op.sql}", op.params)]
+        assert any("recipients_address_nocase" in step for step in plan), plan
+        assert not any(step.startswith("SCAN r") for step in plan), plan  # never every recipient read
+    db.close()
+
+
 async def test_work_leased_by_a_gone_process_on_this_host_is_due_again(any_store):
     """After kill -9 and a restart, what the dead process had claimed is not left to its lease's expiry;
     a live process's and another host's leases are left alone."""

@@ -212,4 +212,9 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (relay_id, address)
     );
     """,
+    # issue 15: every lookup of a recipient's address ignores case (migration 3's index serves it); the
+    # exact-match index of migration 1 served none and cost each in-flight record a page of its own
+    """
+    DROP INDEX recipients_address;
+    """,
 ]
