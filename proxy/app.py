@@ -19,6 +19,7 @@ from proxy.spool import SpoolHandler, SpoolWorkers, start_spool
 from proxy.webhooks import WebhookDispatcher, start_webhooks
 from proxy.inbound.server import InboundHandler, InboundSMTP, InboundWorker
 from proxy.lifecycle import Sessions, changes, client_tls, settle_session_tasks
+from proxy.relay.busypoll import BusyPoll
 from proxy.relay.health import UpstreamHealth, failure_reason, probe_loop
 from proxy.relay.server import Authenticator, RelayHandler, RelaySMTP, parse_users
 from proxy.relay.simulator import SimulatorUpstream
@@ -43,6 +44,7 @@ class Service:
         self.worker = worker  # 0 runs everything; others (relay workers > 1) only the relay
         self.store = None
         self.upstream = None
+        self.busy_poll: BusyPoll | None = None
         self.relay_handler: RelayHandler | None = None
         self.servers: list[asyncio.AbstractServer] = []
         self.relay_address: tuple[str, int] | None = None
@@ -119,6 +121,9 @@ class Service:
             if self._shared_store:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="in-flight-sweep")
         self.upstream = self._upstream()
+        self.busy_poll = BusyPoll(cfg.relay.busy_poll_us) if cfg.relay.busy_poll_us else None
+        if isinstance(self.upstream, UpstreamPool):
+            self.upstream.busy_poll = self.busy_poll
         self.health = UpstreamHealth(self.upstream.name)
         self.signer = self._verp_signer()
         if cfg.suppression.enabled:
@@ -157,6 +162,7 @@ class Service:
                 auth_required=relay.require_auth and not relay.allow_networks,
                 auth_require_tls=tls is not None, auth_needed=auth_needed,
                 timeout=relay.session_timeout, ident="bounceproxy relay", limits=self.relay_limits,
+                busy_poll=self.busy_poll,
             ))
 
         server = await self._listen(factory, relay.listen, "[relay] listen", reuse_port=relay.workers > 1)

@@ -80,6 +80,7 @@ class RelayConfig:
     max_connections_per_ip: int = 500
     workers: int = 1
     mode: str = "passthrough"  # passthrough | spool (proxy.spool: 250 once queued, delivered by paced workers)
+    busy_poll_us: int = 100  # the most the loop polls for a due answer (proxy.relay.busypoll); 0: never
 
 
 @dataclass(frozen=True)
@@ -538,6 +539,9 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"{src}: [relay] tls_cert and tls_key must be set together")
     if relay.workers < 1:
         raise ConfigError(f"{src}: [relay] workers must be at least 1")
+    if not 0 <= relay.busy_poll_us <= 10_000:
+        raise ConfigError(f"{src}: [relay] busy_poll_us must be from 0 (never poll) to 10000 microseconds "
+                          f"(got {relay.busy_poll_us})")
     _validate_store(config)
     known = {c.value for c in Correlation} - NEVER_ACTS
     sup = config.suppression

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, syntax
 
+from proxy.relay.busypoll import CLIENT
+
 log = logging.getLogger(__name__)
 
 REPLY_INTERNAL = "451 4.3.0 Internal error while handling that command; please retry later"
@@ -166,6 +168,9 @@ class GuardedSMTP(SMTP):
     size_reply = "552 5.3.4 Message too big for this server (limit {limit} bytes)"
     line_reply = ("554 5.6.0 Message refused: a line is longer than {limit} bytes (RFC 5321 4.5.3.1.6 allows "
                   "1000 with its CRLF); encode long lines, e.g. as quoted-printable or base64")
+    # proxy.relay.busypoll.BusyPoll, where the listener polls while the client's next command is due
+    busy_poll = None
+    _answer_due = 0.0  # when the last reply went out, while the client's answer to it is due
 
     def __init__(self, handler, *args, limits: Limits, **kwargs):
         self._smtp_init(handler, args, kwargs)
@@ -196,6 +201,9 @@ class GuardedSMTP(SMTP):
         """aiosmtpd re-arms the idle timer at every command (a cancelled handle and a new one); here the
         deadline moves and the session's one timer, which also keeps the session's whole-length limit,
         waits again when it fires before the nearer of the two."""
+        if self._answer_due:  # a command: the client's answer to the last reply
+            self.busy_poll.answered(CLIENT, self._answer_due)
+            self._answer_due = 0.0
         loop = self.loop
         self._idle_deadline = loop.time() + (duration or self._timeout_duration)
         deadline = min(self._idle_deadline, self._session_end)
@@ -255,6 +263,8 @@ class GuardedSMTP(SMTP):
             elif code[:1] in "45" or (code[:1] == "2" and type(status) is not UpstreamText):
                 status = self._proper(status)  # 354 and 334 are intermediate: no enhanced code exists
         await super().push(status)
+        if self.busy_poll is not None:
+            self._answer_due = self.busy_poll.expect(CLIENT)
 
     async def handle_exception(self, error: Exception) -> str:
         """An unexpected error: logged with its traceback, never shown to the client."""

@@ -52,6 +52,8 @@ def test_shipped_config_toml_is_valid_and_equals_the_defaults():
     ("[upstream]\npool_size = \"many\"\n", "[upstream] pool_size"),
     ("[upstream]\nprofile = \"ses\"\n", "[upstream] host"),
     ("[upstream]\ntls = \"sometimes\"\n", "[upstream] tls"),
+    ("[relay]\nbusy_poll_us = 20000\n", "[relay] busy_poll_us"),
+    ("[relay]\nbusy_poll_us = -1\n", "[relay] busy_poll_us"),
     ("[relays]\n", "[relays]"),
     ("[relay\n", "not valid TOML"),
 ])

@@ -24,6 +24,7 @@ from proxy.logging_setup import log_auth_failure, log_message
 from proxy.model import (
     BounceEvent, Kind, MessageRecord, MessageStatus, RecipientRecord, RecipientStatus, Source, settle_status,
 )
+from proxy.relay.busypoll import BusyPoll
 from proxy.relay.failures import send_failure
 from proxy.relay.health import UpstreamHealth, failure_reason
 from proxy.relay.headers import MAX_HEADER_SCAN, new_message_id, prepend_headers, read_headers
@@ -684,10 +685,12 @@ def _user(session: Session) -> str | None:
 class RelaySMTP(GuardedSMTP):
     """aiosmtpd's SMTP, finishing the transaction when the client vanishes mid-way."""
 
-    def __init__(self, handler: RelayHandler, *args, auth_needed: bool = False, **kwargs):
+    def __init__(self, handler: RelayHandler, *args, auth_needed: bool = False, busy_poll: BusyPoll | None = None,
+                 **kwargs):
         super().__init__(handler, *args, **kwargs)
         self._relay_handler = handler
         self._auth_needed = auth_needed
+        self.busy_poll = busy_poll
 
     def _create_session(self) -> Session:
         session = super()._create_session()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
+from proxy.relay.busypoll import UPSTREAM, BusyPoll
 from proxy.smtp_guard import UpstreamText
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,10 @@ _COMMAND_CONTROL_BYTES = re.compile(b"[\x00-\x1f\x7f]")
 class UpstreamConnection:
     """One aiosmtplib connection and what the pool needs to know about it."""
 
-    def __init__(self, client: aiosmtplib.SMTP):
+    def __init__(self, client: aiosmtplib.SMTP, busy_poll: BusyPoll | None = None):
         self.client = client
+        self.busy_poll = busy_poll  # polled for each reply while it is due
+        self._answer_due = 0.0
         self.messages = 0
         self.last_used = time.monotonic()
         self.in_transaction = False
@@ -286,11 +289,16 @@ class UpstreamConnection:
             self._settle()
             self.close()
             raise UpstreamUnavailable(_describe(exc)) from None
+        if self.busy_poll is not None:
+            self._answer_due = self.busy_poll.expect(UPSTREAM)
 
     async def _replies(self) -> list[tuple[int, bool, str]]:
         audit = self.audit
         try:
             await audit.waiter
+            if self._answer_due:
+                self.busy_poll.answered(UPSTREAM, self._answer_due)
+                self._answer_due = 0.0
             return list(audit.queue)
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             self.close()
@@ -556,6 +564,7 @@ class UpstreamPool:
         self.password = password
         self.tls_context = tls_context or self._tls_context(cfg)
         self._idle: list[UpstreamConnection] = []
+        self.busy_poll: BusyPoll | None = None  # given to each connection (proxy.relay.busypoll)
         self._slots = asyncio.Semaphore(cfg.pool_size)
         self.max_size: int | None = None
         self.extensions: set[str] = set()
@@ -604,7 +613,7 @@ class UpstreamPool:
             self._note_down(f"{_describe(exc)} ({_detail(exc)})")
             raise UpstreamUnavailable(_describe(exc)) from None
         self.connects += 1
-        conn = UpstreamConnection(client)
+        conn = UpstreamConnection(client, self.busy_poll)
         conn.pipelining = getattr(cfg, "pipelining", True) and client.supports_extension("pipelining")
         self.max_size = conn.max_size
         self.extensions = set(client.esmtp_extensions)  # remembered: what the relay may advertise

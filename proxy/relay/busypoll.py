@@ -1,0 +1,88 @@
+"""Busy polling: while an answer is due, the event loop polls for a moment instead of going to sleep.
+
+A relay spends its life waiting for short answers: its client's next command after each reply, its
+upstream's reply after each command. On one host or a local network they come within tens of
+microseconds, and the sleep in between costs more than the wait: epoll_wait, a context switch and, on
+a virtual machine, an interrupt from one virtual CPU to the other to wake it. On the 2-vCPU machine of
+bench/relay.py a loopback round trip takes 52 us when the waiting side sleeps and 20 us when it polls.
+
+So after a write that expects an answer the loop keeps turning without sleeping (a callback that puts
+itself back with call_soon: each turn asks epoll with a zero timeout) for up to a window. Each kind of
+peer has a window of its own that follows how long its answers take, as Linux's haltpoll governor does
+for an idle CPU (Window). An upstream far away (SES: milliseconds) costs a few polls in vain and then
+none; a client on the same host keeps its window. Under load the loop is never idle and nothing polls.
+Linux's own busy polling (SO_BUSY_POLL) serves network cards' queues, never loopback: hence this.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+CLIENT = "client"
+UPSTREAM = "upstream"
+
+
+@dataclass(slots=True)
+class Window:
+    """How long to poll for one kind of peer's answer. Pure: it is told how long each answer took.
+
+    An answer within the window leaves it as it is; one after it but within `most` means a longer window
+    would have caught it: doubled (from most/8 when it was shut); one later than `most` means polling
+    is wasted on this peer: halved, shut below most/8."""
+
+    most: float  # seconds: [relay] busy_poll_us
+    size: float = field(default=-1.0)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = self.most
+
+    def observe(self, wait: float) -> None:
+        if wait <= self.size:
+            return
+        floor = self.most / 8
+        if wait <= self.most:
+            self.size = min(self.most, max(2 * self.size, floor))
+        else:
+            half = self.size / 2
+            self.size = half if half >= floor else 0.0
+
+
+class BusyPoll:
+    """The relay's poller, one per event loop: `expect(kind)` after a write whose answer is due (it
+    returns when, for `answered`), `answered(kind, since)` once the answer is in."""
+
+    def __init__(self, most_us: float, clock=time.monotonic):
+        most = most_us / 1e6
+        self.windows = {CLIENT: Window(most), UPSTREAM: Window(most)}
+        self._clock = clock
+        self._until = 0.0
+        self._polling = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def expect(self, kind: str) -> float:
+        now = self._clock()
+        size = self.windows[kind].size
+        if size:
+            if now + size > self._until:
+                self._until = now + size
+            if not self._polling:
+                self._polling = True
+                self._loop = asyncio.get_running_loop()
+                self._loop.call_soon(self._poll)
+        return now
+
+    @property
+    def polling(self) -> bool:
+        return self._polling
+
+    def answered(self, kind: str, since: float) -> None:
+        self.windows[kind].observe(self._clock() - since)
+
+    def _poll(self) -> None:
+        """One turn of polling: the loop's next turn waits for nothing while this is scheduled."""
+        if self._clock() < self._until:
+            self._loop.call_soon(self._poll)
+        else:
+            self._polling = False
