@@ -121,7 +121,8 @@ class Service:
             if self._shared_store:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="in-flight-sweep")
         self.upstream = self._upstream()
-        self.busy_poll = BusyPoll(cfg.relay.busy_poll_us) if cfg.relay.busy_poll_us else None
+        if cfg.relay.busy_poll_us:
+            self.busy_poll = BusyPoll(cfg.relay.busy_poll_us, yields=getattr(self.store, "writing", None))
         if isinstance(self.upstream, UpstreamPool):
             self.upstream.busy_poll = self.busy_poll
         self.health = UpstreamHealth(self.upstream.name)

@@ -85,6 +85,31 @@ async def test_a_shut_window_never_polls():
     assert poll.polling
 
 
+async def test_polling_yields_while_the_store_writer_has_work(tmp_path):
+    """The store's writer thread needs the GIL between its statements: the loop sleeps (and lets it) rather
+    than poll while `writing()` says it has a batch, and polls again once it has none."""
+    from proxy.store import store_for_url
+
+    store = await store_for_url(f"sqlite://{tmp_path / 'y.db'}").open()
+    try:
+        now = [1.0]
+        poll = BusyPoll(100, clock=lambda: now[0], yields=store.writing)
+        assert not store.writing()
+        poll.expect(CLIENT)
+        assert poll.polling
+        store._queue.append(object())  # as _write queues a unit for the writer thread
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert store.writing() and not poll.polling  # stopped within its window
+        poll.expect(UPSTREAM)
+        assert not poll.polling
+        store._queue.clear()
+        poll.expect(UPSTREAM)
+        assert poll.polling
+    finally:
+        await store.close()
+
+
 # -- a real relay --------------------------------------------------------------------------------
 class SlowUpstream(ScriptedUpstream):
     """Answers MAIL, RCPT and the end of data after `delay` seconds, as an upstream far away does."""

@@ -11,12 +11,16 @@ itself back with call_soon: each turn asks epoll with a zero timeout) for up to 
 peer has a window of its own that follows how long its answers take, as Linux's haltpoll governor does
 for an idle CPU (Window). An upstream far away (SES: milliseconds) costs a few polls in vain and then
 none; a client on the same host keeps its window. Under load the loop is never idle and nothing polls.
+Nor does it while `yields()` says another thread of ours waits to run Python (the store's writer): a
+polling loop takes the GIL straight back after each zero-timeout epoll, and that thread would wait for
+the interpreter's switch interval (5 ms) instead of the loop's next sleep.
 Linux's own busy polling (SO_BUSY_POLL) serves network cards' queues, never loopback: hence this.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 CLIENT = "client"
@@ -53,10 +57,11 @@ class BusyPoll:
     """The relay's poller, one per event loop: `expect(kind)` after a write whose answer is due (it
     returns when, for `answered`), `answered(kind, since)` once the answer is in."""
 
-    def __init__(self, most_us: float, clock=time.monotonic):
+    def __init__(self, most_us: float, clock=time.monotonic, yields: Callable[[], bool] | None = None):
         most = most_us / 1e6
         self.windows = {CLIENT: Window(most), UPSTREAM: Window(most)}
         self._clock = clock
+        self.yields = yields  # True while another of our threads has work that needs the GIL
         self._until = 0.0
         self._polling = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,7 +72,7 @@ class BusyPoll:
         if size:
             if now + size > self._until:
                 self._until = now + size
-            if not self._polling:
+            if not self._polling and not (self.yields is not None and self.yields()):
                 self._polling = True
                 self._loop = asyncio.get_running_loop()
                 self._loop.call_soon(self._poll)
@@ -82,7 +87,7 @@ class BusyPoll:
 
     def _poll(self) -> None:
         """One turn of polling: the loop's next turn waits for nothing while this is scheduled."""
-        if self._clock() < self._until:
+        if self._clock() < self._until and not (self.yields is not None and self.yields()):
             self._loop.call_soon(self._poll)
         else:
             self._polling = False

@@ -55,6 +55,7 @@ class SqliteStore(SqlStore):
         self._writer: threading.Thread | None = None
         self._write_conn: sqlite3.Connection | None = None
         self._durable = True  # the writer connection's synchronous setting is FULL
+        self._running = False  # the writer thread is running a batch
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         # Set by the service: True while one session at most is open, when waiting for the disk in the
@@ -178,6 +179,11 @@ class SqliteStore(SqlStore):
         self._wakeup.set()
         return await fut
 
+    def writing(self) -> bool:
+        """Whether the writer thread has a batch to run or is running one (it then needs the GIL between
+        its statements: proxy.relay.busypoll yields to it)."""
+        return self._running or bool(self._queue)
+
     def suppression_keys(self, chunk: int = 20_000):
         return self._keys(chunk)
 
@@ -246,6 +252,7 @@ class SqliteStore(SqlStore):
             self._wakeup.clear()
             with self._queue_lock:
                 batch, self._queue = self._queue, []
+                self._running = bool(batch)
             if not batch:
                 if self._closing:
                     return
@@ -259,6 +266,8 @@ class SqliteStore(SqlStore):
                                          wait=self.busy_timeout_ms / 1000.0)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 error = exc
+            finally:
+                self._running = False
             try:
                 self._loop.call_soon_threadsafe(self._settle, batch, outcomes, error)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
