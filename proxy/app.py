@@ -238,6 +238,9 @@ class Service:
             m["bounceproxy_inbound_processed_total"] = self.pipeline.processed
         if isinstance(self.upstream, UpstreamPool):
             m["bounceproxy_upstream_connects_total"] = self.upstream.connects
+        if self.busy_poll is not None:
+            for side, window in self.busy_poll.windows.items():
+                m[f'bounceproxy_relay_busy_poll_window_seconds{{side="{side}"}}'] = window.size
         if self.health is not None:
             m.update(self.health.metrics())
         if self.suppressor:

@@ -10,6 +10,7 @@ import pytest
 from proxy.app import Service
 from proxy.relay.busypoll import CLIENT, UPSTREAM, BusyPoll, Window
 from tests.conftest import ScriptedUpstream, make_config, start_upstream
+from tests.test_metrics import scrape
 
 US = 1e-6
 
@@ -151,6 +152,9 @@ async def test_a_slow_upstream_stops_being_polled_while_the_quick_client_still_i
             assert poll.windows[UPSTREAM].size == 0.0
             assert poll.windows[CLIENT].size == 0.005
             assert len(up.handler.messages) == 3
+            metrics = await scrape(svc)  # what an operator sees of it
+            assert 'bounceproxy_relay_busy_poll_window_seconds{side="upstream"} 0.0' in metrics
+            assert 'bounceproxy_relay_busy_poll_window_seconds{side="client"} 0.005' in metrics
     finally:
         up.server.close()
 

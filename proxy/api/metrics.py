@@ -39,6 +39,8 @@ LIVE_HELP = {
     "bounceproxy_inbound_queue": "Mails the bounce MX has stored and that wait to be parsed and correlated.",
     "bounceproxy_inbound_processed_total": "Mails the bounce MX parsed and correlated since start.",
     "bounceproxy_upstream_connects_total": "Connections opened to the upstream since start.",
+    "bounceproxy_relay_busy_poll_window_seconds": "How long the relay polls for its client's or its upstream's next "
+                                                  "answer now ([relay] busy_poll_us at most; 0: it sleeps).",
     "bounceproxy_upstream_up": "1 while the upstream is usable (the relay's last attempt or probe got a connection), else 0.",
     "bounceproxy_upstream_state_since_timestamp_seconds": "Unix time the upstream's state (up or down) last changed.",
     "bounceproxy_upstream_failures_total": "Client attempts to get an upstream connection that failed, by kind "
