@@ -14,6 +14,7 @@ none; a client on the same host keeps its window. Under load the loop is never i
 Nor does it while `yields()` says another thread of ours waits to run Python (the store's writer): a
 polling loop takes the GIL straight back after each zero-timeout epoll, and that thread would wait for
 the interpreter's switch interval (5 ms) instead of the loop's next sleep.
+
 Linux's own busy polling (SO_BUSY_POLL) serves network cards' queues, never loopback: hence this.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CLIENT = "client"
 UPSTREAM = "upstream"
@@ -36,10 +37,10 @@ class Window:
     is wasted on this peer: halved, shut below most/8."""
 
     most: float  # seconds: [relay] busy_poll_us
-    size: float = field(default=-1.0)
+    size: float | None = None  # seconds; open at first (`most`)
 
     def __post_init__(self) -> None:
-        if self.size < 0:
+        if self.size is None:
             self.size = self.most
 
     def observe(self, wait: float) -> None:
