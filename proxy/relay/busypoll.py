@@ -4,7 +4,8 @@ A relay spends its life waiting for short answers: its client's next command aft
 upstream's reply after each command. On one host or a local network they come within tens of
 microseconds, and the sleep in between costs more than the wait: epoll_wait, a context switch and, on
 a virtual machine, an interrupt from one virtual CPU to the other to wake it. On the 2-vCPU machine of
-bench/relay.py a loopback round trip takes 52 us when the waiting side sleeps and 20 us when it polls.
+bench/relay.py a loopback round trip takes 52 to 67 us when the waiting side sleeps and 20 to 25 us when
+it polls (bench/wakeup.py).
 
 So after a write that expects an answer the loop keeps turning without sleeping (a callback that puts
 itself back with call_soon: each turn asks epoll with a zero timeout) for up to a window. Each kind of
