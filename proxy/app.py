@@ -122,7 +122,7 @@ class Service:
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="in-flight-sweep")
         self.upstream = self._upstream()
         if cfg.relay.busy_poll_us:
-            self.busy_poll = BusyPoll(cfg.relay.busy_poll_us, yields=getattr(self.store, "writing", None))
+            self.busy_poll = BusyPoll(cfg.relay.busy_poll_us, yields=self._poll_yields)
         if isinstance(self.upstream, UpstreamPool):
             self.upstream.busy_poll = self.busy_poll
         self.health = UpstreamHealth(self.upstream.name)
@@ -178,6 +178,13 @@ class Service:
         if isinstance(self.upstream, UpstreamPool) and cfg.upstream.probe_interval > 0:  # last: nothing fails after
             self._probe = asyncio.get_running_loop().create_task(
                 probe_loop(self.upstream, self.health, cfg.upstream.probe_interval), name="upstream-probe")
+
+    def _poll_yields(self) -> bool:
+        """Busy polling stands aside while another session is open (the loop has other work, and on a small
+        machine a polling loop takes CPU from the processes whose answers it waits for) and while the
+        SQLite writer thread has a batch (polling would keep the GIL from it)."""
+        writing = getattr(self.store, "writing", None)
+        return not self._quiet() or (writing is not None and writing())
 
     def _quiet(self) -> bool:
         """At most one SMTP session open on this process's listeners (the API's rare requests aside)."""

@@ -9,7 +9,7 @@ import pytest
 
 from proxy.app import Service
 from proxy.relay.busypoll import CLIENT, UPSTREAM, BusyPoll, Window
-from tests.conftest import ScriptedUpstream, make_config, start_upstream
+from tests.conftest import ScriptedUpstream, make_config, start_upstream, until
 from tests.test_metrics import scrape
 
 US = 1e-6
@@ -157,6 +157,37 @@ async def test_a_slow_upstream_stops_being_polled_while_the_quick_client_still_i
             assert 'bounceproxy_relay_busy_poll_window_seconds{side="client"} 0.005' in metrics
     finally:
         up.server.close()
+
+
+async def test_the_relay_polls_for_one_session_alone(tmp_path, upstream):
+    """With a second session open the loop has other work (and on a small machine polling would take CPU
+    from the processes it waits for): the service's poller stands aside until one session is left."""
+    config = make_config(tmp_path, upstream.port, relay={"busy_poll_us": 5000})
+    async with Service(config) as svc:
+        poll = svc.busy_poll
+        host, port = svc.relay_address
+        first = aiosmtplib.SMTP(hostname=host, port=port)
+        await first.connect()
+        await first.ehlo()
+        assert not poll.yields()
+        poll.expect(CLIENT)
+        assert poll.polling
+        second = aiosmtplib.SMTP(hostname=host, port=port)
+        await second.connect()
+        await second.ehlo()
+        assert poll.yields()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not poll.polling  # stopped at its next turn
+        poll.expect(CLIENT)
+        assert not poll.polling
+        await second.quit()
+
+        async def one_left() -> bool:
+            return not poll.yields()
+
+        await until(one_left, timeout=5)
+        await first.quit()
 
 
 async def test_busy_poll_us_0_never_polls(tmp_path, upstream):

@@ -11,10 +11,11 @@ So after a write that expects an answer the loop keeps turning without sleeping 
 itself back with call_soon: each turn asks epoll with a zero timeout) for up to a window. Each kind of
 peer has a window of its own that follows how long its answers take, as Linux's haltpoll governor does
 for an idle CPU (Window). An upstream far away (SES: milliseconds) costs a few polls in vain and then
-none; a client on the same host keeps its window. Under load the loop is never idle and nothing polls.
-Nor does it while `yields()` says another thread of ours waits to run Python (the store's writer): a
-polling loop takes the GIL straight back after each zero-timeout epoll, and that thread would wait for
-the interpreter's switch interval (5 ms) instead of the loop's next sleep.
+none; a client on the same host keeps its window. Nothing polls while `yields()` says so (the service:
+while more than one session is open, the loop has other work, and on a small machine a polling loop
+takes CPU from the very processes whose answers it waits for; and while the store's writer thread has
+a batch: a polling loop takes the GIL straight back after each zero-timeout epoll, and that thread
+would wait for the interpreter's switch interval, 5 ms, instead of the loop's next sleep).
 
 Linux's own busy polling (SO_BUSY_POLL) serves network cards' queues, never loopback: hence this.
 """
