@@ -603,17 +603,21 @@ async def test_sqlite_writes_a_group_of_plain_records_as_one_statement_per_table
                 ("a@b.example", A), (f"r{i}@b.example", R)]
         assert await store.get_message("bad") is None
         assert [e.recipient for e in await store.message_events("ev")] == ["c@b.example"]
-        # the outcomes, grouped the same way, rewrite the rows in place
+        # the outcomes, grouped the same way, write only the outcome over the rows, as one by one; a final
+        # record whose row is not there is written whole
         for m in first:
-            m.status = MessageStatus.PARTIAL
-        await asyncio.gather(*(store.record_message(m, recipients=False) for m in first))
+            m.status, m.subject = MessageStatus.PARTIAL, "never written by a final record"
+        lone = message("lone-final", ("d@b.example", A))
+        await asyncio.gather(*(store.record_message(m, recipients=False) for m in [*first, lone]))
         assert {(await store.get_message(m.id)).status for m in first} == {MessageStatus.PARTIAL}
+        assert {(await store.get_message(m.id)).subject for m in first} == {None}
+        assert (await store.get_message("lone-final")).sender == lone.sender
         assert await store.count_rows("recipients") == 11
         # a group larger than one statement takes (60 messages, 180 recipients): in several, all written
         commits = store.commits
         many = [message(f"n{i}", ("a@b.example", A), (f"n{i}@b.example", R)) for i in range(130)]
         await asyncio.gather(*(store.record_message(m) for m in many))
-        assert store.commits == commits + 1 and await store.count_rows("messages") == 6 + 130
+        assert store.commits == commits + 1 and await store.count_rows("messages") == 7 + 130
         assert await store.count_rows("recipients") == 11 + 260
         assert [r.address for r in (await store.get_message("n129")).recipients] == ["a@b.example", "n129@b.example"]
     finally:
@@ -625,3 +629,7 @@ async def test_sqlite_writes_a_group_of_plain_records_as_one_statement_per_table
     assert [u for u, _ in grouped] == [units.record_messages, units.record_message, units.record_messages]
     assert shape == [2, 1, 2] and [m.id for m, _ in grouped[2][1][0]] == ["g2", "g3"]
     assert _coalesced([plain[0], evented, plain[1]]) == ([plain[0], evented, plain[1]], None)  # no run of two
+    # a message a run holds already starts the next run: one statement never touches a row twice
+    final = (units.record_message, (first[1], [], None, False, (), 0.0))
+    grouped, shape = _coalesced([plain[0], plain[1], final, plain[2]])
+    assert shape == [2, 2] and [m.id for m, _ in grouped[1][1][0]] == ["g1", "g2"]

@@ -335,11 +335,13 @@ def run_batch(conn: sqlite3.Connection, batch: list[tuple], wait: float = 5.0) -
 
 def _coalesced(batch: list[tuple]) -> tuple[list[tuple], list[int] | None]:
     """The batch with each run of two or more consecutive plain record_message units made one
-    record_messages unit (the order of every write kept), and how many original units each unit of the
-    new batch stands for (None: the batch as it was)."""
+    record_messages unit (the order of every write kept: a run holds each message once, so its
+    statements touch distinct rows), and how many original units each unit of the new batch stands for
+    (None: the batch as it was)."""
     grouped: list[tuple] = []
     counts: list[int] = []
     run: list[tuple] = []  # (queued unit, its plain record) of the run under way
+    ids: set[str] = set()  # the messages of the run under way
 
     def close_run() -> None:
         if len(run) > 1:
@@ -349,11 +351,15 @@ def _coalesced(batch: list[tuple]) -> tuple[list[tuple], list[int] | None]:
             grouped.extend(item for item, _ in run)
             counts.extend([1] * len(run))
         run.clear()
+        ids.clear()
 
     for item in batch:
         plain = units.plain_record(*item)
         if plain is not None:
+            if plain[0].id in ids:
+                close_run()
             run.append((item, plain))
+            ids.add(plain[0].id)
             continue
         close_run()
         grouped.append(item)

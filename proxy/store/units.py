@@ -77,10 +77,11 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _insert_message(d: Dialect, rows: int = 1) -> str:
+def _insert_message(d: Dialect, rows: int = 1, update: Sequence[str] = MESSAGE_COLUMNS[1:]) -> str:
+    """Insert whole rows; a row already there gets only the `update` columns."""
     one = "(" + ", ".join("?" * len(MESSAGE_COLUMNS)) + ")"
     return (f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES {', '.join([one] * rows)} "
-            "ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in MESSAGE_COLUMNS[1:]))
+            "ON CONFLICT (id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in update))
 
 
 def _insert_recipients(rows: int = 1) -> str:
@@ -192,19 +193,23 @@ def _enqueue(d: Dialect, targets: Targets, key: str, kind: NotificationType, add
 
 
 # -- the relay --------------------------------------------------------------------------------------
-# What the relay learns of a message after its in-flight record: the final record writes only these.
+# What the relay learns of a message after its in-flight record: over that row, its final record writes only
+# these (half the work of rewriting the row and each of its index entries).
 OUTCOME_COLUMNS = ("status", "upstream_reply", "upstream_id", "send_failure")
-_UPDATE_OUTCOME = f"UPDATE messages SET {', '.join(f'{c}=?' for c in OUTCOME_COLUMNS)} WHERE id=?"
-outcome_row = attrgetter(*OUTCOME_COLUMNS, "id")
+
+
+def _updated(recipients: bool) -> Sequence[str]:
+    """The columns a record writes over a row already there: all, or (after an in-flight record, which
+    `recipients=False` says) the outcome's."""
+    return MESSAGE_COLUMNS[1:] if recipients else OUTCOME_COLUMNS
 
 
 def record_message(d: Dialect, message: MessageRecord, events: Iterable[BounceEvent] = (), raw: bytes | None = None,
                    recipients: bool = True, targets: Targets = (), at: float = 0.0) -> Unit:
     """A message, its recipients and its synchronous events; a send failure is news for the webhooks too.
-    `recipients=False`: its in-flight record holds the rest, recipients included: only the outcome
-    columns are written (half the work of rewriting the row and each of its index entries)."""
-    if recipients or not (yield execute(_UPDATE_OUTCOME, outcome_row(message))):
-        yield execute(_insert_message(d), message_row(message))
+    `recipients=False`: its in-flight record holds the rest, recipients included (a row not there is
+    written whole all the same)."""
+    yield execute(_insert_message(d, update=_updated(recipients)), message_row(message))
     if recipients and message.recipients:
         yield execute_many(_INSERT_RECIPIENT, [(message.id, r.address, _plain(r.status), r.reply, i)
                                                for i, r in enumerate(message.recipients)])
@@ -239,7 +244,10 @@ def record_messages(d: Dialect, records: list[tuple[MessageRecord, bool]]) -> Un
     it back while the event loop runs: one statement for a whole group, not two per message."""
     for start in range(0, len(records), _ROWS_PER_STATEMENT):
         chunk = records[start:start + _ROWS_PER_STATEMENT]
-        yield execute(_insert_message(d, len(chunk)), [v for message, _ in chunk for v in message_row(message)])
+        for kind in (True, False):  # whole records, then final ones (_coalesced: no message twice in a group)
+            rows = [message for message, recipients in chunk if recipients is kind]
+            if rows:
+                yield execute(_insert_message(d, len(rows), _updated(kind)), [v for m in rows for v in message_row(m)])
         rows = [(message.id, r.address, _plain(r.status), r.reply, i) for message, recipients in chunk
                 if recipients for i, r in enumerate(message.recipients)]
         for at in range(0, len(rows), _ROWS_PER_STATEMENT * 3):
